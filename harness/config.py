@@ -1,0 +1,144 @@
+"""The one frozen configuration object, resolved once.
+
+Precedence: command line > environment (``HARNESS_*``) > ``[tool.harness]`` in
+pyproject.toml > defaults. Every setting is declared once, with one help string
+that the CLI and the pytest plugin share.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from harness.errors import UsageError
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in {"1", "true", "yes", "on"}:
+        return True
+    if text in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError(f"expected a boolean (1/0, true/false), got {value!r}")
+
+
+def _optional_path(value: Any) -> Path | None:
+    if value in (None, ""):
+        return None
+    return Path(str(value)).expanduser()
+
+
+def _path(value: Any) -> Path:
+    return Path(str(value)).expanduser()
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    name: str
+    default: Any
+    parse: Callable[[Any], Any]
+    help: str
+
+    @property
+    def env(self) -> str:
+        return "HARNESS_" + self.name.upper()
+
+    @property
+    def option(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+def _default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "tenant-harness"
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("backend", "native", str, "What starts the stack: native (local binaries)."),
+    Setting("pg_bindir", None, _optional_path,
+            "Folder holding the PostgreSQL server binaries (initdb, postgres, pg_ctl)."),
+    Setting("pgbouncer", None, _optional_path, "Path of the pgbouncer binary."),
+    Setting("cache_dir", None, _optional_path,
+            "Where the initdb template cache lives (default: ~/.cache/tenant-harness)."),
+    Setting("keep_tmp", False, _bool, "Keep the stack's temporary folder after teardown, for debugging."),
+    Setting("start_timeout", 30.0, float, "Seconds each server may take to become ready."),
+    Setting("session_pool_size", 60, int,
+            "PgBouncer pool size on the session route; keep it above any client pool."),
+    Setting("transaction_pool_size", 10, int, "PgBouncer pool size on the transaction route."),
+    Setting("report_dir", Path("reports"), _path, "Where run reports are written."),
+)
+SETTINGS_BY_NAME = {s.name: s for s in SETTINGS}
+
+
+@dataclasses.dataclass(frozen=True)
+class HarnessConfig:
+    """All settings of one run. Build it with :func:`resolve_config`."""
+
+    backend: str = "native"
+    pg_bindir: Path | None = None
+    pgbouncer: Path | None = None
+    cache_dir: Path | None = None
+    keep_tmp: bool = False
+    start_timeout: float = 30.0
+    session_pool_size: int = 60
+    transaction_pool_size: int = 10
+    report_dir: Path = Path("reports")
+    sources: Mapping[str, str] = dataclasses.field(default_factory=dict, compare=False)
+
+    @property
+    def template_cache(self) -> Path:
+        return self.cache_dir or _default_cache_dir()
+
+
+def _pyproject_table(start: Path) -> tuple[dict[str, Any], Path | None]:
+    for folder in (start, *start.parents):
+        candidate = folder / "pyproject.toml"
+        if candidate.is_file():
+            with candidate.open("rb") as handle:
+                data = tomllib.load(handle)
+            return data.get("tool", {}).get("harness", {}), candidate
+    return {}, None
+
+
+def resolve_config(
+    cli: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> HarnessConfig:
+    """Resolve every setting once: CLI > HARNESS_* env > [tool.harness] > default."""
+    cli = {k: v for k, v in (cli or {}).items() if v is not None}
+    env = os.environ if env is None else env
+    table, pyproject = _pyproject_table((cwd or Path.cwd()).resolve())
+    table = {k.replace("-", "_"): v for k, v in table.items()}
+    unknown = sorted(set(table) - set(SETTINGS_BY_NAME))
+    if unknown:
+        raise UsageError(
+            f"Unknown setting(s) {', '.join(unknown)} in [tool.harness] of {pyproject}.",
+            fix=[f"use one of: {', '.join(SETTINGS_BY_NAME)}"],
+        )
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for setting in SETTINGS:
+        for origin, raw in (
+            ("cli", cli.get(setting.name)),
+            ("env", env.get(setting.env)),
+            ("pyproject", table.get(setting.name)),
+        ):
+            if raw is not None:
+                try:
+                    values[setting.name] = setting.parse(raw)
+                except (TypeError, ValueError) as exc:
+                    where = {"cli": setting.option, "env": setting.env,
+                             "pyproject": f"[tool.harness] {setting.name}"}[origin]
+                    raise UsageError(f"Bad value for {where}: {exc}.", fix=[setting.help]) from exc
+                sources[setting.name] = origin
+                break
+        else:
+            values[setting.name] = setting.default
+            sources[setting.name] = "default"
+    return HarnessConfig(**values, sources=sources)

@@ -1,0 +1,121 @@
+"""The throwaway PostgreSQL server of a native stack, and its initdb template cache."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import uuid
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+from harness.errors import SetupError
+from harness.stack.account import Account
+from harness.stack.binaries import Binaries
+from harness.stack.process import ServerProcess, run_as
+from harness.stack.wait import wait_until
+
+SUPERUSER = "harness"
+APP_ROLE = "app"
+DATABASE = "postgres"
+
+# Settings for a disposable server: durability off, loopback only.
+SERVER_SETTINGS = {
+    "listen_addresses": "127.0.0.1",
+    "fsync": "off",
+    "synchronous_commit": "off",
+    "full_page_writes": "off",
+    "max_connections": "200",
+    "shared_buffers": "32MB",
+    "log_line_prefix": "%m [%p] %q%u@%d ",
+    "logging_collector": "off",
+    "password_encryption": "scram-sha-256",
+}
+
+HBA = """\
+# Written by the harness: the socket folder is private, TCP needs a password.
+local all all trust
+host  all all 127.0.0.1/32 scram-sha-256
+"""
+
+
+def _initdb(binaries: Binaries, account: Account, target: Path) -> None:
+    target.mkdir(mode=0o700)
+    account.own(target)
+    result = run_as(account, [binaries.initdb, "-D", target, "-U", SUPERUSER, "-E", "UTF8",
+                              "--locale=C", "--auth=trust", "--no-sync", "--no-instructions"])
+    if result.returncode != 0:
+        raise SetupError(f"initdb failed (exit {result.returncode}) in {target}.",
+                         checked=[(result.stdout + result.stderr).strip()[-2000:]],
+                         fix=["check that the server account can write to the temporary folder",
+                              "set HARNESS_PG_BINDIR to a working PostgreSQL installation"])
+
+
+def prepare_data_dir(binaries: Binaries, account: Account, cache: Path, scratch: Path,
+                     target: Path) -> bool:
+    """Fill ``target`` with a fresh cluster; return True when the template was reused.
+
+    The first initdb for a PostgreSQL version is kept in ``cache`` and copied for
+    later stacks. Concurrent first runs each build one and the first rename wins.
+    """
+    template = cache / f"initdb-{binaries.postgres_version()}"
+    if not (template / "PG_VERSION").is_file():
+        built = scratch / f"template-{uuid.uuid4().hex}"
+        _initdb(binaries, account, built)
+        cache.mkdir(parents=True, exist_ok=True)
+        try:
+            os.rename(built, template)
+        except OSError:
+            shutil.rmtree(built, ignore_errors=True)  # another stack won the race
+        reused = False
+    else:
+        reused = True
+    shutil.copytree(template, target, symlinks=True)
+    os.chmod(target, 0o700)
+    (target / "pg_hba.conf").write_text(HBA)
+    account.own(target)
+    return reused
+
+
+class PostgresServer(ServerProcess):
+    """``postgres`` started directly (no pg_ctl) so that this object owns the postmaster."""
+
+    # SIGQUIT is PostgreSQL's immediate shutdown: no checkpoint, children killed.
+    stop_signal = signal.SIGQUIT
+    death_signal = signal.SIGQUIT
+
+    def __init__(self, binaries: Binaries, account: Account, data_dir: Path, socket_dir: Path,
+                 port: int, log_path: Path):
+        super().__init__("postgres", account, log_path)
+        self.binaries = binaries
+        self.data_dir = data_dir
+        self.socket_dir = socket_dir
+        self.port = port
+
+    def start(self, timeout: float) -> None:
+        argv: list[object] = [self.binaries.postgres, "-D", self.data_dir, "-p", self.port,
+                              "-c", f"unix_socket_directories={self.socket_dir}"]
+        for key, value in SERVER_SETTINGS.items():
+            argv += ["-c", f"{key}={value}"]
+        self.spawn(argv, cwd=self.data_dir)
+        wait_until(lambda: self._socket_query("SELECT 1"), what=f"PostgreSQL on port {self.port}",
+                   timeout=timeout, log_tail=self.log_tail, alive=self.alive)
+
+    def _socket_query(self, sql: str):
+        with psycopg.connect(host=str(self.socket_dir), port=self.port, user=SUPERUSER,
+                             dbname=DATABASE, connect_timeout=2, autocommit=True) as conn:
+            return conn.execute(sql).fetchall()
+
+    def bootstrap(self, superuser_password: str, app_password: str) -> str:
+        """Set the passwords and create the login role for the code under test."""
+        with psycopg.connect(host=str(self.socket_dir), port=self.port, user=SUPERUSER,
+                             dbname=DATABASE, autocommit=True) as conn:
+            conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(
+                sql.Identifier(SUPERUSER), sql.Literal(superuser_password)))
+            conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
+                sql.Identifier(APP_ROLE), sql.Literal(app_password)))
+            conn.execute(sql.SQL("GRANT CREATE, CONNECT ON DATABASE {} TO {}").format(
+                sql.Identifier(DATABASE), sql.Identifier(APP_ROLE)))
+            return conn.execute("SHOW server_version").fetchone()[0]

@@ -1,0 +1,201 @@
+"""The native stack on real servers: routes answer, PgBouncers pool as configured,
+teardown leaves nothing behind (also on SIGTERM), two stacks coexist."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from harness.config import resolve_config
+from harness.stack import ROUTES, start_stack
+from harness.stack.process import pid_alive
+from harness.stack.stack import RUN_DIR_PREFIX, remove_abandoned_run_dirs
+
+MARKER = "leak_marker_schema"
+PROBES = 20
+
+
+def connect(url):
+    return psycopg.connect(host=url.host, port=url.port, user=url.username, password=url.password,
+                           dbname=url.database, autocommit=True)
+
+
+@pytest.mark.parametrize("route", ROUTES)
+def test_each_route_answers_a_query_as_the_login_role(stack, route):
+    with connect(stack.url(route)) as conn:
+        user, one = conn.execute("SELECT current_user, 1").fetchone()
+    assert (user, one) == ("app", 1)
+
+
+def test_login_role_is_not_a_superuser(stack):
+    with connect(stack.url("direct")) as conn:
+        assert conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone() == (False,)
+    with connect(stack.superuser_url) as conn:
+        assert conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone() == (True,)
+
+
+@pytest.mark.parametrize("route", ["session", "transaction"])
+def test_each_pgbouncer_reports_its_pool_mode(stack, route):
+    config = {row["key"]: row["value"] for row in stack.admin(route, "SHOW CONFIG")}
+    assert config["pool_mode"] == route
+    assert config["server_reset_query"] == "DISCARD ALL"
+    assert stack.admin(route, "SHOW VERSION")
+    assert isinstance(stack.admin(route, "SHOW SERVERS"), list)
+    assert any(row["database"] == "postgres" for row in stack.admin(route, "SHOW POOLS"))
+
+
+def seen_by_other_clients(stack, route: str) -> tuple[int, list[tuple[str, int]]]:
+    """Client A sets a session-level search_path; fresh clients B report what they see."""
+    with connect(stack.url(route)) as client_a:
+        client_a.execute(f"SET search_path TO {MARKER}")
+        a_pid = client_a.execute("SELECT pg_backend_pid()").fetchone()[0]
+        seen = []
+        for _ in range(PROBES):
+            with connect(stack.url(route)) as client_b:
+                seen.append(client_b.execute("SELECT current_setting('search_path'), pg_backend_pid()").fetchone())
+    stack.admin("transaction", "RECONNECT")
+    return a_pid, seen
+
+
+def test_transaction_pooling_leaks_a_session_set_to_another_client(stack):
+    a_pid, seen = seen_by_other_clients(stack, "transaction")
+    leaked = [pid for path, pid in seen if path == MARKER]
+    assert leaked, f"no client saw {MARKER!r}: {seen}"
+    assert a_pid in leaked
+
+
+@pytest.mark.parametrize("route", ["session", "direct"])
+def test_session_pooling_and_direct_do_not_leak_it(stack, route):
+    _, seen = seen_by_other_clients(stack, route)
+    assert all(path != MARKER for path, _ in seen), seen
+
+
+def test_stack_exposes_versions_and_a_superuser_url(stack):
+    assert re.match(r"\d+\.\d+", stack.versions["postgres"])
+    assert re.match(r"\d+\.\d+", stack.versions["pgbouncer"])
+    assert stack.superuser_url.username != stack.url("direct").username
+
+
+def test_teardown_stops_every_process_and_removes_the_folder(harness_config):
+    running = start_stack(harness_config)
+    pids, run_dir = running.pids, running.run_dir
+    assert len(pids) == 3 and all(pid_alive(pid) for pid in pids)
+    running.close()
+    assert not any(pid_alive(pid) for pid in pids)
+    assert run_dir is not None and not run_dir.exists()
+    running.close()  # twice is harmless
+
+
+def test_keep_tmp_keeps_the_folder_for_debugging(tmp_path, harness_config):
+    config = resolve_config({"keep_tmp": True, "cache_dir": harness_config.template_cache}, cwd=tmp_path)
+    with start_stack(config) as running:
+        run_dir = running.run_dir
+    assert run_dir is not None and (run_dir / "postgres.log").exists()
+    subprocess.run(["rm", "-rf", str(run_dir)], check=True)
+
+
+def start_harness_up(*extra: str) -> tuple[subprocess.Popen, dict[str, str], list[int]]:
+    """Run `harness up` in a child process; return it with its printed routes and pids."""
+    proc = subprocess.Popen([sys.executable, "-m", "harness", "up", *extra], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    routes: dict[str, str] = {}
+    deadline = time.monotonic() + 60
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        parts = line.split()
+        if parts and parts[0] in ROUTES:
+            routes[parts[0]] = parts[1]
+        if parts and parts[0] == "pids":
+            return proc, routes, [int(p) for p in parts[1:]]
+        assert time.monotonic() < deadline, "harness up did not print its pids in time"
+    raise AssertionError(f"harness up ended early: {proc.wait()} {proc.stderr.read() if proc.stderr else ''}")
+
+
+def test_harness_up_prints_three_working_routes_and_sigterm_tears_down():
+    proc, routes, pids = start_harness_up()
+    try:
+        assert set(routes) == set(ROUTES)
+        from sqlalchemy import create_engine, text
+
+        for url in routes.values():
+            engine = create_engine(url)
+            with engine.connect() as conn:
+                assert conn.execute(text("SELECT 1")).scalar() == 1
+            engine.dispose()
+        assert all(pid_alive(pid) for pid in pids)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 128 + signal.SIGTERM
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert not any(pid_alive(pid) for pid in pids)
+
+
+def test_sigterm_to_a_pytest_run_leaves_no_server_behind(tmp_path):
+    pid_file = tmp_path / "pids"
+    (tmp_path / "test_hangs.py").write_text(textwrap.dedent(f"""
+        import time
+        def test_waits(stack):
+            open({str(pid_file)!r}, "w").write(" ".join(map(str, stack.pids)))
+            time.sleep(120)
+    """))
+    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (pid_file.exists() and pid_file.read_text()):
+            assert proc.poll() is None and time.monotonic() < deadline, "the pytest run never started its stack"
+            time.sleep(0.05)
+        pids = [int(p) for p in pid_file.read_text().split()]
+        assert all(pid_alive(pid) for pid in pids)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert not any(pid_alive(pid) for pid in pids)
+
+
+def test_sigkill_of_the_harness_still_stops_its_servers_and_the_next_run_cleans_up():
+    proc, routes, pids = start_harness_up()
+    run_dirs_before = set(Path(tempfile.gettempdir()).glob(RUN_DIR_PREFIX + "*"))
+    proc.kill()
+    proc.wait(timeout=10)
+    deadline = time.monotonic() + 10
+    while any(pid_alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(pid_alive(pid) for pid in pids)
+    abandoned = remove_abandoned_run_dirs()
+    assert abandoned and set(abandoned) <= run_dirs_before
+
+
+def test_two_stacks_at_once_both_work():
+    first = start_harness_up("--seconds", "30")
+    second = start_harness_up("--seconds", "30")
+    try:
+        ports = set()
+        for _, routes, _ in (first, second):
+            for url in routes.values():
+                ports.add(url.rsplit(":", 1)[1])
+                from sqlalchemy import create_engine, text
+
+                engine = create_engine(url)
+                with engine.connect() as conn:
+                    assert conn.execute(text("SELECT 1")).scalar() == 1
+                engine.dispose()
+        assert len(ports) == 6
+    finally:
+        for proc, _, _ in (first, second):
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=30)
+    assert not any(pid_alive(pid) for _, _, pids in (first, second) for pid in pids)
