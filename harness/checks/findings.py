@@ -1,0 +1,28 @@
+"""A finding: one violation, its kind, the steps that show it, and a sentence that explains it."""
+
+from __future__ import annotations
+
+import dataclasses
+
+ISOLATION_KINDS = ("cross_tenant_read", "misplaced_write", "lost_write", "context_lost", "pool_pollution",
+                   "unsafe_identifier")
+KINDS = ISOLATION_KINDS + ("error",)
+
+
+@dataclasses.dataclass(frozen=True)
+class Finding:
+    kind: str
+    explanation: str
+    steps: tuple[int, ...] = ()
+    tenant: str | None = None
+    # False when every step showing it uses a raw SQL style the strategy does not rely on:
+    # measured and shown, but it does not gate the verdict.
+    gating: bool = True
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown finding kind {self.kind!r}")
+
+    @property
+    def isolation(self) -> bool:
+        return self.kind in ISOLATION_KINDS

@@ -1,0 +1,90 @@
+"""Checks over single steps: what a step read, and how it failed."""
+
+from __future__ import annotations
+
+from harness.checks.findings import Finding
+from harness.tenancy.tenants import needs_quoting
+from harness.workload.history import History, StepRecord
+
+UNDEFINED_TABLE = "42P01"
+# What a tenant name that was not quoted properly tends to produce.
+IDENTIFIER_SQLSTATES = {
+    "42601": "a syntax error",
+    "3F000": "an invalid schema name",
+    "42602": "an invalid name",
+    "22023": "an invalid search_path value",
+}
+
+
+def _who(step: StepRecord) -> str:
+    where = f" on backend {step.pid}" if step.pid else ""
+    return f"step {step.seq} (client {step.client}, tenant {step.tenant!r}, {step.step}{where})"
+
+
+def _gating(history: History, step: StepRecord) -> bool:
+    return step.style in history.gating_styles
+
+
+def check_cross_tenant_reads(history: History) -> list[Finding]:
+    findings = []
+    for step in history.steps:
+        foreign = [row for row in step.rows if row.owner != step.tenant]
+        if not foreign:
+            continue
+        owners = sorted({row.owner for row in foreign})
+        sample = ", ".join(f"{row.table} #{row.id} of {row.owner!r}" for row in foreign[:3])
+        more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+        decoy = " (decoy rows from public: the search_path fell back to public)" if owners == ["public"] else ""
+        findings.append(Finding(
+            "cross_tenant_read",
+            f"{_who(step)} read {len(foreign)} row(s) it does not own: {sample}{more}{decoy}.",
+            (step.seq,), step.tenant, _gating(history, step)))
+    return findings
+
+
+def check_context_lost(history: History) -> list[Finding]:
+    return [Finding("context_lost",
+                    f"{_who(step)} failed with \"{step.error.message}\": the tenant context was gone.",
+                    (step.seq,), step.tenant, _gating(history, step))
+            for step in history.steps if step.error and step.error.sqlstate == UNDEFINED_TABLE]
+
+
+def _path_elements(search_path: str) -> list[str]:
+    return [part.strip() for part in search_path.split(",")]
+
+
+def check_unsafe_identifiers(history: History) -> list[Finding]:
+    """A tenant name that needs quoting broke the SQL, or went into search_path unquoted.
+
+    A correctly quoted name shows in ``current_setting('search_path')`` with its
+    quotes (``"Acme"``); the bare name there means PostgreSQL parses it as an
+    unquoted identifier: folded to lower case (``Acme`` becomes ``acme``, another
+    tenant) or rejected.
+    """
+    findings = []
+    for step in history.steps:
+        if not needs_quoting(step.tenant):
+            continue
+        if step.error and step.error.sqlstate in IDENTIFIER_SQLSTATES:
+            findings.append(Finding(
+                "unsafe_identifier",
+                f"{_who(step)} hit {IDENTIFIER_SQLSTATES[step.error.sqlstate]} (\"{step.error.message}\"): "
+                f"the name {step.tenant!r} was not quoted where it was used.",
+                (step.seq,), step.tenant, _gating(history, step)))
+        elif step.search_path and step.tenant in _path_elements(step.search_path):
+            findings.append(Finding(
+                "unsafe_identifier",
+                f"{_who(step)} ran with search_path {step.search_path!r}: the name {step.tenant!r} went in "
+                f"unquoted, so PostgreSQL reads it as {step.tenant.lower()!r}"
+                f"{' (another tenant)' if step.tenant.lower() in history.tenants else ''}.",
+                (step.seq,), step.tenant, _gating(history, step)))
+    return findings
+
+
+def check_errors(history: History) -> list[Finding]:
+    """Any other failure: kept apart from isolation findings."""
+    return [Finding("error", f"{_who(step)} failed: {step.error.type}: {step.error.message}",
+                    (step.seq,), step.tenant, _gating(history, step))
+            for step in history.steps
+            if step.error and step.error.sqlstate != UNDEFINED_TABLE
+            and not (needs_quoting(step.tenant) and step.error.sqlstate in IDENTIFIER_SQLSTATES)]

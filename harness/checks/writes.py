@@ -1,0 +1,102 @@
+"""misplaced_write and lost_write: committed writes against the superuser's read-back.
+
+The committed writes are derived from the steps alone: a step's writes are
+pending until its client commits; a rollback, a failed step, a rollback to a
+savepoint (for writes after it) or the end of the request discards them.
+"""
+
+from __future__ import annotations
+
+from harness.checks.findings import Finding
+from harness.workload.history import History, StepRecord, Write
+
+DISCARDING = {"rollback", "fail_and_rollback", "end_request", "open"}
+
+
+def committed_writes(history: History) -> list[tuple[Write, StepRecord]]:
+    """Writes that a successful commit made durable, with the step that wrote each."""
+    pending: dict[int, list[tuple[Write, StepRecord]]] = {}
+    marks: dict[int, list[int]] = {}
+    committed: list[tuple[Write, StepRecord]] = []
+    for step in history.steps:
+        mine = pending.setdefault(step.client, [])
+        my_marks = marks.setdefault(step.client, [])
+        if step.error is not None or step.step in DISCARDING:
+            mine.clear()
+            my_marks.clear()
+            continue
+        mine.extend((w, step) for w in step.writes)
+        if step.step == "savepoint":
+            my_marks.append(len(mine))
+        elif step.step == "rollback_to_savepoint" and my_marks:
+            del mine[my_marks.pop():]
+        elif step.step == "commit":
+            committed.extend(mine)
+            mine.clear()
+            my_marks.clear()
+    return committed
+
+
+def check_writes(history: History) -> list[Finding]:
+    if history.final_state is None:
+        return []
+    gating = set(history.gating_styles)
+    committed = committed_writes(history)
+    # The expected end state of each (table, id) in its owner's schema.
+    expected: dict[tuple[str, str, int], tuple[str | None, StepRecord]] = {}
+    labels: dict[str, tuple[Write, StepRecord]] = {}
+    for write, step in committed:
+        key = (write.owner, write.table, write.id)
+        expected[key] = (None if write.op == "delete" else write.label, step)
+        if write.label:
+            labels[write.label] = (write, step)
+    attempted_labels = {w.label: (w, s) for s in history.steps for w in s.writes if w.label}
+
+    findings: list[Finding] = []
+    for schema, tables in history.final_state.items():
+        for table, rows in tables.items():
+            present = {row[0]: row for row in rows}
+            for row_id, owner, label in rows:
+                if owner != schema:
+                    write, step = labels.get(label) or attempted_labels.get(label) or (None, None)
+                    findings.append(Finding(
+                        "misplaced_write",
+                        f"{table} #{row_id} written for tenant {owner!r}"
+                        f"{f' at step {step.seq}' if step else ''} is in schema {schema!r}.",
+                        (step.seq,) if step else (), owner, step is None or step.style in gating))
+                elif label in attempted_labels and attempted_labels[label][0].owner != schema:
+                    write, step = attempted_labels[label]
+                    findings.append(Finding(
+                        "misplaced_write",
+                        f"an update made for tenant {write.owner!r} at step {step.seq} changed "
+                        f"{table} #{row_id} of schema {schema!r}.",
+                        (step.seq,), write.owner, step.style in gating))
+            if schema not in history.tenants:
+                continue
+            for (owner, w_table, row_id), (label, step) in expected.items():
+                if owner != schema or w_table != table:
+                    continue
+                row = present.get(row_id)
+                if label is None and row is not None:
+                    problem = "is still there although its delete was committed"
+                elif label is not None and row is None:
+                    problem = "is missing although it was committed"
+                elif label is not None and row is not None and row[2] != label:
+                    problem = f"holds {row[2]!r} instead of the committed {label!r}"
+                else:
+                    continue
+                findings.append(Finding(
+                    "lost_write",
+                    f"{table} #{row_id} of tenant {owner!r} {problem} (step {step.seq}).",
+                    (step.seq,), owner, step.style in gating))
+            seeded = history.seed_ids.get(table, ())
+            deleted = {row_id for (owner, t, row_id), (label, _) in expected.items()
+                       if owner == schema and t == table and label is None}
+            for row_id in seeded:
+                if row_id not in present and row_id not in deleted:
+                    findings.append(Finding(
+                        "misplaced_write",
+                        f"seeded {table} #{row_id} of schema {schema!r} is gone, although tenant "
+                        f"{schema!r} never deleted it: a delete for another tenant landed here.",
+                        (), schema))
+    return findings

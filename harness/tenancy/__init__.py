@@ -1,0 +1,1 @@
+"""Database state: tenant names, the model set, provisioning and reset, strategies."""

@@ -1,0 +1,169 @@
+"""Provisioning and reset of tenant schemas, run as the harness's superuser.
+
+- one schema per tenant, named exactly like the tenant (always quoted);
+- the model set's tables in each, seeded with the same primary keys everywhere;
+- decoy copies of the tables in ``public`` with rows owned by ``public``, so a
+  search_path that falls back to ``public`` is a provable leak, not an empty result;
+- reset between examples: truncate and reseed (cheap), RECONNECT the PgBouncer
+  pools and wait until no server connection of the login role is left (total).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Iterable
+
+from sqlalchemy import MetaData, create_engine, text
+from sqlalchemy.engine import Connection, Engine
+
+from harness.errors import StartupTimeout
+from harness.stack import Stack
+from harness.stack.postgres import APP_ROLE
+from harness.tenancy.models import model_set
+from harness.tenancy.tenants import PUBLIC, validate_tenants
+
+SEED_ROWS = 8
+SEED_SMALL = 3
+WRITTEN_TABLES = ("product", "marketplace_task")
+
+
+def quote(conn: Connection, name: str) -> str:
+    return conn.dialect.identifier_preparer.quote_identifier(name)
+
+
+def seed_rows(owner: str) -> dict[str, list[dict[str, Any]]]:
+    """The rows every schema starts with; the same keys for every owner."""
+    small = range(1, SEED_SMALL + 1)
+    return {
+        "product": [{"id": i, "owner": owner, "name": f"{owner} product {i}", "price": i * 10} for i in
+                    range(1, SEED_ROWS + 1)],
+        "vinted_product": [{"id": i, "owner": owner, "product_id": i, "vinted_ref": f"v{i}"} for i in small],
+        "marketplace_job": [{"id": i, "owner": owner, "kind": "sync"} for i in small],
+        "marketplace_task": [{"id": i, "owner": owner, "job_id": i, "state": "seeded"} for i in small],
+        "publication_history": [{"id": i, "owner": owner, "product_id": i, "event": "seeded"} for i in small],
+        "attribute": [{"id": i, "owner": owner, "name": f"attr {i}"} for i in small],
+        "product_attribute": [{"product_id": 1, "attribute_id": 1, "owner": owner},
+                              {"product_id": 1, "attribute_id": 2, "owner": owner},
+                              {"product_id": 2, "attribute_id": 1, "owner": owner}],
+    }
+
+
+class Tenancy:
+    """The tenant schemas of one stack: provision once, reset often, read back as superuser."""
+
+    def __init__(self, stack: Stack, tenants: Iterable[str], *, decoys: bool = True,
+                 extra_metadata: MetaData | None = None):
+        self.stack = stack
+        self.tenants: tuple[str, ...] = validate_tenants(tuple(tenants))
+        self.decoys = decoys
+        self.extra_metadata = extra_metadata
+        self.models = model_set("placeholder")
+        self.engine: Engine = create_engine(stack.superuser_url, connect_args={"prepare_threshold": None},
+                                            poolclass=None, pool_size=2)
+        self.provisioned: list[str] = []
+
+    # -- schemas ------------------------------------------------------------------
+    @property
+    def schemas(self) -> list[str]:
+        """Every schema holding harness rows: the tenants' and (with decoys) ``public``."""
+        return self.provisioned + ([PUBLIC] if self.decoys else [])
+
+    def provision(self, tenants: Iterable[str] | None = None) -> None:
+        """Create the schemas and tables of ``tenants`` (default: the tenant set) and seed them."""
+        wanted = validate_tenants(tuple(tenants)) if tenants is not None else self.tenants
+        new = [t for t in wanted if t not in self.provisioned]
+        with self.engine.begin() as conn:
+            if not self.provisioned and self.decoys:
+                self._create_tables(conn, PUBLIC, create_schema=False)
+            for tenant in new:
+                self._create_tables(conn, tenant, create_schema=True)
+        self.provisioned.extend(new)
+        self.reset(reconnect=False, reseed_only_written=False)
+
+    def _create_tables(self, conn: Connection, schema: str, *, create_schema: bool) -> None:
+        q = quote(conn, schema)
+        if create_schema:
+            conn.execute(text(f"CREATE SCHEMA {q}"))
+        mapped = conn.execution_options(schema_translate_map={"tenant": schema})
+        self.models.metadata.create_all(mapped)
+        if self.extra_metadata is not None:
+            self.extra_metadata.create_all(mapped)
+        conn.execute(text(f"GRANT USAGE ON SCHEMA {q} TO {APP_ROLE}"))
+        conn.execute(text(f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {q} TO {APP_ROLE}"))
+
+    def _tables(self):
+        return list(self.models.metadata.sorted_tables)
+
+    def _reset_tables(self):
+        """The written tables and those referencing them: all the workload can change."""
+        written = {t for t in self._tables() if t.name in WRITTEN_TABLES}
+        return [t for t in self._tables()
+                if t in written or any(fk.column.table in written for fk in t.foreign_keys)]
+
+    def reset(self, *, reconnect: bool = True, timeout: float = 10.0, reseed_only_written: bool = True) -> None:
+        """Truncate and reseed every schema; then leave no server connection of the login role.
+
+        The workload writes only ``WRITTEN_TABLES``; truncating those (and the
+        tables that reference them) restores every row the workload can touch.
+        """
+        with self.engine.begin() as conn:
+            tables = self._reset_tables() if reseed_only_written else self._tables()
+            names = [f"{quote(conn, s)}.{quote(conn, t.name)}" for s in self.schemas for t in tables]
+            conn.execute(text(f"TRUNCATE {', '.join(names)}"))
+            for schema in self.schemas:
+                mapped = conn.execution_options(schema_translate_map={"tenant": schema})
+                rows = seed_rows(schema)
+                for table in tables:
+                    mapped.execute(table.insert(), rows[table.name])
+        if reconnect:
+            self.drop_server_connections(timeout)
+
+    def drop_server_connections(self, timeout: float = 10.0) -> None:
+        """RECONNECT both PgBouncer pools and wait until the login role has no backend left.
+
+        A backend that outlives the deadline (a leaked connection) is terminated,
+        so no connection state carries over into the next example.
+        """
+        for route in self.stack.bouncers:
+            self.stack.admin(route, "RECONNECT")
+        deadline = time.monotonic() + timeout
+        query = text("SELECT pid FROM pg_stat_activity WHERE usename = :role AND pid <> pg_backend_pid()")
+        with self.engine.connect() as conn:
+            while True:
+                pids = [row[0] for row in conn.execute(query, {"role": APP_ROLE})]
+                if not pids:
+                    return
+                if time.monotonic() >= deadline:
+                    for pid in pids:
+                        conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+                    conn.commit()
+                    return
+                conn.rollback()
+                time.sleep(0.01)
+
+    # -- reading back ---------------------------------------------------------------
+    def snapshot(self) -> dict[str, dict[str, list[tuple[int, str, str]]]]:
+        """Rows of the written tables in every schema: {schema: {table: [(id, owner, label)]}}."""
+        label = {"product": "name", "marketplace_task": "state"}
+        out: dict[str, dict[str, list[tuple[int, str, str]]]] = {}
+        with self.engine.connect() as conn:
+            for schema in self.schemas:
+                out[schema] = {}
+                for table in WRITTEN_TABLES:
+                    rows = conn.execute(text(
+                        f"SELECT id, owner, {label[table]} FROM {quote(conn, schema)}.{quote(conn, table)} ORDER BY id"))
+                    out[schema][table] = [(r[0], r[1], r[2]) for r in rows]
+        return out
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def drop(self) -> None:
+        """Remove every schema this object created (and the public decoys)."""
+        with self.engine.begin() as conn:
+            for schema in self.provisioned:
+                conn.execute(text(f"DROP SCHEMA IF EXISTS {quote(conn, schema)} CASCADE"))
+            if self.decoys:
+                for table in reversed(self._tables()):
+                    conn.execute(text(f"DROP TABLE IF EXISTS public.{quote(conn, table.name)}"))
+        self.provisioned.clear()

@@ -1,0 +1,1 @@
+"""Built-in strategies: real tenancy patterns, each a few lines."""

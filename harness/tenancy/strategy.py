@@ -1,0 +1,124 @@
+"""The strategy interface and how a strategy is loaded by name.
+
+A strategy is named ``package.module:attr`` (or a built-in's short name).
+``attr`` is a factory called with the SQLAlchemy URL of the route under test;
+it returns an object with ``session(tenant)`` (a context manager yielding a
+``Session`` bound to that tenant) and ``close()``, and optionally ``models``,
+``raw_sql``, ``engine``, ``layout``, ``settings`` (custom GUC names the pool
+probe should read) and ``provision``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from typing import Any, Callable
+
+from sqlalchemy.engine import URL
+
+from harness.errors import UsageError
+from harness.tenancy.models import FLAVOURS
+
+BUILTIN_MODULE = "harness.tenancy.strategies.builtin"
+BUILTINS = ("search_path_set", "search_path_restore", "search_path_local", "set_config_local",
+            "translate_map", "translate_map_pinned")
+RAW_STYLES = ("unqualified", "qualified")
+
+
+def resolve_spec(spec: str) -> str:
+    """A built-in short name becomes its full spec; anything else must be package.module:attr."""
+    if spec in BUILTINS:
+        return f"{BUILTIN_MODULE}:{spec}"
+    if ":" not in spec:
+        raise UsageError(f"Strategy {spec!r} is neither a built-in nor of the form package.module:attr.",
+                         fix=[f"use one of the built-ins: {', '.join(BUILTINS)}",
+                              "or name your factory, e.g. myapp.tenancy:make_strategy"])
+    return spec
+
+
+def short_name(spec: str) -> str:
+    return spec.split(":", 1)[1] if spec.startswith(BUILTIN_MODULE + ":") else spec
+
+
+@dataclasses.dataclass(frozen=True)
+class StrategySpec:
+    """A loaded, not yet instantiated, strategy: its name and its factory."""
+
+    name: str
+    spec: str
+    factory: Callable[[URL], Any]
+
+    def create(self, url: URL) -> "Strategy":
+        try:
+            instance = self.factory(url)
+        except Exception as exc:
+            raise UsageError(f"Strategy {self.name!r}: the factory {self.spec} raised "
+                             f"{type(exc).__name__}: {exc}.",
+                             fix=["fix the factory; it is called with the SQLAlchemy URL of the route"]) from exc
+        return Strategy.wrap(self.name, instance)
+
+
+def load_strategy(spec: str) -> StrategySpec:
+    """Import a strategy factory; a clear error names the spec when it cannot be used."""
+    full = resolve_spec(spec)
+    module_name, _, attr = full.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:
+        raise UsageError(f"Strategy {spec!r}: module {module_name!r} does not import "
+                         f"({type(exc).__name__}: {exc}).",
+                         fix=["check the module path and that it is importable from the current folder"]) from exc
+    factory = module
+    for part in attr.split("."):
+        factory = getattr(factory, part, None)
+        if factory is None:
+            raise UsageError(f"Strategy {spec!r}: module {module_name!r} has no attribute {attr!r}.",
+                             fix=["name a callable that takes the route URL"])
+    if not callable(factory):
+        raise UsageError(f"Strategy {spec!r}: {attr!r} is not callable.",
+                         fix=["name a factory: a callable that takes the route URL and returns the strategy"])
+    return StrategySpec(short_name(full), full, factory)
+
+
+@dataclasses.dataclass
+class Strategy:
+    """A live strategy instance with its declared properties resolved."""
+
+    name: str
+    instance: Any
+    models: str
+    raw_sql: tuple[str, ...]
+    layout: str
+    settings: tuple[str, ...]
+
+    @classmethod
+    def wrap(cls, name: str, instance: Any) -> "Strategy":
+        if not callable(getattr(instance, "session", None)):
+            raise UsageError(f"Strategy {name!r}: the factory returned a {type(instance).__name__} "
+                             "without a session(tenant) method.",
+                             fix=["return an object with session(tenant) -> context manager yielding a Session, "
+                                  "and close()"])
+        models = getattr(instance, "models", "placeholder")
+        if models not in FLAVOURS:
+            raise UsageError(f"Strategy {name!r}: models = {models!r}; use one of {', '.join(FLAVOURS)}.")
+        raw_sql = tuple(getattr(instance, "raw_sql", ("unqualified",)))
+        unknown = [s for s in raw_sql if s not in RAW_STYLES]
+        if unknown:
+            raise UsageError(f"Strategy {name!r}: unknown raw_sql style(s) {unknown}; "
+                             f"use {', '.join(RAW_STYLES)}.")
+        layout = getattr(instance, "layout", "schema")
+        if layout != "schema":
+            raise UsageError(f"Strategy {name!r}: layout {layout!r} is not supported yet; use 'schema'.")
+        return cls(name, instance, models, raw_sql, layout, tuple(getattr(instance, "settings", ())))
+
+    def session(self, tenant: str):
+        return self.instance.session(tenant)
+
+    @property
+    def engine(self):
+        return getattr(self.instance, "engine", None)
+
+    def close(self) -> None:
+        close = getattr(self.instance, "close", None)
+        if callable(close):
+            close()

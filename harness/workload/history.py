@@ -1,0 +1,144 @@
+"""What happened, step by step: the input of every check.
+
+Plain dataclasses that serialise to JSON, so a history can be written to disk,
+read back, and checked again; checks never talk to a database.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+DEFAULT_SEARCH_PATH = '"$user", public'
+
+
+@dataclasses.dataclass(frozen=True)
+class RowSeen:
+    table: str
+    id: int
+    owner: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Write:
+    """A write a step made and saw succeed (not yet committed)."""
+
+    op: str  # insert | update | delete
+    table: str
+    id: int
+    owner: str
+    label: str = ""  # the name/state written, so a misplaced update is recognisable
+
+
+@dataclasses.dataclass(frozen=True)
+class ErrorSeen:
+    sqlstate: str | None
+    type: str
+    message: str
+
+
+@dataclasses.dataclass(frozen=True)
+class StepRecord:
+    seq: int
+    client: int
+    request: int
+    tenant: str
+    step: str
+    style: str = "orm"  # orm | raw_unqualified | raw_qualified | control
+    pid: int | None = None
+    search_path: str | None = None
+    user: str | None = None
+    rows: tuple[RowSeen, ...] = ()
+    writes: tuple[Write, ...] = ()
+    error: ErrorSeen | None = None
+    note: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class ConnectionState:
+    """What the pool probe read on one server connection."""
+
+    pid: int
+    search_path: str
+    current_user: str
+    session_user: str
+    settings: tuple[tuple[str, str], ...] = ()
+    temp_tables: int = 0
+    advisory_locks: int = 0
+    listen_channels: int = 0
+    open_transaction: bool = False
+
+    def leftovers(self) -> list[str]:
+        found = []
+        if self.search_path != DEFAULT_SEARCH_PATH:
+            found.append(f"search_path = {self.search_path}")
+        found.extend(f"{name} = {value!r}" for name, value in self.settings if value)
+        if self.current_user != self.session_user:
+            found.append(f"role {self.current_user} (logged in as {self.session_user})")
+        if self.open_transaction:
+            found.append("an open transaction")
+        if self.temp_tables:
+            found.append(f"{self.temp_tables} temp table(s)")
+        if self.advisory_locks:
+            found.append(f"{self.advisory_locks} advisory lock(s)")
+        if self.listen_channels:
+            found.append(f"LISTEN on {self.listen_channels} channel(s)")
+        return found
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbeRecord:
+    """One pool probe, taken after a request ended."""
+
+    seq: int
+    after_step: int
+    target: str  # "pgbouncer:<route>" or "engine"
+    states: tuple[ConnectionState, ...]
+    server_pids: tuple[int, ...] = ()  # SHOW SERVERS remote_pid, for coverage of the probe
+    error: str | None = None
+
+    @property
+    def uncovered(self) -> tuple[int, ...]:
+        probed = {s.pid for s in self.states}
+        return tuple(p for p in self.server_pids if p not in probed)
+
+
+Snapshot = dict[str, dict[str, list[tuple[int, str, str]]]]
+
+
+@dataclasses.dataclass
+class History:
+    """Everything a run recorded, plus the superuser's read-back of every schema."""
+
+    strategy: str
+    route: str
+    tenants: tuple[str, ...]
+    schemas: tuple[str, ...]
+    steps: list[StepRecord] = dataclasses.field(default_factory=list)
+    probes: list[ProbeRecord] = dataclasses.field(default_factory=list)
+    final_state: Snapshot | None = None
+    seed_ids: dict[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)
+    gating_styles: tuple[str, ...] = ("orm", "raw_unqualified", "control")
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "History":
+        def step(d: dict[str, Any]) -> StepRecord:
+            return StepRecord(**{**d, "rows": tuple(RowSeen(**r) for r in d["rows"]),
+                                 "writes": tuple(Write(**w) for w in d["writes"]),
+                                 "error": ErrorSeen(**d["error"]) if d["error"] else None})
+
+        def probe(d: dict[str, Any]) -> ProbeRecord:
+            return ProbeRecord(**{**d, "states": tuple(ConnectionState(**{**s, "settings": tuple(
+                tuple(x) for x in s["settings"])}) for s in d["states"]), "server_pids": tuple(d["server_pids"])})
+
+        final = data.get("final_state")
+        return cls(strategy=data["strategy"], route=data["route"], tenants=tuple(data["tenants"]),
+                   schemas=tuple(data["schemas"]), steps=[step(s) for s in data["steps"]],
+                   probes=[probe(p) for p in data["probes"]],
+                   final_state=None if final is None else {
+                       s: {t: [tuple(r) for r in rows] for t, rows in tables.items()} for s, tables in final.items()},
+                   seed_ids={k: tuple(v) for k, v in data.get("seed_ids", {}).items()},
+                   gating_styles=tuple(data.get("gating_styles", ())))

@@ -1,0 +1,246 @@
+"""The runner: executes a program's interleaving one action at a time and records a history.
+
+Deterministic by construction: one action at a time, in the program's order,
+each client with its own session (and so its own pooled connection). Every row
+a step writes carries the tenant the step acts for; ids of written rows come
+from one counter, so a row can be traced to the step that wrote it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from typing import Any
+
+from sqlalchemy import select, text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
+
+from harness.stack import Stack
+from harness.tenancy.models import ModelSet, model_set
+from harness.tenancy.strategy import Strategy
+from harness.workload import probe as pool_probe
+from harness.workload.history import ErrorSeen, History, ProbeRecord, RowSeen, StepRecord, Write
+from harness.workload.program import STEP_STYLES, Program, Request
+
+FIRST_WRITTEN_ID = 1000
+PID_QUERY = text("SELECT pg_backend_pid(), current_setting('search_path'), current_user")
+FAILING_STATEMENT = text("SELECT 1 / 0")
+
+
+def _error(exc: BaseException) -> ErrorSeen:
+    orig = getattr(exc, "orig", None)
+    sqlstate = getattr(orig, "sqlstate", None)
+    message = str(orig if orig is not None else exc).strip().splitlines()
+    return ErrorSeen(sqlstate=sqlstate, type=type(orig if orig is not None else exc).__name__,
+                     message=message[0] if message else "")
+
+
+@dataclasses.dataclass
+class Client:
+    index: int
+    context: Any = None  # the strategy's session context manager
+    session: Session | None = None
+    tenant: str = ""
+    request: int = -1
+    savepoints: list[Any] = dataclasses.field(default_factory=list)
+    inserted: list[int] = dataclasses.field(default_factory=list)
+
+
+class Runner:
+    """Runs programs for one strategy instance on one route of a stack."""
+
+    def __init__(self, stack: Stack, route: str, strategy: Strategy, *, raw_table: str = "product"):
+        self.stack = stack
+        self.route = route
+        self.strategy = strategy
+        self.models: ModelSet = model_set(strategy.models)
+        self.ids = itertools.count(FIRST_WRITTEN_ID)
+        self.seq = itertools.count(1)
+        self.raw_table = raw_table
+
+    # -- program --------------------------------------------------------------------
+    def run(self, program: Program, history: History) -> History:
+        clients = [Client(i) for i in range(len(program.clients))]
+        actions = program.client_actions()
+        cursor = [0] * len(clients)
+        try:
+            for c in program.order():
+                r, request, action = actions[c][cursor[c]]
+                cursor[c] += 1
+                record = self.act(clients[c], r, request, action)
+                history.steps.append(record)
+                if action == "end_request" and program.probe:
+                    history.probes.extend(self.probe(record.seq))
+        finally:
+            for client in clients:
+                self._end(client)
+        return history
+
+    # -- one action -----------------------------------------------------------------
+    def act(self, client: Client, r: int, request: Request, action: str) -> StepRecord:
+        seq = next(self.seq)
+        base = dict(seq=seq, client=client.index, request=r, tenant=request.tenant, step=action,
+                    style=STEP_STYLES[action])
+        if action == "open":
+            return self._open(client, r, request.tenant, base)
+        if action == "end_request":
+            error = self._end(client)
+            return StepRecord(**base, error=error)
+        session = client.session
+        if session is None:
+            return StepRecord(**base, note="skipped: the session did not open")
+        pid_info: dict[str, Any] = {}
+        try:
+            if action in ("commit", "rollback", "fail_and_rollback"):
+                pid_info = self._where(session)
+            rows, writes, note = self._do(client, session, action)
+            if action not in ("commit", "rollback", "fail_and_rollback", "rollback_to_savepoint"):
+                pid_info = self._where(session)
+            return StepRecord(**base, **pid_info, rows=rows, writes=writes, note=note)
+        except Exception as exc:  # noqa: BLE001 - every failure is recorded, not raised
+            error = _error(exc)
+            note = self._recover(client)
+            return StepRecord(**base, **pid_info, error=error, note=note)
+
+    def _open(self, client: Client, r: int, tenant: str, base: dict[str, Any]) -> StepRecord:
+        client.tenant, client.request, client.savepoints, client.inserted = tenant, r, [], []
+        try:
+            client.context = self.strategy.session(tenant)
+            client.session = client.context.__enter__()
+            return StepRecord(**base, **self._where(client.session, only_in_transaction=True))
+        except Exception as exc:  # noqa: BLE001
+            client.context = client.session = None
+            return StepRecord(**base, error=_error(exc))
+
+    def _end(self, client: Client) -> ErrorSeen | None:
+        context, client.context, client.session = client.context, None, None
+        if context is None:
+            return None
+        try:
+            context.__exit__(None, None, None)
+        except Exception as exc:  # noqa: BLE001
+            return _error(exc)
+        return None
+
+    def _recover(self, client: Client) -> str:
+        """After a failed step, roll back as an application would."""
+        client.savepoints.clear()
+        try:
+            if client.session is not None:
+                client.session.rollback()
+            return "rolled back after the error"
+        except Exception as exc:  # noqa: BLE001
+            return f"rollback after the error failed too: {_error(exc).message}"
+
+    def _where(self, session: Session, only_in_transaction: bool = False) -> dict[str, Any]:
+        """Backend pid, search_path and role of the session's current transaction."""
+        if only_in_transaction and not session.in_transaction():
+            return {}
+        if not session.in_transaction():
+            return {}
+        pid, path, user = session.execute(PID_QUERY).one()
+        return {"pid": pid, "search_path": path, "user": user}
+
+    # -- the steps ------------------------------------------------------------------
+    def _raw(self, qualified: bool) -> str:
+        return f"tenant.{self.raw_table}" if qualified else self.raw_table
+
+    def _do(self, client: Client, session: Session, action: str) -> tuple[tuple[RowSeen, ...], tuple[Write, ...], str]:
+        m, tenant = self.models, client.tenant
+        Product = m.Product  # noqa: N806
+        if action == "orm_select_all":
+            return tuple(RowSeen("product", p.id, p.owner) for p in session.scalars(select(Product))), (), ""
+        if action == "orm_select_pk":
+            obj = session.get(Product, 1)
+            return ((RowSeen("product", obj.id, obj.owner),) if obj else ()), (), "" if obj else "no row 1"
+        if action in ("orm_insert", "raw_insert_unqualified", "raw_insert_qualified"):
+            new_id = next(self.ids)
+            name = f"ins:{new_id}"
+            if action == "orm_insert":
+                session.add(Product(id=new_id, owner=tenant, name=name, price=1))
+                session.flush()
+            else:
+                session.execute(text(f"INSERT INTO {self._raw(action.endswith('_qualified'))} (id, owner, name, price) "
+                                     "VALUES (:id, :owner, :name, 1)"), {"id": new_id, "owner": tenant, "name": name})
+            client.inserted.append(new_id)
+            return (), (Write("insert", "product", new_id, tenant, name),), ""
+        if action in ("raw_select_unqualified", "raw_select_qualified"):
+            rows = session.execute(text(f"SELECT id, owner FROM {self._raw(action.endswith('_qualified'))} ORDER BY id"))
+            return tuple(RowSeen("product", row.id, row.owner) for row in rows), (), ""
+        if action == "orm_update":
+            target = 1 + client.index
+            obj = session.get(Product, target)
+            if obj is None:
+                return (), (), f"no row {target} to update"
+            label = f"upd:{next(self.ids)}"
+            seen = RowSeen("product", obj.id, obj.owner)
+            obj.name = label
+            session.flush()
+            return (seen,), (Write("update", "product", target, tenant, label),), ""
+        if action == "orm_delete":
+            if not client.inserted:
+                return (), (), "nothing inserted in this request to delete"
+            target = client.inserted.pop()
+            obj = session.get(Product, target)
+            if obj is None:
+                return (), (), f"row {target} not found to delete"
+            seen = RowSeen("product", obj.id, obj.owner)
+            session.delete(obj)
+            session.flush()
+            return (seen,), (Write("delete", "product", target, tenant),), ""
+        if action == "job_read":
+            return tuple(RowSeen("marketplace_job", j.id, j.owner) for j in session.scalars(select(m.MarketplaceJob))), (), ""
+        if action == "task_insert":
+            new_id = next(self.ids)
+            label = f"task:{new_id}"
+            session.add(m.MarketplaceTask(id=new_id, owner=tenant, job_id=1, state=label))
+            session.flush()
+            return (), (Write("insert", "marketplace_task", new_id, tenant, label),), ""
+        if action == "task_read":
+            return tuple(RowSeen("marketplace_task", t.id, t.owner) for t in session.scalars(select(m.MarketplaceTask))), (), ""
+        if action == "commit":
+            session.commit()
+            return (), (), ""
+        if action == "rollback":
+            session.rollback()
+            client.savepoints.clear()
+            return (), (), ""
+        if action == "fail_and_rollback":
+            try:
+                session.execute(FAILING_STATEMENT)
+            except DBAPIError as exc:
+                session.rollback()
+                client.savepoints.clear()
+                return (), (), f"failed as intended ({_error(exc).type}), rolled back"
+            raise AssertionError("SELECT 1 / 0 did not fail")
+        if action == "savepoint":
+            client.savepoints.append(session.begin_nested())
+            return (), (), ""
+        if action == "rollback_to_savepoint":
+            if not client.savepoints:
+                return (), (), "no savepoint open"
+            client.savepoints.pop().rollback()
+            return (), (), ""
+        raise AssertionError(f"unhandled step {action}")
+
+    # -- pool probe -------------------------------------------------------------------
+    def probe(self, after_step: int) -> list[ProbeRecord]:
+        records = []
+        settings = self.strategy.settings
+        if self.route in self.stack.bouncers:
+            try:
+                states, servers = pool_probe.probe_pgbouncer(self.stack, self.route, settings)
+                records.append(ProbeRecord(next(self.seq), after_step, f"pgbouncer:{self.route}", tuple(states), servers))
+            except Exception as exc:  # noqa: BLE001
+                records.append(ProbeRecord(next(self.seq), after_step, f"pgbouncer:{self.route}", (),
+                                           error=f"{type(exc).__name__}: {exc}"))
+        engine = self.strategy.engine
+        if engine is not None:
+            try:
+                states = pool_probe.probe_engine(engine, settings)
+                records.append(ProbeRecord(next(self.seq), after_step, "engine", tuple(states)))
+            except Exception as exc:  # noqa: BLE001
+                records.append(ProbeRecord(next(self.seq), after_step, "engine", (),
+                                           error=f"{type(exc).__name__}: {exc}"))
+        return records
