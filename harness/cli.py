@@ -75,10 +75,19 @@ def build_parser() -> argparse.ArgumentParser:
     setup.add_argument("--install", action="store_true",
                        help="install Debian's postgresql and pgbouncer when missing (root + apt-get)")
     setup.set_defaults(func=cmd_setup)
+
+    # Listed for --help; main() hands `scan` to the scanner before parsing.
+    sub.add_parser("scan", help="find SET search_path leftovers in Python code (harness scan PATH ... [--json])")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["scan"]:
+        # The scanner owns its arguments (and its --help).
+        from harness.scan import scanner
+
+        return scanner.main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

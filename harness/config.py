@@ -33,6 +33,14 @@ def _optional_path(value: Any) -> Path | None:
     return Path(str(value)).expanduser()
 
 
+def _names(value: Any) -> tuple[str, ...]:
+    if isinstance(value, (list, tuple)):
+        items = [str(v) for v in value]
+    else:
+        items = str(value).split(",")
+    return tuple(item.strip() for item in items if item.strip())
+
+
 def _path(value: Any) -> Path:
     return Path(str(value)).expanduser()
 
@@ -58,6 +66,8 @@ def _default_cache_dir() -> Path:
     return Path(base) / "tenant-harness"
 
 
+ROUTE_NAMES = ("direct", "session", "transaction")
+
 SETTINGS: tuple[Setting, ...] = (
     Setting("backend", "native", str, "What starts the stack: native (local binaries)."),
     Setting("pg_bindir", None, _optional_path,
@@ -71,6 +81,12 @@ SETTINGS: tuple[Setting, ...] = (
             "PgBouncer pool size on the session route; keep it above any client pool."),
     Setting("transaction_pool_size", 10, int, "PgBouncer pool size on the transaction route."),
     Setting("report_dir", Path("reports"), _path, "Where run reports are written."),
+    Setting("strategies", (), _names,
+            "Strategies to verify, comma-separated: built-in names or package.module:attr "
+            "(default: every built-in, checked against its expectation table)."),
+    Setting("routes", ("direct", "session", "transaction"), _names,
+            "Routes to run, comma-separated: direct, session, transaction."),
+    Setting("tenants", 4, int, "How many tenant schemas to provision (at least 2; the first four are fixed names)."),
 )
 SETTINGS_BY_NAME = {s.name: s for s in SETTINGS}
 
@@ -88,6 +104,9 @@ class HarnessConfig:
     session_pool_size: int = 60
     transaction_pool_size: int = 10
     report_dir: Path = Path("reports")
+    strategies: tuple[str, ...] = ()
+    routes: tuple[str, ...] = ("direct", "session", "transaction")
+    tenants: int = 4
     sources: Mapping[str, str] = dataclasses.field(default_factory=dict, compare=False)
 
     @property
@@ -141,4 +160,9 @@ def resolve_config(
         else:
             values[setting.name] = setting.default
             sources[setting.name] = "default"
-    return HarnessConfig(**values, sources=sources)
+    config = HarnessConfig(**values, sources=sources)
+    unknown_routes = [r for r in config.routes if r not in ROUTE_NAMES]
+    if unknown_routes or not config.routes:
+        raise UsageError(f"Unknown route(s) {', '.join(unknown_routes) or '(none given)'}.",
+                         fix=[f"use some of: {', '.join(ROUTE_NAMES)}"])
+    return config

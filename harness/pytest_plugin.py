@@ -12,13 +12,21 @@ import pytest
 
 from harness.config import SETTINGS, HarnessConfig, resolve_config
 from harness.stack import Stack, signals, start_stack
+from harness.tenancy.provisioning import Tenancy
+from harness.tenancy.strategy import BUILTINS, StrategySpec, load_strategy, resolve_spec, short_name
+from harness.tenancy.tenants import HOSTILE_TENANTS, default_tenants
+from harness.workload.cell import CellResult, run_cell, verdict_matrix, write_cell_results
+from harness.workload.expectations import required_verdict
+from harness.workload.named import NAMED_SCENARIOS
 
 CONFIG_KEY = pytest.StashKey[HarnessConfig]()
 STACK_KEY = pytest.StashKey[Stack]()
 LOG_OFFSETS_KEY = pytest.StashKey[dict]()
 SIGNALS_KEY = pytest.StashKey[dict]()
 
-PLUGIN_SETTINGS = ("backend", "pg_bindir", "pgbouncer", "cache_dir", "keep_tmp", "start_timeout")
+PLUGIN_SETTINGS = ("backend", "pg_bindir", "pgbouncer", "cache_dir", "keep_tmp", "start_timeout", "strategies",
+                   "routes", "tenants", "report_dir")
+RESULTS_KEY = pytest.StashKey[list]()
 
 
 def _option(name: str) -> str:
@@ -38,6 +46,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[CONFIG_KEY] = resolve_config(cli, cwd=config.rootpath)
     config.stash[SIGNALS_KEY] = signals.install()
     config.addinivalue_line("markers", "server: the test needs a running stack")
+    config.stash[RESULTS_KEY] = []
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -54,6 +63,62 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def harness_config(pytestconfig: pytest.Config) -> HarnessConfig:
     """The run's resolved :class:`~harness.config.HarnessConfig`."""
     return pytestconfig.stash[CONFIG_KEY]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """``strategy`` and ``route`` arguments run over the configured strategies and routes."""
+    config = metafunc.config.stash[CONFIG_KEY]
+    explicit = {name for mark in metafunc.definition.iter_markers("parametrize")
+                for name in (mark.args[0].split(",") if isinstance(mark.args[0], str) else mark.args[0])}
+    if "strategy" in metafunc.fixturenames and "strategy" not in explicit:
+        names = config.strategies or BUILTINS
+        metafunc.parametrize("strategy", [load_strategy(n) for n in names], ids=[short_name(resolve_spec(n)) for n in names],
+                             scope="session")
+    if "route" in metafunc.fixturenames and "route" not in explicit:
+        metafunc.parametrize("route", list(config.routes), scope="session")
+
+
+@pytest.fixture(scope="session")
+def tenancy(stack: Stack, harness_config: HarnessConfig) -> Iterator[Tenancy]:
+    """The tenant schemas (the default set plus the hostile names), provisioned once per session."""
+    schemas = Tenancy(stack, default_tenants(harness_config.tenants))
+    schemas.provision()
+    schemas.provision(HOSTILE_TENANTS)
+    try:
+        yield schemas
+    finally:
+        schemas.close()
+
+
+@pytest.fixture(scope="session")
+def cell_results(pytestconfig: pytest.Config) -> list:
+    """Every CellResult of the session, for the summary and the report."""
+    return pytestconfig.stash[RESULTS_KEY]
+
+
+@pytest.fixture
+def run_scenario(stack: Stack, tenancy: Tenancy, harness_config: HarnessConfig, cell_results: list):
+    """Run a named scenario for a strategy on a route; return its CellResult."""
+
+    def run(strategy: StrategySpec, route: str, scenario: str) -> CellResult:
+        named = NAMED_SCENARIOS[scenario]
+        result = run_cell(stack, tenancy, strategy, route, scenario, named.build(tenancy.tenants))
+        result.required = required_verdict(strategy.name, scenario, route)
+        cell_results.append(result)
+        return result
+
+    return run
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    results = config.stash.get(RESULTS_KEY, [])
+    if not results:
+        return
+    terminalreporter.section("isolation verdicts (measured; * = differs from the expectation)")
+    for line in verdict_matrix(results):
+        terminalreporter.write_line(line)
+    path = write_cell_results(results, config.stash[CONFIG_KEY].report_dir)
+    terminalreporter.write_line(f"cell results: {path}")
 
 
 @pytest.fixture(scope="session")

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
+from pathlib import Path
 
 from harness.checks import Coverage, Finding, Verdict, check_history, coverage, verdict
 from harness.stack import Stack
 from harness.tenancy.provisioning import SEED_ROWS, SEED_SMALL, Tenancy
 from harness.tenancy.strategy import StrategySpec
+from harness.workload.expectations import Expectation
 from harness.workload.history import History
 from harness.workload.program import Program
 from harness.workload.runner import Runner
@@ -24,6 +27,21 @@ class CellResult:
     coverage: Coverage
     verdict: Verdict
     seconds: float
+    required: Expectation | None = None
+
+    @property
+    def as_required(self) -> bool:
+        return self.required is None or self.required.verdict == self.verdict.value
+
+    def summary(self) -> dict:
+        return {
+            "strategy": self.strategy, "route": self.route, "scenario": self.scenario,
+            "verdict": self.verdict.value, "verdict_reason": self.verdict.reason,
+            "required": self.required.verdict if self.required else None,
+            "required_reason": self.required.reason if self.required else None,
+            "findings": [dataclasses.asdict(f) for f in self.findings],
+            "coverage": dataclasses.asdict(self.coverage), "seconds": round(self.seconds, 3),
+        }
 
     def explain(self, limit: int = 40) -> str:
         """A numbered, readable account: the verdict, the findings, then the steps."""
@@ -65,3 +83,29 @@ def run_cell(stack: Stack, tenancy: Tenancy, spec: StrategySpec, route: str, sce
     cov = coverage(history)
     return CellResult(spec.name, route, scenario, history, findings, cov, verdict(findings, cov),
                       time.monotonic() - started)
+
+
+def verdict_matrix(results: list[CellResult]) -> list[str]:
+    """strategy x scenario rows, one column per route: PASS / FAIL / inconclusive (* = not as required)."""
+    routes = list(dict.fromkeys(r.route for r in results))
+    cells = {(r.strategy, r.scenario, r.route): r for r in results}
+    rows = list(dict.fromkeys((r.strategy, r.scenario) for r in results))
+    width = max(len(s) for s, _ in rows) + 2
+    swidth = max(len(c) for _, c in rows) + 2
+    lines = [f"{'strategy':<{width}}{'scenario':<{swidth}}" + "".join(f"{r:<15}" for r in routes)]
+    label = {"pass": "pass", "fail": "FAIL", "inconclusive": "inconclusive"}
+    for strategy, scenario in rows:
+        line = f"{strategy:<{width}}{scenario:<{swidth}}"
+        for route in routes:
+            cell = cells.get((strategy, scenario, route))
+            text = "-" if cell is None else label[cell.verdict.value] + ("" if cell.as_required else "*")
+            line += f"{text:<15}"
+        lines.append(line.rstrip())
+    return lines
+
+
+def write_cell_results(results: list[CellResult], report_dir: Path) -> Path:
+    report_dir.mkdir(parents=True, exist_ok=True)
+    path = report_dir / "cells.json"
+    path.write_text(json.dumps([r.summary() for r in results], indent=1, default=str))
+    return path

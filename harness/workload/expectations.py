@@ -1,0 +1,48 @@
+"""The expectation table of the built-in strategies (harness/tenancy/strategies/expectations.toml)."""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from pathlib import Path
+
+from harness.checks.verdict import VERDICTS
+from harness.stack import ROUTES
+
+DEFAULT_PATH = Path(__file__).resolve().parents[1] / "tenancy" / "strategies" / "expectations.toml"
+
+
+@dataclasses.dataclass(frozen=True)
+class Expectation:
+    verdict: str
+    reason: str
+
+
+def load_expectations(path: Path = DEFAULT_PATH) -> dict[tuple[str, str, str], Expectation]:
+    """{(strategy, scenario, route): Expectation}; a malformed entry raises ValueError."""
+    with path.open("rb") as handle:
+        data = tomllib.load(handle)
+    table: dict[tuple[str, str, str], Expectation] = {}
+    for strategy, scenarios in data.items():
+        for scenario, entry in scenarios.items():
+            reason = entry.get("reason", "").strip()
+            if not reason:
+                raise ValueError(f"{path}: {strategy}.{scenario} has no reason")
+            for route in ROUTES:
+                value = entry.get(route, entry.get("verdict"))
+                if value not in VERDICTS:
+                    raise ValueError(f"{path}: {strategy}.{scenario} has no valid verdict for {route}: {value!r}")
+                table[(strategy, scenario, route)] = Expectation(value, reason)
+    return table
+
+
+USER_REQUIREMENT = Expectation("pass", "a user strategy must pass every scenario on every route it runs on")
+_TABLE: dict[tuple[str, str, str], Expectation] | None = None
+
+
+def required_verdict(strategy: str, scenario: str, route: str) -> Expectation:
+    """What a cell must measure: the table's entry for a built-in, ``pass`` for anything else."""
+    global _TABLE
+    if _TABLE is None:
+        _TABLE = load_expectations()
+    return _TABLE.get((strategy, scenario, route), USER_REQUIREMENT)
