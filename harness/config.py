@@ -87,6 +87,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("routes", ("direct", "session", "transaction"), _names,
             "Routes to run, comma-separated: direct, session, transaction."),
     Setting("tenants", 4, int, "How many tenant schemas to provision (at least 2; the first four are fixed names)."),
+    Setting("models", None, lambda v: str(v) if v not in (None, "") else None,
+            "Your own SQLAlchemy metadata (package.module:attr) to create in every tenant schema "
+            "next to the harness's models; it must hold tables in the 'tenant' schema."),
+    Setting("decoys", True, _bool,
+            "Put decoy copies of the tenant tables, owned by 'public', into public (a fallback to public "
+            "then shows as cross_tenant_read; without decoys, as context_lost)."),
 )
 SETTINGS_BY_NAME = {s.name: s for s in SETTINGS}
 
@@ -107,6 +113,8 @@ class HarnessConfig:
     strategies: tuple[str, ...] = ()
     routes: tuple[str, ...] = ("direct", "session", "transaction")
     tenants: int = 4
+    models: str | None = None
+    decoys: bool = True
     sources: Mapping[str, str] = dataclasses.field(default_factory=dict, compare=False)
 
     @property

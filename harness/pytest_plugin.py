@@ -12,6 +12,7 @@ import pytest
 
 from harness.config import SETTINGS, HarnessConfig, resolve_config
 from harness.stack import Stack, signals, start_stack
+from harness.tenancy.models import load_user_metadata
 from harness.tenancy.provisioning import Tenancy
 from harness.tenancy.strategy import BUILTINS, StrategySpec, load_strategy, resolve_spec, short_name
 from harness.tenancy.tenants import HOSTILE_TENANTS, default_tenants
@@ -25,7 +26,7 @@ LOG_OFFSETS_KEY = pytest.StashKey[dict]()
 SIGNALS_KEY = pytest.StashKey[dict]()
 
 PLUGIN_SETTINGS = ("backend", "pg_bindir", "pgbouncer", "cache_dir", "keep_tmp", "start_timeout", "strategies",
-                   "routes", "tenants", "report_dir")
+                   "routes", "tenants", "report_dir", "models", "decoys")
 RESULTS_KEY = pytest.StashKey[list]()
 
 
@@ -81,7 +82,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 @pytest.fixture(scope="session")
 def tenancy(stack: Stack, harness_config: HarnessConfig) -> Iterator[Tenancy]:
     """The tenant schemas (the default set plus the hostile names), provisioned once per session."""
-    schemas = Tenancy(stack, default_tenants(harness_config.tenants))
+    extra = load_user_metadata(harness_config.models) if harness_config.models else None
+    schemas = Tenancy(stack, default_tenants(harness_config.tenants), decoys=harness_config.decoys,
+                      extra_metadata=extra)
     schemas.provision()
     schemas.provision(HOSTILE_TENANTS)
     try:

@@ -81,10 +81,26 @@ def check_unsafe_identifiers(history: History) -> list[Finding]:
     return findings
 
 
+# psycopg 3 prepares a statement after 5 executions (prepare_threshold=5);
+# PgBouncer before 1.21 cannot route prepared statements in transaction mode, so
+# the next transaction's server does not have it. Not an isolation failure.
+PREPARED_STATEMENT_SQLSTATES = {"26000", "42P05"}
+PREPARED_STATEMENT_ADVICE = ("a prepared-statement error, not an isolation failure: psycopg prepares after 5 "
+                             "executions and PgBouncer before 1.21 cannot route prepared statements in "
+                             "transaction mode; pass connect_args={'prepare_threshold': None}")
+
+
+def _error_explanation(step: StepRecord) -> str:
+    assert step.error is not None
+    text = f"{_who(step)} failed: {step.error.type}: {step.error.message}"
+    if step.error.sqlstate in PREPARED_STATEMENT_SQLSTATES or "prepared statement" in step.error.message:
+        text += f" ({PREPARED_STATEMENT_ADVICE})"
+    return text
+
+
 def check_errors(history: History) -> list[Finding]:
     """Any other failure: kept apart from isolation findings."""
-    return [Finding("error", f"{_who(step)} failed: {step.error.type}: {step.error.message}",
-                    (step.seq,), step.tenant, _gating(history, step))
+    return [Finding("error", _error_explanation(step), (step.seq,), step.tenant, _gating(history, step))
             for step in history.steps
             if step.error and step.error.sqlstate != UNDEFINED_TABLE
             and not (needs_quoting(step.tenant) and step.error.sqlstate in IDENTIFIER_SQLSTATES)]

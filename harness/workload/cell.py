@@ -60,6 +60,12 @@ class CellResult:
                          f"pid={step.pid} path={step.search_path!r} rows=[{rows}{more}]{err} {step.note}".rstrip())
         if len(self.history.steps) > limit:
             lines.append(f"  ... {len(self.history.steps) - limit} more steps")
+        for probe in self.history.probes[:limit]:
+            pids = ", ".join(str(s.pid) for s in probe.states) or "none"
+            against = f"; SHOW SERVERS: {', '.join(map(str, probe.server_pids)) or 'none'}" if probe.target != "engine" else ""
+            busy = f"; busy, not probed: {', '.join(map(str, probe.uncovered))}" if probe.uncovered else ""
+            lines.append(f"  probe after step {probe.after_step} ({probe.target}): probed {pids}{against}{busy}"
+                         + (f" ERROR {probe.error}" if probe.error else ""))
         return "\n".join(lines)
 
 
