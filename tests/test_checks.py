@@ -553,3 +553,20 @@ def test_a_history_survives_a_json_round_trip():
     assert isinstance(back.probes[0].states[0].settings[0], tuple)
     assert back.final_state["acme"]["product"][-1] == (10, "Acme", "ins:10")
     assert check_history(back) == check_history(run.history)
+
+
+def test_a_history_file_without_gating_styles_uses_the_default_and_still_fails():
+    import json
+
+    from harness.checks import check_history, coverage, verdict
+    from harness.workload.history import History, RowSeen, StepRecord
+
+    history = History(strategy="s", route="direct", tenants=("acme", "Acme"), schemas=("acme", "Acme"),
+                      steps=[StepRecord(1, 0, 0, "acme", "orm_select_all", pid=7, rows=(RowSeen("product", 1, "Acme"),)),
+                             StepRecord(2, 0, 1, "Acme", "orm_select_all", pid=7)])
+    data = json.loads(json.dumps(history.to_json()))
+    del data["gating_styles"]
+    loaded = History.from_json(data)
+    findings = check_history(loaded)
+    assert [f.gating for f in findings] == [True]
+    assert verdict(findings, coverage(loaded)).value == "fail"

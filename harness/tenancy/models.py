@@ -119,8 +119,8 @@ def load_user_metadata(spec: str) -> MetaData:
         raise UsageError(f"Models spec {spec!r} is not of the form package.module:attr.")
     try:
         target = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise UsageError(f"Models spec {spec!r} could not be loaded: {exc}.",
+    except Exception as exc:  # noqa: BLE001 - any import-time failure is the user's to fix
+        raise UsageError(f"Models spec {spec!r} could not be loaded: {type(exc).__name__}: {exc}.",
                          fix=["check the module is importable from the current folder"]) from exc
     metadata = getattr(target, "metadata", target)
     if not isinstance(metadata, MetaData):

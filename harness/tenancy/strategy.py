@@ -101,7 +101,8 @@ class Strategy:
         models = getattr(instance, "models", "placeholder")
         if models not in FLAVOURS:
             raise UsageError(f"Strategy {name!r}: models = {models!r}; use one of {', '.join(FLAVOURS)}.")
-        raw_sql = tuple(getattr(instance, "raw_sql", ("unqualified",)))
+        raw_sql = getattr(instance, "raw_sql", ("unqualified",))
+        raw_sql = (raw_sql,) if isinstance(raw_sql, str) else tuple(raw_sql)
         unknown = [s for s in raw_sql if s not in RAW_STYLES]
         if unknown:
             raise UsageError(f"Strategy {name!r}: unknown raw_sql style(s) {unknown}; "

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import re
 
+from sqlalchemy.dialects.postgresql.base import RESERVED_WORDS
+
 from harness.errors import UsageError
 
 # PostgreSQL truncates identifiers to NAMEDATALEN - 1 bytes (63), silently
@@ -36,8 +38,8 @@ _PLAIN = re.compile(r"[a-z_][a-z0-9_$]*")
 
 
 def needs_quoting(name: str) -> bool:
-    """True when ``name`` is not a plain lower-case SQL identifier."""
-    return _PLAIN.fullmatch(name) is None
+    """True when ``name`` is not a plain lower-case SQL identifier, or is a reserved word."""
+    return _PLAIN.fullmatch(name) is None or name in RESERVED_WORDS
 
 
 def validate_tenant(name: object) -> str:
