@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,8 @@ class Bouncer(ServerProcess):
         self.pool_size = pool_size
         self.ini_path = run_dir / f"pgbouncer-{pool_mode}.ini"
         self.userlist_path = run_dir / f"userlist-{pool_mode}.txt"
+        self._admin_conn: psycopg.Connection | None = None
+        self._admin_lock = threading.Lock()
 
     def render_config(self) -> str:
         return "\n".join([
@@ -85,10 +88,33 @@ class Bouncer(ServerProcess):
                           timeout=timeout, log_tail=self.log_tail, alive=self.alive)
         return str(next(iter(rows[0].values())))
 
+    def _admin_connection(self) -> psycopg.Connection:
+        return psycopg.connect(host="127.0.0.1", port=self.port, dbname=ADMIN_DATABASE,
+                               user=self.admin_user, password=self.users[self.admin_user],
+                               connect_timeout=2, autocommit=True, row_factory=dict_row)
+
     def admin(self, command: str) -> list[dict[str, Any]]:
-        """Run one admin console command (``SHOW POOLS``, ``RECONNECT``...) and return its rows."""
-        with psycopg.connect(host="127.0.0.1", port=self.port, dbname=ADMIN_DATABASE,
-                             user=self.admin_user, password=self.users[self.admin_user],
-                             connect_timeout=2, autocommit=True, row_factory=dict_row) as conn:
-            cur = conn.execute(command, prepare=False)
-            return cur.fetchall() if cur.description else []
+        """Run one admin console command (``SHOW POOLS``, ``RECONNECT``...) and return its rows.
+
+        The console connection is kept open between commands (a login costs a
+        SCRAM exchange); a broken one is replaced once.
+        """
+        with self._admin_lock:
+            for attempt in (1, 2):
+                if self._admin_conn is None or self._admin_conn.closed:
+                    self._admin_conn = self._admin_connection()
+                try:
+                    cur = self._admin_conn.execute(command, prepare=False)
+                    return cur.fetchall() if cur.description else []
+                except psycopg.OperationalError:
+                    self._admin_conn.close()
+                    self._admin_conn = None
+                    if attempt == 2:
+                        raise
+        raise AssertionError("unreachable")
+
+    def stop(self, timeout: float = 5.0) -> None:
+        if self._admin_conn is not None:
+            self._admin_conn.close()
+            self._admin_conn = None
+        super().stop(timeout)

@@ -119,13 +119,17 @@ class Tenancy:
             self.drop_server_connections(timeout)
 
     def drop_server_connections(self, timeout: float = 10.0) -> None:
-        """RECONNECT both PgBouncer pools and wait until the login role has no backend left.
+        """Drop both PgBouncer pools' server connections and wait until the login role has no backend left.
 
         A backend that outlives the deadline (a leaked connection) is terminated,
         so no connection state carries over into the next example.
         """
         for route in self.stack.bouncers:
-            self.stack.admin(route, "RECONNECT")
+            # KILL drops the database's server (and client) connections at once;
+            # RECONNECT would wait for PgBouncer's janitor. RESUME lets clients in again.
+            database = self.stack.url(route).database
+            self.stack.admin(route, f"KILL {database}")
+            self.stack.admin(route, f"RESUME {database}")
         deadline = time.monotonic() + timeout
         query = text("SELECT pid FROM pg_stat_activity WHERE usename = :role AND pid <> pg_backend_pid()")
         with self.engine.connect() as conn:

@@ -81,7 +81,7 @@ def run_cell(stack: Stack, tenancy: Tenancy, spec: StrategySpec, route: str, sce
                                 "marketplace_task": tuple(range(1, SEED_SMALL + 1))},
                       gating_styles=gating)
     try:
-        Runner(stack, route, strategy).run(program, history)
+        Runner(stack, route, strategy, tenants=tenancy.tenants).run(program, history)
     finally:
         strategy.close()
     history.final_state = tenancy.snapshot()

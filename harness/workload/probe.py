@@ -49,27 +49,61 @@ def _state(row: tuple[Any, ...], names: tuple[str, ...], open_transaction: bool 
                            open_transaction=open_transaction)
 
 
-def probe_pgbouncer(stack: Stack, route: str, settings: tuple[str, ...]) -> tuple[list[ConnectionState], tuple[int, ...]]:
-    """Probe every idle server connection of a PgBouncer route; return states and SHOW SERVERS pids."""
-    servers = [s for s in stack.admin(route, "SHOW SERVERS") if s.get("user") == stack.url(route).username]
-    idle = [s for s in servers if s.get("state") in IDLE_SERVER_STATES]
-    names = COMMON_SETTINGS + tuple(s for s in settings if s not in COMMON_SETTINGS)
-    query = _probe_query(names)
-    url: URL = stack.url(route)
-    clients: list[psycopg.Connection] = []
-    states: list[ConnectionState] = []
-    try:
-        for _ in idle:
-            conn = psycopg.connect(host=url.host, port=url.port, user=url.username, password=url.password,
-                                   dbname=url.database, prepare_threshold=None, connect_timeout=5)
-            clients.append(conn)
-            # The open transaction pins this client to one server until rollback.
-            states.append(_state(conn.execute(query).fetchone(), names))
-    finally:
-        for conn in clients:
-            conn.rollback()
+class PgBouncerProbe:
+    """Probes one PgBouncer route; keeps its client connections where that changes nothing.
+
+    In transaction mode an idle client holds no server, so probe clients are
+    kept between probes (a login costs a SCRAM exchange). In session mode a
+    client keeps its server until it disconnects, so probe clients are closed
+    after every probe (PgBouncer then runs server_reset_query on their servers,
+    as it would for any client).
+    """
+
+    def __init__(self, stack: Stack, route: str, settings: tuple[str, ...]):
+        self.stack = stack
+        self.route = route
+        self.url: URL = stack.url(route)
+        self.names = COMMON_SETTINGS + tuple(s for s in settings if s not in COMMON_SETTINGS)
+        self.query = _probe_query(self.names)
+        self.keep = stack.bouncers[route].pool_mode == "transaction"
+        self.spare: list[psycopg.Connection] = []
+
+    def _client(self) -> psycopg.Connection:
+        if self.spare:
+            return self.spare.pop()
+        url = self.url
+        return psycopg.connect(host=url.host, port=url.port, user=url.username, password=url.password,
+                               dbname=url.database, prepare_threshold=None, connect_timeout=5)
+
+    def probe(self) -> tuple[list[ConnectionState], tuple[int, ...]]:
+        """Probe every idle server connection; return the states and the SHOW SERVERS pids."""
+        servers = [s for s in self.stack.admin(self.route, "SHOW SERVERS") if s.get("user") == self.url.username]
+        idle = [s for s in servers if s.get("state") in IDLE_SERVER_STATES]
+        clients: list[psycopg.Connection] = []
+        states: list[ConnectionState] = []
+        try:
+            for _ in idle:
+                conn = self._client()
+                clients.append(conn)
+                # The open transaction pins this client to one server until rollback.
+                states.append(_state(conn.execute(self.query).fetchone(), self.names))
+        finally:
+            for conn in clients:
+                try:
+                    conn.rollback()
+                except psycopg.Error:
+                    conn.close()
+                    continue
+                if self.keep:
+                    self.spare.append(conn)
+                else:
+                    conn.close()
+        return states, tuple(int(s["remote_pid"]) for s in servers if s.get("remote_pid"))
+
+    def close(self) -> None:
+        for conn in self.spare:
             conn.close()
-    return states, tuple(int(s["remote_pid"]) for s in servers if s.get("remote_pid"))
+        self.spare.clear()
 
 
 def probe_engine(engine: Engine, settings: tuple[str, ...]) -> list[ConnectionState]:

@@ -23,7 +23,8 @@ DATA_STEPS = {
     "raw_select_qualified": "raw_qualified",
     "raw_insert_qualified": "raw_qualified",
 }
-CONTROL_STEPS = ("commit", "rollback", "fail_and_rollback", "savepoint", "rollback_to_savepoint")
+CONTROL_STEPS = ("commit", "rollback", "fail_and_rollback", "savepoint", "rollback_to_savepoint",
+                 "scheduler_pass")
 FRAME_STEPS = ("open", "end_request")
 STEP_STYLES = {**DATA_STEPS, **{s: "control" for s in CONTROL_STEPS + FRAME_STEPS}}
 

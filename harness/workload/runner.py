@@ -24,6 +24,8 @@ from harness.workload.history import ErrorSeen, History, ProbeRecord, RowSeen, S
 from harness.workload.program import STEP_STYLES, Program, Request
 
 FIRST_WRITTEN_ID = 1000
+SCHEDULER_CLIENT = 100
+SCHEDULER_STEPS = ("job_read", "task_insert", "commit", "task_read")
 PID_QUERY = text("SELECT pg_backend_pid(), current_setting('search_path'), current_user")
 FAILING_STATEMENT = text("SELECT 1 / 0")
 
@@ -50,8 +52,11 @@ class Client:
 class Runner:
     """Runs programs for one strategy instance on one route of a stack."""
 
-    def __init__(self, stack: Stack, route: str, strategy: Strategy, *, raw_table: str = "product"):
+    def __init__(self, stack: Stack, route: str, strategy: Strategy, *, raw_table: str = "product",
+                 tenants: tuple[str, ...] = ()):
         self.stack = stack
+        self.tenants = tenants  # what a scheduler pass walks
+        self._bouncer_probe: pool_probe.PgBouncerProbe | None = None
         self.route = route
         self.strategy = strategy
         self.models: ModelSet = model_set(strategy.models)
@@ -68,6 +73,9 @@ class Runner:
             for c in program.order():
                 r, request, action = actions[c][cursor[c]]
                 cursor[c] += 1
+                if action == "scheduler_pass":
+                    history.steps.extend(self.scheduler_pass(clients[c], r, request))
+                    continue
                 record = self.act(clients[c], r, request, action)
                 history.steps.append(record)
                 if action == "end_request" and program.probe:
@@ -75,7 +83,23 @@ class Runner:
         finally:
             for client in clients:
                 self._end(client)
+            if self._bouncer_probe is not None:
+                self._bouncer_probe.close()
         return history
+
+    def scheduler_pass(self, client: Client, r: int, request: Request) -> list[StepRecord]:
+        """A background job inside a request: one session per tenant, in turn, over every tenant.
+
+        Its steps are recorded under their own client number (the request's
+        client + SCHEDULER_CLIENT) since they run in sessions of their own.
+        """
+        job = Client(client.index + SCHEDULER_CLIENT)
+        records = []
+        for tenant in self.tenants or (request.tenant,):
+            sub = Request(tenant, SCHEDULER_STEPS)
+            for action in sub.actions():
+                records.append(self.act(job, r, sub, action))
+        return records
 
     # -- one action -----------------------------------------------------------------
     def act(self, client: Client, r: int, request: Request, action: str) -> StepRecord:
@@ -230,7 +254,9 @@ class Runner:
         settings = self.strategy.settings
         if self.route in self.stack.bouncers:
             try:
-                states, servers = pool_probe.probe_pgbouncer(self.stack, self.route, settings)
+                if self._bouncer_probe is None:
+                    self._bouncer_probe = pool_probe.PgBouncerProbe(self.stack, self.route, settings)
+                states, servers = self._bouncer_probe.probe()
                 records.append(ProbeRecord(next(self.seq), after_step, f"pgbouncer:{self.route}", tuple(states), servers))
             except Exception as exc:  # noqa: BLE001
                 records.append(ProbeRecord(next(self.seq), after_step, f"pgbouncer:{self.route}", (),

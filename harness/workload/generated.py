@@ -1,0 +1,172 @@
+"""Generated programs: Hypothesis draws concurrent workloads and shrinks failures.
+
+Choice: a program is drawn as one *value* (clients, requests, steps and the
+interleaving) by a composite strategy, and run by the same deterministic runner
+as the named scenarios; not as a ``RuleBasedStateMachine``. A value prints as a
+program a person can read and paste, replays exactly (the runner executes one
+action at a time in the drawn order), shrinks structurally (fewer clients,
+requests and steps; the interleaving towards "first client first"), and the
+database is reset before every example, which ``@given`` makes natural. A
+state machine would interleave drawing with executing, so the interleaving
+would exist only implicitly in its rule order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+from hypothesis import HealthCheck, Phase, Verbosity, given, seed as hypothesis_seed, settings, strategies as st
+from hypothesis.database import DirectoryBasedExampleDatabase
+from hypothesis.errors import Flaky
+
+from harness.checks import Coverage, Verdict
+from harness.checks.verdict import FAIL, INCONCLUSIVE, PASS
+from harness.stack import Stack
+from harness.tenancy.provisioning import Tenancy
+from harness.tenancy.strategy import StrategySpec
+from harness.workload.cell import CellResult, run_cell
+from harness.workload.program import CONTROL_STEPS, DATA_STEPS, Program, Request
+
+GENERATED_STEPS = tuple(DATA_STEPS) + CONTROL_STEPS
+MAX_CLIENTS = 6
+MAX_REQUESTS = 3
+MAX_STEPS = 6
+
+
+@dataclasses.dataclass(frozen=True)
+class Profile:
+    """How hard the generated-programs scenario searches."""
+
+    name: str
+    max_examples: int
+    hammer: bool = False
+
+
+PROFILES = {p.name: p for p in (
+    Profile("dev", max_examples=8),
+    Profile("ci", max_examples=40),
+    Profile("nightly", max_examples=400, hammer=True),
+)}
+
+
+def requests_of(tenants: tuple[str, ...]) -> st.SearchStrategy[Request]:
+    return st.builds(Request, st.sampled_from(tenants),
+                     st.lists(st.sampled_from(GENERATED_STEPS), max_size=MAX_STEPS).map(tuple))
+
+
+@st.composite
+def programs(draw: Any, tenants: tuple[str, ...], probe: bool = True) -> Program:
+    """2 to 6 clients, each with up to 3 requests for tenants of the set, and an interleaving.
+
+    The interleaving is drawn as "which of the clients that still have actions
+    goes next", an index that shrinks towards 0: towards running the clients
+    one after the other.
+    """
+    clients = draw(st.lists(st.lists(requests_of(tenants), max_size=MAX_REQUESTS).map(tuple),
+                            min_size=2, max_size=MAX_CLIENTS).map(tuple))
+    remaining = [sum(len(r.actions()) for r in requests) for requests in clients]
+    schedule: list[int] = []
+    while any(remaining):
+        active = [c for c, left in enumerate(remaining) if left]
+        chosen = active[draw(st.integers(0, len(active) - 1))] if len(active) > 1 else active[0]
+        schedule.append(chosen)
+        remaining[chosen] -= 1
+    return Program(clients, tuple(schedule), probe=probe)
+
+
+def step_count(program: Program) -> int:
+    """Steps of a program, not counting the open/end_request that frame every request."""
+    return sum(len(r.steps) for requests in program.clients for r in requests)
+
+
+def describe_program(program: Program) -> str:
+    """The program as a person reads it: requests per client, then the interleaving."""
+    lines = []
+    for c, requests in enumerate(program.clients):
+        for r, request in enumerate(requests):
+            lines.append(f"client {c} request {r} for {request.tenant!r}: "
+                         + ", ".join(("open",) + request.steps + ("end_request",)))
+    lines.append(f"interleaving (client per action): {list(program.order())}")
+    return "\n".join(lines)
+
+
+class _Counterexample(AssertionError):
+    """A generated program broke isolation; raised for Hypothesis to shrink."""
+
+
+@dataclasses.dataclass
+class Exploration:
+    """What one strategy x route search saw."""
+
+    examples: int = 0
+    seconds_to_first_failure: float | None = None
+    examples_to_first_failure: int | None = None
+    errors: int = 0
+    steps: int = 0
+    backends: int = 0
+    shared_backends: int = 0
+    probed: int = 0
+    last: CellResult | None = None
+    last_failure: CellResult | None = None
+    failing_program: Program | None = None
+
+
+def explore(stack: Stack, tenancy: Tenancy, spec: StrategySpec, route: str, profile: Profile, *,
+            seed: int | None = None, derandomize: bool = False, database_dir: Path | None = None,
+            scenario: str = "generated") -> tuple[CellResult, Exploration]:
+    """Search generated programs for an isolation failure; shrink the first one found."""
+    seen = Exploration()
+    started = time.monotonic()
+
+    @settings(max_examples=profile.max_examples, deadline=None, derandomize=derandomize,
+              database=DirectoryBasedExampleDatabase(str(database_dir)) if database_dir and not derandomize else None,
+              suppress_health_check=list(HealthCheck), verbosity=Verbosity.quiet, report_multiple_bugs=False,
+              phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink])
+    @given(programs(tenancy.tenants))
+    def isolation_holds(program: Program) -> None:
+        result = run_cell(stack, tenancy, spec, route, scenario, program)
+        seen.examples += 1
+        seen.last = result
+        seen.steps += result.coverage.steps
+        seen.backends += result.coverage.backends
+        seen.shared_backends += result.coverage.shared_backends
+        seen.probed += result.coverage.probed_connections
+        seen.errors += sum(1 for f in result.findings if f.kind == "error" and f.gating)
+        if result.verdict.value == FAIL:
+            if seen.seconds_to_first_failure is None:
+                seen.seconds_to_first_failure = time.monotonic() - started
+                seen.examples_to_first_failure = seen.examples
+            seen.last_failure = result
+            seen.failing_program = program
+            raise _Counterexample(result.verdict.reason)
+
+    test = isolation_holds if seed is None else hypothesis_seed(seed)(isolation_holds)
+    failed = False
+    flaky = False
+    try:
+        test()
+    except _Counterexample:
+        failed = True
+    except Flaky:
+        failed = flaky = True
+    seconds = time.monotonic() - started
+    cov = Coverage(steps=seen.steps, backends=seen.backends, shared_backends=seen.shared_backends,
+                   tenants=len(tenancy.tenants), probed_connections=seen.probed)
+    if failed and seen.last_failure is not None:
+        final = seen.last_failure
+        reason = (f"{final.verdict.reason}; shrunk to {step_count(seen.failing_program)} step(s) "
+                  f"after {seen.examples} example(s)" + (" (flaky on replay)" if flaky else ""))
+        verdict_ = Verdict(FAIL, reason)
+    elif seen.errors:
+        final, verdict_ = seen.last, Verdict(INCONCLUSIVE, f"{seen.errors} error(s) in {seen.examples} examples")
+    elif not cov.exercised:
+        final, verdict_ = seen.last, Verdict(INCONCLUSIVE, f"no backend served two tenants in {seen.examples} examples")
+    else:
+        final, verdict_ = seen.last, Verdict(PASS, f"{seen.examples} examples; {cov.describe()}")
+    assert final is not None
+    result = CellResult(spec.name, route, scenario, final.history, final.findings, cov, verdict_, seconds)
+    result.program = seen.failing_program if failed else None
+    return result, seen
