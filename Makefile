@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: setup verify test bench clean
+.PHONY: setup verify test quality bench clean
 
 setup: $(STAMP)
 	$(BIN)/harness setup --install
@@ -24,8 +24,14 @@ $(STAMP): pyproject.toml
 verify: setup
 	$(BIN)/pytest scenarios --junitxml=reports/junit.xml $(PYTEST_ARGS)
 
+# Fast tests first, then the real-server tests and the scenarios, then the
+# quality group (detection power of generated programs, several minutes).
 test: setup
-	$(BIN)/pytest tests scenarios $(PYTEST_ARGS)
+	$(BIN)/pytest tests scenarios -m "not quality" $(PYTEST_ARGS)
+	$(BIN)/pytest tests -m quality $(PYTEST_ARGS)
+
+quality: setup
+	$(BIN)/pytest tests -m quality $(PYTEST_ARGS)
 
 bench: setup
 	$(BIN)/python bench/stack_start.py

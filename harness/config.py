@@ -67,6 +67,7 @@ def _default_cache_dir() -> Path:
 
 
 ROUTE_NAMES = ("direct", "session", "transaction")
+PROFILE_NAMES = ("dev", "ci", "nightly")
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("backend", "native", str, "What starts the stack: native (local binaries)."),
@@ -90,6 +91,20 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("models", None, lambda v: str(v) if v not in (None, "") else None,
             "Your own SQLAlchemy metadata (package.module:attr) to create in every tenant schema "
             "next to the harness's models; it must hold tables in the 'tenant' schema."),
+    Setting("profile", "ci", str,
+            "How hard generated programs search: dev (seconds), ci (the default of make verify), "
+            "nightly (many more examples plus the hammer). HYPOTHESIS_PROFILE is read too."),
+    Setting("derandomize", False, _bool,
+            "Derive every generated program from the test itself, so a release gate is reproducible bit for bit."),
+    Setting("seed", None, lambda v: None if v in (None, "") else int(v),
+            "Seed for generated programs (default: a fresh one per run, printed with every failure)."),
+    Setting("example_db", Path(".hypothesis/harness-examples"), _path,
+            "Folder of the Hypothesis example database; keep it between nightly runs to replay old failures first."),
+    Setting("hammer_threads", 8, int, "Worker threads of the hammer (a web server's thread pool)."),
+    Setting("hammer_requests", None, lambda v: None if v in (None, "") else int(v),
+            "Requests per hammer run (default: the profile's)."),
+    Setting("hammer_seconds", None, lambda v: None if v in (None, "") else float(v),
+            "Duration bound of a hammer run in seconds (default: the profile's)."),
     Setting("decoys", True, _bool,
             "Put decoy copies of the tenant tables, owned by 'public', into public (a fallback to public "
             "then shows as cross_tenant_read; without decoys, as context_lost)."),
@@ -114,6 +129,13 @@ class HarnessConfig:
     routes: tuple[str, ...] = ("direct", "session", "transaction")
     tenants: int = 4
     models: str | None = None
+    profile: str = "ci"
+    derandomize: bool = False
+    seed: int | None = None
+    example_db: Path = Path(".hypothesis/harness-examples")
+    hammer_threads: int = 8
+    hammer_requests: int | None = None
+    hammer_seconds: float | None = None
     decoys: bool = True
     sources: Mapping[str, str] = dataclasses.field(default_factory=dict, compare=False)
 
@@ -151,9 +173,12 @@ def resolve_config(
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
     for setting in SETTINGS:
+        from_env = env.get(setting.env)
+        if from_env is None and setting.name == "profile":
+            from_env = env.get("HYPOTHESIS_PROFILE")
         for origin, raw in (
             ("cli", cli.get(setting.name)),
-            ("env", env.get(setting.env)),
+            ("env", from_env),
             ("pyproject", table.get(setting.name)),
         ):
             if raw is not None:
@@ -169,6 +194,8 @@ def resolve_config(
             values[setting.name] = setting.default
             sources[setting.name] = "default"
     config = HarnessConfig(**values, sources=sources)
+    if config.profile not in PROFILE_NAMES:
+        raise UsageError(f"Unknown profile {config.profile!r}.", fix=[f"use one of: {', '.join(PROFILE_NAMES)}"])
     unknown_routes = [r for r in config.routes if r not in ROUTE_NAMES]
     if unknown_routes or not config.routes:
         raise UsageError(f"Unknown route(s) {', '.join(unknown_routes) or '(none given)'}.",

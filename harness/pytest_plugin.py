@@ -6,6 +6,7 @@ Registered through the ``pytest11`` entry point, so ``scenarios/`` and
 
 from __future__ import annotations
 
+import random
 from typing import Iterator
 
 import pytest
@@ -18,6 +19,8 @@ from harness.tenancy.strategy import BUILTINS, StrategySpec, load_strategy, reso
 from harness.tenancy.tenants import HOSTILE_TENANTS, default_tenants
 from harness.workload.cell import CellResult, run_cell, verdict_matrix, write_cell_results
 from harness.workload.expectations import required_verdict
+from harness.workload.generated import PROFILES, explore
+from harness.workload.hammer import hammer
 from harness.workload.named import NAMED_SCENARIOS
 
 CONFIG_KEY = pytest.StashKey[HarnessConfig]()
@@ -26,7 +29,8 @@ LOG_OFFSETS_KEY = pytest.StashKey[dict]()
 SIGNALS_KEY = pytest.StashKey[dict]()
 
 PLUGIN_SETTINGS = ("backend", "pg_bindir", "pgbouncer", "cache_dir", "keep_tmp", "start_timeout", "strategies",
-                   "routes", "tenants", "report_dir", "models", "decoys")
+                   "routes", "tenants", "report_dir", "models", "decoys", "profile", "derandomize", "seed",
+                   "example_db", "hammer_threads", "hammer_requests", "hammer_seconds")
 RESULTS_KEY = pytest.StashKey[list]()
 
 
@@ -109,6 +113,50 @@ def run_scenario(stack: Stack, tenancy: Tenancy, harness_config: HarnessConfig, 
         result.required = required_verdict(strategy.name, scenario, route)
         cell_results.append(result)
         return result
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def generation_seed(harness_config: HarnessConfig) -> int:
+    """The seed of this run's generated programs: the configured one, or a fresh one."""
+    return harness_config.seed if harness_config.seed is not None else random.SystemRandom().getrandbits(32)
+
+
+@pytest.fixture
+def explore_programs(request: pytest.FixtureRequest, stack: Stack, tenancy: Tenancy, harness_config: HarnessConfig,
+                     cell_results: list, generation_seed: int):
+    """Search generated programs for a strategy on a route; return its CellResult (with the replay command)."""
+
+    def run(strategy: StrategySpec, route: str) -> CellResult:
+        profile = PROFILES[harness_config.profile]
+        result, _ = explore(stack, tenancy, strategy, route, profile, seed=generation_seed,
+                            derandomize=harness_config.derandomize, database_dir=harness_config.example_db)
+        result.required = required_verdict(strategy.name, "generated", route)
+        seed_option = "--harness-derandomize=1" if harness_config.derandomize else f"--harness-seed={generation_seed}"
+        result.replay = (f"pytest '{request.node.nodeid}' {seed_option} --harness-profile={profile.name}"
+                         f" (failures are also kept in {harness_config.example_db})")
+        cell_results.append(result)
+        return result
+
+    return run
+
+
+@pytest.fixture
+def run_hammer(stack: Stack, tenancy: Tenancy, harness_config: HarnessConfig, cell_results: list,
+               generation_seed: int):
+    """Hammer a strategy on a route with real threads; return (CellResult, HammerRun)."""
+
+    def run(strategy: StrategySpec, route: str):
+        profile = PROFILES[harness_config.profile]
+        result, figures = hammer(
+            stack, tenancy, strategy, route, threads=harness_config.hammer_threads,
+            max_requests=harness_config.hammer_requests or profile.hammer_requests,
+            max_seconds=harness_config.hammer_seconds or profile.hammer_seconds, seed=generation_seed,
+            history_path=harness_config.report_dir / "hammer" / f"{strategy.name.replace(':', '_')}-{route}.jsonl")
+        result.required = required_verdict(strategy.name, "hammer", route)
+        cell_results.append(result)
+        return result, figures
 
     return run
 

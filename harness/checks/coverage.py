@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from harness.workload.history import History
+from harness.workload.history import History, StepRecord
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,15 +29,30 @@ class Coverage:
                 f"{self.probed_connections} pooled connection(s) probed")
 
 
-def coverage(history: History) -> Coverage:
-    tenants_by_pid: dict[int, set[str]] = {}
-    for step in history.steps:
+class CoverageCounter:
+    """Counts coverage evidence one step at a time (for histories streamed from disk)."""
+
+    def __init__(self) -> None:
+        self.steps = 0
+        self.tenants: set[str] = set()
+        self.tenants_by_pid: dict[int, set[str]] = {}
+        self.probed = 0
+
+    def feed(self, step: StepRecord) -> None:
+        self.steps += 1
+        self.tenants.add(step.tenant)
         if step.pid is not None:
-            tenants_by_pid.setdefault(step.pid, set()).add(step.tenant)
-    return Coverage(
-        steps=len(history.steps),
-        backends=len(tenants_by_pid),
-        shared_backends=sum(1 for t in tenants_by_pid.values() if len(t) > 1),
-        tenants=len({s.tenant for s in history.steps}),
-        probed_connections=sum(len(p.states) for p in history.probes),
-    )
+            self.tenants_by_pid.setdefault(step.pid, set()).add(step.tenant)
+
+    def result(self) -> Coverage:
+        return Coverage(steps=self.steps, backends=len(self.tenants_by_pid),
+                        shared_backends=sum(1 for t in self.tenants_by_pid.values() if len(t) > 1),
+                        tenants=len(self.tenants), probed_connections=self.probed)
+
+
+def coverage(history: History) -> Coverage:
+    counter = CoverageCounter()
+    for step in history.steps:
+        counter.feed(step)
+    counter.probed = sum(len(p.states) for p in history.probes)
+    return counter.result()

@@ -13,35 +13,58 @@ from harness.workload.history import History, StepRecord, Write
 DISCARDING = {"rollback", "fail_and_rollback", "end_request", "open"}
 
 
-def committed_writes(history: History) -> list[tuple[Write, StepRecord]]:
-    """Writes that a successful commit made durable, with the step that wrote each."""
-    pending: dict[int, list[tuple[Write, StepRecord]]] = {}
-    marks: dict[int, list[int]] = {}
-    committed: list[tuple[Write, StepRecord]] = []
-    for step in history.steps:
-        mine = pending.setdefault(step.client, [])
-        my_marks = marks.setdefault(step.client, [])
+class WriteLedger:
+    """Follows the steps one at a time: which writes were committed, which attempted.
+
+    Holds only pending writes per client plus the writes themselves, so a long
+    history can be fed from disk without keeping its steps.
+    """
+
+    def __init__(self) -> None:
+        self.pending: dict[int, list[tuple[Write, StepRecord]]] = {}
+        self.marks: dict[int, list[int]] = {}
+        self.committed: list[tuple[Write, StepRecord]] = []
+        self.attempted: dict[str, tuple[Write, StepRecord]] = {}
+
+    def feed(self, step: StepRecord) -> None:
+        mine = self.pending.setdefault(step.client, [])
+        my_marks = self.marks.setdefault(step.client, [])
+        for write in step.writes:
+            if write.label:
+                self.attempted[write.label] = (write, step)
         if step.error is not None or step.step in DISCARDING:
             mine.clear()
             my_marks.clear()
-            continue
+            return
         mine.extend((w, step) for w in step.writes)
         if step.step == "savepoint":
             my_marks.append(len(mine))
         elif step.step == "rollback_to_savepoint" and my_marks:
             del mine[my_marks.pop():]
         elif step.step == "commit":
-            committed.extend(mine)
+            self.committed.extend(mine)
             mine.clear()
             my_marks.clear()
-    return committed
 
 
-def check_writes(history: History) -> list[Finding]:
+def committed_writes(history: History) -> list[tuple[Write, StepRecord]]:
+    """Writes that a successful commit made durable, with the step that wrote each."""
+    ledger = WriteLedger()
+    for step in history.steps:
+        ledger.feed(step)
+    return ledger.committed
+
+
+def check_writes(history: History, ledger: WriteLedger | None = None) -> list[Finding]:
+    """Compare committed writes with the read-back; ``ledger`` when the steps were fed already."""
     if history.final_state is None:
         return []
+    if ledger is None:
+        ledger = WriteLedger()
+        for step in history.steps:
+            ledger.feed(step)
     gating = set(history.gating_styles)
-    committed = committed_writes(history)
+    committed = ledger.committed
     # The expected end state of each (table, id) in its owner's schema.
     expected: dict[tuple[str, str, int], tuple[str | None, StepRecord]] = {}
     labels: dict[str, tuple[Write, StepRecord]] = {}
@@ -50,7 +73,7 @@ def check_writes(history: History) -> list[Finding]:
         expected[key] = (None if write.op == "delete" else write.label, step)
         if write.label:
             labels[write.label] = (write, step)
-    attempted_labels = {w.label: (w, s) for s in history.steps for w in s.writes if w.label}
+    attempted_labels = ledger.attempted
 
     findings: list[Finding] = []
     for schema, tables in history.final_state.items():

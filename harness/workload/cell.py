@@ -28,6 +28,8 @@ class CellResult:
     verdict: Verdict
     seconds: float
     required: Expectation | None = None
+    program: Program | None = None  # the minimal failing program of a generated cell
+    replay: str | None = None  # the command that replays a generated cell
 
     @property
     def as_required(self) -> bool:
@@ -41,12 +43,21 @@ class CellResult:
             "required_reason": self.required.reason if self.required else None,
             "findings": [dataclasses.asdict(f) for f in self.findings],
             "coverage": dataclasses.asdict(self.coverage), "seconds": round(self.seconds, 3),
+            "replay": self.replay,
+            "counterexample": [dataclasses.asdict(s) for s in self.history.steps] if self.program else None,
         }
 
     def explain(self, limit: int = 40) -> str:
         """A numbered, readable account: the verdict, the findings, then the steps."""
         lines = [f"{self.strategy} x {self.route} x {self.scenario}: {self.verdict.value.upper()} "
                  f"({self.verdict.reason})", f"coverage: {self.coverage.describe()}"]
+        if self.program is not None:
+            from harness.workload.generated import describe_program
+
+            lines.append("minimal program:")
+            lines.extend("  " + line for line in describe_program(self.program).splitlines())
+        if self.replay:
+            lines.append(f"replay: {self.replay}")
         flagged = {s for f in self.findings for s in f.steps}
         for f in self.findings:
             lines.append(f"  [{f.kind}{'' if f.gating else ', not gating'}] {f.explanation}")
@@ -96,8 +107,8 @@ def verdict_matrix(results: list[CellResult]) -> list[str]:
     routes = list(dict.fromkeys(r.route for r in results))
     cells = {(r.strategy, r.scenario, r.route): r for r in results}
     rows = list(dict.fromkeys((r.strategy, r.scenario) for r in results))
-    width = max(len(s) for s, _ in rows) + 2
-    swidth = max(len(c) for _, c in rows) + 2
+    width = max(len("strategy"), *(len(s) for s, _ in rows)) + 2
+    swidth = max(len("scenario"), *(len(c) for _, c in rows)) + 2
     lines = [f"{'strategy':<{width}}{'scenario':<{swidth}}" + "".join(f"{r:<15}" for r in routes)]
     label = {"pass": "pass", "fail": "FAIL", "inconclusive": "inconclusive"}
     for strategy, scenario in rows:

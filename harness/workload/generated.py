@@ -42,13 +42,14 @@ class Profile:
 
     name: str
     max_examples: int
-    hammer: bool = False
+    hammer_requests: int
+    hammer_seconds: float
 
 
 PROFILES = {p.name: p for p in (
-    Profile("dev", max_examples=8),
-    Profile("ci", max_examples=40),
-    Profile("nightly", max_examples=400, hammer=True),
+    Profile("dev", max_examples=8, hammer_requests=100, hammer_seconds=5),
+    Profile("ci", max_examples=40, hammer_requests=300, hammer_seconds=10),
+    Profile("nightly", max_examples=400, hammer_requests=20000, hammer_seconds=180),
 )}
 
 

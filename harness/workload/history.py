@@ -103,6 +103,13 @@ class ProbeRecord:
         return tuple(p for p in self.server_pids if p not in probed)
 
 
+def step_from_json(d: dict[str, Any]) -> StepRecord:
+    """A StepRecord from ``dataclasses.asdict`` output (a history file's line)."""
+    return StepRecord(**{**d, "rows": tuple(RowSeen(**r) for r in d["rows"]),
+                         "writes": tuple(Write(**w) for w in d["writes"]),
+                         "error": ErrorSeen(**d["error"]) if d["error"] else None})
+
+
 Snapshot = dict[str, dict[str, list[tuple[int, str, str]]]]
 
 
@@ -125,10 +132,7 @@ class History:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "History":
-        def step(d: dict[str, Any]) -> StepRecord:
-            return StepRecord(**{**d, "rows": tuple(RowSeen(**r) for r in d["rows"]),
-                                 "writes": tuple(Write(**w) for w in d["writes"]),
-                                 "error": ErrorSeen(**d["error"]) if d["error"] else None})
+        step = step_from_json
 
         def probe(d: dict[str, Any]) -> ProbeRecord:
             return ProbeRecord(**{**d, "states": tuple(ConnectionState(**{**s, "settings": tuple(

@@ -12,7 +12,7 @@ import dataclasses
 import itertools
 from typing import Any
 
-from sqlalchemy import select, text
+from sqlalchemy import func, select, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
@@ -47,15 +47,18 @@ class Client:
     request: int = -1
     savepoints: list[Any] = dataclasses.field(default_factory=list)
     inserted: list[int] = dataclasses.field(default_factory=list)
+    lean_pid: dict[str, Any] = dataclasses.field(default_factory=dict)  # pid read by a lean select
 
 
 class Runner:
     """Runs programs for one strategy instance on one route of a stack."""
 
     def __init__(self, stack: Stack, route: str, strategy: Strategy, *, raw_table: str = "product",
-                 tenants: tuple[str, ...] = ()):
+                 tenants: tuple[str, ...] = (), lean: bool = False):
         self.stack = stack
         self.tenants = tenants  # what a scheduler pass walks
+        # lean: no extra query per step (the hammer); reads carry the backend pid in their own statement.
+        self.lean = lean
         self._bouncer_probe: pool_probe.PgBouncerProbe | None = None
         self.route = route
         self.strategy = strategy
@@ -120,7 +123,7 @@ class Runner:
                 pid_info = self._where(session)
             rows, writes, note = self._do(client, session, action)
             if action not in ("commit", "rollback", "fail_and_rollback", "rollback_to_savepoint"):
-                pid_info = self._where(session)
+                pid_info = self._where(session) or client.lean_pid
             return StepRecord(**base, **pid_info, rows=rows, writes=writes, note=note)
         except Exception as exc:  # noqa: BLE001 - every failure is recorded, not raised
             error = _error(exc)
@@ -159,9 +162,7 @@ class Runner:
 
     def _where(self, session: Session, only_in_transaction: bool = False) -> dict[str, Any]:
         """Backend pid, search_path and role of the session's current transaction."""
-        if only_in_transaction and not session.in_transaction():
-            return {}
-        if not session.in_transaction():
+        if self.lean or not session.in_transaction():
             return {}
         pid, path, user = session.execute(PID_QUERY).one()
         return {"pid": pid, "search_path": path, "user": user}
@@ -173,7 +174,12 @@ class Runner:
     def _do(self, client: Client, session: Session, action: str) -> tuple[tuple[RowSeen, ...], tuple[Write, ...], str]:
         m, tenant = self.models, client.tenant
         Product = m.Product  # noqa: N806
+        client.lean_pid = {}
         if action == "orm_select_all":
+            if self.lean:
+                rows = session.execute(select(Product, func.pg_backend_pid())).all()
+                client.lean_pid = {"pid": rows[0][1]} if rows else {}
+                return tuple(RowSeen("product", p.id, p.owner) for p, _ in rows), (), ""
             return tuple(RowSeen("product", p.id, p.owner) for p in session.scalars(select(Product))), (), ""
         if action == "orm_select_pk":
             obj = session.get(Product, 1)
@@ -225,6 +231,7 @@ class Runner:
             return tuple(RowSeen("marketplace_task", t.id, t.owner) for t in session.scalars(select(m.MarketplaceTask))), (), ""
         if action == "commit":
             session.commit()
+            client.savepoints.clear()
             return (), (), ""
         if action == "rollback":
             session.rollback()
@@ -242,6 +249,8 @@ class Runner:
             client.savepoints.append(session.begin_nested())
             return (), (), ""
         if action == "rollback_to_savepoint":
+            while client.savepoints and not client.savepoints[-1].is_active:
+                client.savepoints.pop()
             if not client.savepoints:
                 return (), (), "no savepoint open"
             client.savepoints.pop().rollback()

@@ -1,0 +1,17 @@
+"""Generated programs: Hypothesis draws concurrent workloads for every strategy x route.
+
+The same verdict rules as the named scenarios: a failure is shrunk to a
+minimal program and printed step by step with the command that replays it;
+a pass needs backends that served more than one tenant.
+"""
+
+from __future__ import annotations
+
+
+def test_generated_programs(explore_programs, strategy, route):
+    result = explore_programs(strategy, route)
+    required = result.required
+    assert result.verdict.value == required.verdict, (
+        f"measured {result.verdict.value}, required {required.verdict} ({required.reason})\n" + result.explain())
+    if result.verdict.value == "fail":
+        assert result.program is not None and result.findings

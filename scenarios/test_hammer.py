@@ -1,0 +1,18 @@
+"""Hammer: real threads serving random requests for random tenants, checked by the same checks.
+
+Bounded by the profile's request count and duration (nightly: many more). The
+history is on disk as JSON lines under reports/hammer/.
+"""
+
+from __future__ import annotations
+
+
+def test_hammer(run_hammer, strategy, route):
+    result, figures = run_hammer(strategy, route)
+    required = result.required
+    print(f"{strategy.name} x {route}: {figures.requests} requests in {figures.seconds:.1f}s "
+          f"({figures.requests_per_second:.0f}/s), {figures.checkouts} pool checkouts, "
+          f"{result.coverage.shared_backends} backends shared across tenants")
+    assert figures.requests > 0 and figures.history_path.exists()
+    assert result.verdict.value == required.verdict, (
+        f"measured {result.verdict.value}, required {required.verdict} ({required.reason})\n" + result.explain())
