@@ -35,6 +35,8 @@ quality: setup
 
 bench: setup
 	$(BIN)/python bench/stack_start.py
+	$(BIN)/python bench/workload.py
+	$(BIN)/python bench/verify_wall_time.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis
