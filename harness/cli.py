@@ -9,10 +9,11 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 from typing import Sequence
 
 from harness.config import SETTINGS, HarnessConfig, resolve_config
-from harness.errors import HarnessError
+from harness.errors import HarnessError, UsageError
 from harness.stack import signals
 
 STACK_SETTINGS = ("backend", "pg_bindir", "pgbouncer", "cache_dir", "keep_tmp", "start_timeout",
@@ -61,6 +62,53 @@ def cmd_setup(args: argparse.Namespace) -> int:
     return 0
 
 
+VERIFY_SETTINGS = STACK_SETTINGS + ("routes", "profile", "tenants", "report_dir", "seed", "models", "decoys",
+                                    "example_db", "hammer_threads", "hammer_requests", "hammer_seconds")
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    import random
+
+    from harness.report import write_report
+    from harness.verify import run_verify
+
+    cli = {s.name: getattr(args, s.name, None) for s in SETTINGS}
+    if args.strategy:
+        cli["strategies"] = ",".join(args.strategy)
+    if args.derandomize:
+        cli["derandomize"] = True
+    config = resolve_config(cli)
+    seed = config.seed if config.seed is not None else random.SystemRandom().getrandbits(32)
+    scan = [Path(p) for p in args.scan or ()]
+    for path in scan:
+        if not path.exists():
+            raise UsageError(f"--scan {path}: no such file or folder.", fix=["give the folder of your application code"])
+    with signals.teardown_on_signals():
+        run = run_verify(config, seed=seed, scan=scan)
+    folder = write_report(run, config.report_dir)
+    print(summary(run, folder / "index.html"))
+    return 0 if run.ok else 1
+
+
+def summary(run, report: Path) -> str:
+    """The one paragraph on the terminal: the verdict, the failing cells, the report's path."""
+    cells = run.cells
+    off = run.failing_cells
+    what = ("the built-in strategies against their expectation table" if run.builtin_self_check
+            else ", ".join(run.strategies))
+    lines = [f"harness verify: {'PASS' if run.ok else 'FAIL'}: {what}, {len(cells)} cells on "
+             f"{', '.join(run.config.routes)} in {run.seconds:.0f}s (profile {run.config.profile}, "
+             f"seed {'derandomized' if run.config.derandomize else run.seed})."]
+    if off:
+        names = "; ".join(f"{c.strategy} x {c.route} x {c.scenario} measured {c.verdict.value}, "
+                          f"required {c.required.verdict}" for c in off[:8])
+        lines.append(f"{len(off)} cell(s) not as required: {names}{' ...' if len(off) > 8 else ''}.")
+    if run.scan:
+        lines.append(f"The static scan found {len(run.scan)} search_path leftover(s) in {', '.join(run.scan_paths)}.")
+    lines.append(f"Report: {report}")
+    return " ".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="harness", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -75,6 +123,17 @@ def build_parser() -> argparse.ArgumentParser:
     setup.add_argument("--install", action="store_true",
                        help="install Debian's postgresql and pgbouncer when missing (root + apt-get)")
     setup.set_defaults(func=cmd_setup)
+
+    verify = sub.add_parser("verify", help="run every scenario for every strategy x route and write the report")
+    verify.add_argument("--strategy", action="append", metavar="SPEC",
+                        help="a strategy to gate (package.module:attr or a built-in name); repeatable. "
+                             "Without it the built-ins run against their expectation table.")
+    verify.add_argument("--scan", action="append", metavar="PATH",
+                        help="also scan this code for SET search_path leftovers; repeatable")
+    verify.add_argument("--derandomize", action="store_true",
+                        help="reproducible generated programs, bit for bit (release gates)")
+    _add_settings(verify, VERIFY_SETTINGS)
+    verify.set_defaults(func=cmd_verify)
 
     # Listed for --help; main() hands `scan` to the scanner before parsing.
     sub.add_parser("scan", help="find SET search_path leftovers in Python code (harness scan PATH ... [--json])")

@@ -110,7 +110,7 @@ def run_scenario(stack: Stack, tenancy: Tenancy, harness_config: HarnessConfig, 
     def run(strategy: StrategySpec, route: str, scenario: str) -> CellResult:
         named = NAMED_SCENARIOS[scenario]
         result = run_cell(stack, tenancy, strategy, route, scenario, named.build(tenancy.tenants))
-        result.required = required_verdict(strategy.name, scenario, route)
+        result.required = required_verdict(strategy.name, scenario, route, gate=bool(harness_config.strategies))
         cell_results.append(result)
         return result
 
@@ -132,7 +132,7 @@ def explore_programs(request: pytest.FixtureRequest, stack: Stack, tenancy: Tena
         profile = PROFILES[harness_config.profile]
         result, _ = explore(stack, tenancy, strategy, route, profile, seed=generation_seed,
                             derandomize=harness_config.derandomize, database_dir=harness_config.example_db)
-        result.required = required_verdict(strategy.name, "generated", route)
+        result.required = required_verdict(strategy.name, "generated", route, gate=bool(harness_config.strategies))
         seed_option = "--harness-derandomize=1" if harness_config.derandomize else f"--harness-seed={generation_seed}"
         result.replay = (f"pytest '{request.node.nodeid}' {seed_option} --harness-profile={profile.name}"
                          f" (failures are also kept in {harness_config.example_db})")
@@ -154,7 +154,7 @@ def run_hammer(stack: Stack, tenancy: Tenancy, harness_config: HarnessConfig, ce
             max_requests=harness_config.hammer_requests or profile.hammer_requests,
             max_seconds=harness_config.hammer_seconds or profile.hammer_seconds, seed=generation_seed,
             history_path=harness_config.report_dir / "hammer" / f"{strategy.name.replace(':', '_')}-{route}.jsonl")
-        result.required = required_verdict(strategy.name, "hammer", route)
+        result.required = required_verdict(strategy.name, "hammer", route, gate=bool(harness_config.strategies))
         cell_results.append(result)
         return result, figures
 

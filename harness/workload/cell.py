@@ -7,6 +7,8 @@ import json
 import time
 from pathlib import Path
 
+from sqlalchemy import event
+
 from harness.checks import Coverage, Finding, Verdict, check_history, coverage, verdict
 from harness.stack import Stack
 from harness.tenancy.provisioning import SEED_ROWS, SEED_SMALL, Tenancy
@@ -30,6 +32,8 @@ class CellResult:
     required: Expectation | None = None
     program: Program | None = None  # the minimal failing program of a generated cell
     replay: str | None = None  # the command that replays a generated cell
+    figures: dict | None = None  # hammer throughput figures
+    schema_in_sql: bool | None = None  # did the executed SQL name the tenant's schema (None: not measured)
 
     @property
     def as_required(self) -> bool:
@@ -86,6 +90,7 @@ def run_cell(stack: Stack, tenancy: Tenancy, spec: StrategySpec, route: str, sce
     started = time.monotonic()
     tenancy.reset()
     strategy = spec.create(stack.url(route))
+    statements = _record_statements(strategy.engine)
     gating = ("orm", "control") + tuple(f"raw_{s}" for s in strategy.raw_sql)
     history = History(strategy=spec.name, route=route, tenants=program.tenants, schemas=tuple(tenancy.schemas),
                       seed_ids={"product": tuple(range(1, SEED_ROWS + 1)),
@@ -98,8 +103,32 @@ def run_cell(stack: Stack, tenancy: Tenancy, spec: StrategySpec, route: str, sce
     history.final_state = tenancy.snapshot()
     findings = check_history(history)
     cov = coverage(history)
-    return CellResult(spec.name, route, scenario, history, findings, cov, verdict(findings, cov),
-                      time.monotonic() - started)
+    result = CellResult(spec.name, route, scenario, history, findings, cov, verdict(findings, cov),
+                        time.monotonic() - started)
+    if statements is not None:
+        result.schema_in_sql = any(_names_schema(sql, program.tenants) for sql in statements)
+    return result
+
+
+def _record_statements(engine) -> list[str] | None:
+    """Collect the SQL the strategy's engine executes, to see whether it names the tenant's schema."""
+    if engine is None:
+        return None
+    statements: list[str] = []
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def record(conn, cursor, statement, parameters, context, executemany) -> None:
+        if len(statements) < 2000:
+            statements.append(statement)
+
+    return statements
+
+
+def _names_schema(statement: str, tenants: tuple[str, ...]) -> bool:
+    """True when a statement qualifies a table with a tenant's schema (as a query log would show it)."""
+    if "FROM" not in statement.upper() and "INTO" not in statement.upper():
+        return False
+    return any(f'"{t.replace(chr(34), chr(34) * 2)}".' in statement or f" {t}." in statement for t in tenants)
 
 
 def verdict_matrix(results: list[CellResult]) -> list[str]:

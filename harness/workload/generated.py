@@ -32,8 +32,8 @@ from harness.workload.program import CONTROL_STEPS, DATA_STEPS, Program, Request
 
 GENERATED_STEPS = tuple(DATA_STEPS) + CONTROL_STEPS
 MAX_CLIENTS = 6
-MAX_REQUESTS = 3
-MAX_STEPS = 6
+MAX_REQUESTS = 2
+MAX_STEPS = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,7 +59,7 @@ def requests_of(tenants: tuple[str, ...]) -> st.SearchStrategy[Request]:
 
 
 @st.composite
-def programs(draw: Any, tenants: tuple[str, ...], probe: bool = True) -> Program:
+def programs(draw: Any, tenants: tuple[str, ...], probe: str = "end") -> Program:
     """2 to 6 clients, each with up to 3 requests for tenants of the set, and an interleaving.
 
     The interleaving is drawn as "which of the clients that still have actions

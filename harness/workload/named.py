@@ -73,7 +73,7 @@ def raw_text(tenants: tuple[str, ...]) -> Program:
 def pool_state(tenants: tuple[str, ...]) -> Program:
     """A request's connection state does not reach the next request (probed after each request)."""
     return Program(_clients(tenants, len(tenants), ("orm_select_all", "orm_insert", "commit"),
-                            ("orm_select_pk", "orm_insert", "commit")), probe=True)
+                            ("orm_select_pk", "orm_insert", "commit")), probe="request")
 
 
 def scheduler(tenants: tuple[str, ...]) -> Program:

@@ -52,11 +52,19 @@ class Program:
 
     Without a schedule, clients take turns one action at a time (round robin),
     which is the interleaving most likely to mix their connections.
+
+    ``probe``: when the pool probe runs: ``"request"`` after every request ends,
+    ``"end"`` once after the last action (every request has ended then), or
+    ``""`` never.
     """
 
     clients: tuple[tuple[Request, ...], ...]
     schedule: tuple[int, ...] | None = None
-    probe: bool = False
+    probe: str = ""
+
+    def __post_init__(self) -> None:
+        if self.probe not in ("", "request", "end"):
+            raise UsageError(f"probe={self.probe!r}: use 'request', 'end' or ''.")
 
     def client_actions(self) -> list[list[tuple[int, Request, str]]]:
         """Per client: (request index, request, action) in order."""

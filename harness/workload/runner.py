@@ -81,8 +81,12 @@ class Runner:
                     continue
                 record = self.act(clients[c], r, request, action)
                 history.steps.append(record)
-                if action == "end_request" and program.probe:
+                if action == "end_request" and program.probe == "request":
                     history.probes.extend(self.probe(record.seq))
+            if program.probe == "end" and history.steps:
+                for client in clients:
+                    self._end(client)
+                history.probes.extend(self.probe(history.steps[-1].seq))
         finally:
             for client in clients:
                 self._end(client)

@@ -1,0 +1,23 @@
+"""junit.xml: one test case per cell, failed when the cell did not measure its required verdict."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from typing import Any
+
+
+def junit_xml(results: dict[str, Any]) -> bytes:
+    cells = results["cells"]
+    failures = sum(1 for c in cells if not c["as_required"])
+    suite = ET.Element("testsuite", name="tenant-isolation", tests=str(len(cells)), failures=str(failures),
+                       errors="0", time=str(results["seconds"]), timestamp=results["started"])
+    for cell in cells:
+        case = ET.SubElement(suite, "testcase", classname=f"{cell['strategy']}.{cell['route']}",
+                             name=cell["scenario"], time=str(cell["seconds"]))
+        if not cell["as_required"]:
+            failure = ET.SubElement(case, "failure", message=f"measured {cell['verdict']}, required {cell['required']}")
+            failure.text = "\n".join([cell["verdict_reason"], *(f["explanation"] for f in cell["findings"][:20]),
+                                      *(["replay: " + cell["replay"]] if cell["replay"] else [])])
+        out = ET.SubElement(case, "system-out")
+        out.text = f"verdict {cell['verdict']} ({cell['verdict_reason']}); required {cell['required']}"
+    return ET.tostring(ET.ElementTree(suite).getroot(), encoding="utf-8", xml_declaration=True)

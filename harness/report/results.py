@@ -1,0 +1,93 @@
+"""results.json: the machine-readable record of a run.
+
+Schema ``tenant-harness/results``, version 1 (additions keep the version; a
+removal or a change of meaning bumps it):
+
+- ``schema``, ``version``, ``run_id``, ``started`` (ISO 8601 UTC), ``seconds``
+- ``verdict``: ``"pass"`` when every cell measured its required verdict, else ``"fail"``
+- ``exit_status``: what ``harness verify`` exits with (0 or 1)
+- ``builtin_self_check``: true when the built-ins ran against their expectation table
+- ``environment``: versions (postgresql, pgbouncer, sqlalchemy, psycopg, python),
+  backend, profile, seed, pool sizes, tenants, decoys
+- ``cells``: one object per strategy x route x scenario:
+  ``strategy``, ``route``, ``scenario``, ``verdict`` (pass | fail | inconclusive),
+  ``verdict_reason``, ``required``, ``required_reason``, ``as_required`` (bool),
+  ``findings`` (``kind``, ``explanation``, ``steps``, ``tenant``, ``gating``),
+  ``coverage`` (``steps``, ``backends``, ``shared_backends``, ``tenants``,
+  ``probed_connections``), ``seconds``, ``replay`` (command or null),
+  ``figures`` (hammer: requests, requests_per_second, pool_checkouts, threads, history),
+  ``schema_in_sql`` (bool or null), ``counterexample`` (null, or ``program``:
+  lines of the minimal program), ``evidence`` (the steps findings point at, with
+  their neighbours: ``seq``, ``client``, ``tenant``, ``step``, ``pid``,
+  ``search_path``, ``rows``, ``error``, ``flagged``)
+- ``migration``: one row per strategy (see ``harness.report.migration``)
+- ``scan``: null, or ``paths`` and ``findings`` (``path``, ``line``, ``rule``, ``message``)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from harness.report.migration import migration_rows
+from harness.workload.cell import CellResult
+
+SCHEMA = "tenant-harness/results"
+VERSION = 1
+EVIDENCE_CONTEXT = 3
+EVIDENCE_LIMIT = 80
+
+
+def cell_id(cell: CellResult) -> str:
+    raw = f"{cell.strategy}--{cell.route}--{cell.scenario}"
+    return "cell-" + "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in raw)
+
+
+def evidence_steps(cell: CellResult) -> list[dict[str, Any]]:
+    """The steps the findings point at, with a few neighbours; all steps of a short counterexample."""
+    steps = cell.history.steps
+    flagged = {s for f in cell.findings for s in f.steps}
+    if cell.program is not None or len(steps) <= EVIDENCE_LIMIT // 2:
+        keep = set(range(len(steps)))
+    else:
+        positions = [i for i, s in enumerate(steps) if s.seq in flagged]
+        keep = {j for i in positions for j in range(i - EVIDENCE_CONTEXT, i + EVIDENCE_CONTEXT + 1)
+                if 0 <= j < len(steps)}
+    out = []
+    for i in sorted(keep)[:EVIDENCE_LIMIT]:
+        s = steps[i]
+        out.append({"seq": s.seq, "client": s.client, "request": s.request, "tenant": s.tenant, "step": s.step,
+                    "style": s.style, "pid": s.pid, "search_path": s.search_path, "user": s.user,
+                    "rows": [dataclasses.asdict(r) for r in s.rows], "error": dataclasses.asdict(s.error) if s.error else None,
+                    "note": s.note, "flagged": s.seq in flagged})
+    return out
+
+
+def cell_json(cell: CellResult) -> dict[str, Any]:
+    from harness.workload.generated import describe_program
+
+    return {
+        "id": cell_id(cell), "strategy": cell.strategy, "route": cell.route, "scenario": cell.scenario,
+        "verdict": cell.verdict.value, "verdict_reason": cell.verdict.reason,
+        "required": cell.required.verdict if cell.required else None,
+        "required_reason": cell.required.reason if cell.required else None,
+        "as_required": cell.as_required,
+        "findings": [dataclasses.asdict(f) for f in cell.findings],
+        "coverage": dataclasses.asdict(cell.coverage), "seconds": round(cell.seconds, 3),
+        "replay": cell.replay, "figures": cell.figures, "schema_in_sql": cell.schema_in_sql,
+        "counterexample": {"program": describe_program(cell.program).splitlines()} if cell.program else None,
+        "evidence": evidence_steps(cell) if cell.findings else [],
+    }
+
+
+def results_json(run) -> dict[str, Any]:
+    return {
+        "schema": SCHEMA, "version": VERSION, "run_id": run.run_id, "started": run.started.isoformat(),
+        "seconds": round(run.seconds, 1), "verdict": "pass" if run.ok else "fail",
+        "exit_status": 0 if run.ok else 1, "builtin_self_check": run.builtin_self_check,
+        "strategies": run.strategies, "environment": run.environment,
+        "cells": [cell_json(c) for c in run.cells],
+        "migration": migration_rows(run.cells),
+        "scan": None if run.scan is None else {
+            "paths": run.scan_paths, "findings": [dataclasses.asdict(f) for f in run.scan]},
+    }

@@ -1,0 +1,39 @@
+"""The nightly view: verdicts and timings of earlier runs found in the report folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from harness.report.results import SCHEMA
+
+MAX_RUNS = 30
+
+
+def trend(report_dir: Path, current: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per run, oldest first, the current one last."""
+    rows = []
+    for path in sorted(report_dir.glob("*/results.json")):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if data.get("schema") != SCHEMA or data.get("run_id") == current["run_id"]:
+            continue
+        rows.append(_row(data))
+    rows.sort(key=lambda r: r["started"])
+    return (rows + [_row(current)])[-MAX_RUNS:]
+
+
+def _row(data: dict[str, Any]) -> dict[str, Any]:
+    cells = data.get("cells", [])
+    return {
+        "run_id": data.get("run_id"), "started": data.get("started", ""), "verdict": data.get("verdict"),
+        "seconds": data.get("seconds"), "profile": data.get("environment", {}).get("profile", "?"),
+        "cells": len(cells),
+        "pass": sum(1 for c in cells if c.get("verdict") == "pass"),
+        "fail": sum(1 for c in cells if c.get("verdict") == "fail"),
+        "inconclusive": sum(1 for c in cells if c.get("verdict") == "inconclusive"),
+        "not_as_required": sum(1 for c in cells if not c.get("as_required", True)),
+    }

@@ -1,0 +1,65 @@
+"""Writes reports/<run-id>/{index.html,results.json,junit.xml} and points reports/latest at it."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from jinja2 import Environment, PackageLoader, select_autoescape
+
+from harness.report.junit import junit_xml
+from harness.report.migration import COLUMNS
+from harness.report.results import results_json
+from harness.report.trend import trend
+
+_ENV = Environment(loader=PackageLoader("harness.report", "templates"), autoescape=select_autoescape(["html", "j2"]))
+
+
+def headline(results: dict[str, Any]) -> str:
+    cells = results["cells"]
+    off = [c for c in cells if not c["as_required"]]
+    scan = results.get("scan") or {}
+    leftovers = len(scan.get("findings", []))
+    tail = f"; the static scan found {leftovers} search_path leftover(s)" if leftovers else ""
+    return ("PASS: " if results["verdict"] == "pass" else "FAIL: ") + _cells_sentence(results, cells, off) + tail
+
+
+def _cells_sentence(results: dict[str, Any], cells: list, off: list) -> str:
+    if results["builtin_self_check"]:
+        if not off:
+            return (f"all {len(cells)} cells measured the verdict the expectation table requires "
+                    f"({sum(c['verdict'] == 'fail' for c in cells)} known leaks found, "
+                    f"{sum(c['verdict'] == 'pass' for c in cells)} sound cells passed)")
+        return f"{len(off)} of {len(cells)} cells differ from the expectation table"
+    if not off:
+        return f"{', '.join(results['strategies'])} passed all {len(cells)} cells"
+    return f"{len(off)} of {len(cells)} cells did not pass"
+
+
+def render_html(results: dict[str, Any], history: list[dict[str, Any]]) -> str:
+    cells = {(c["strategy"], c["scenario"], c["route"]): c for c in results["cells"]}
+    return _ENV.get_template("report.html.j2").render(
+        r=results, headline=headline(results), cells=cells,
+        strategies=list(dict.fromkeys(c["strategy"] for c in results["cells"])),
+        scenarios=list(dict.fromkeys(c["scenario"] for c in results["cells"])),
+        routes=list(dict.fromkeys(c["route"] for c in results["cells"])),
+        migration_columns=COLUMNS, trend=history)
+
+
+def write_report(run, report_dir: Path) -> Path:
+    """Write the run's three files; return the folder."""
+    results = results_json(run)
+    folder = report_dir / run.run_id
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "results.json").write_text(json.dumps(results, indent=1, ensure_ascii=False, default=str))
+    (folder / "junit.xml").write_bytes(junit_xml(results))
+    (folder / "index.html").write_text(render_html(results, trend(report_dir, results)), encoding="utf-8")
+    latest = report_dir / "latest"
+    tmp = report_dir / f".latest-{os.getpid()}"
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+    tmp.symlink_to(run.run_id, target_is_directory=True)
+    os.replace(tmp, latest)
+    return folder
