@@ -7,9 +7,10 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+TEST_STAMP := $(VENV)/.test-installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: setup verify test quality bench clean
+.PHONY: setup test-setup verify test quality bench clean
 
 setup: $(STAMP)
 	$(BIN)/harness setup --install
@@ -21,16 +22,31 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e .
 	touch $(STAMP)
 
+# The test-only extras: selenium and PyYAML, and Debian's chromium with its
+# driver (the report is checked in a real headless browser).
+test-setup: setup $(TEST_STAMP)
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver \
+	      || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver; }; \
+	  else echo "The report tests need chromium and chromedriver: apt-get install chromium chromium-driver" >&2; exit 2; fi; }
+
+$(TEST_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $(TEST_STAMP)
+
+# The main job: every strategy x route x scenario, then reports/<run-id>/index.html
+# (and results.json, junit.xml); reports/latest points at the newest run.
 verify: setup
-	$(BIN)/pytest scenarios --junitxml=reports/junit.xml $(PYTEST_ARGS)
+	$(BIN)/harness verify $(VERIFY_ARGS)
 
 # Fast tests first, then the real-server tests and the scenarios, then the
 # quality group (detection power of generated programs, several minutes).
-test: setup
+test: test-setup
 	$(BIN)/pytest tests scenarios -m "not quality" $(PYTEST_ARGS)
 	$(BIN)/pytest tests -m quality $(PYTEST_ARGS)
 
-quality: setup
+quality: test-setup
 	$(BIN)/pytest tests -m quality $(PYTEST_ARGS)
 
 bench: setup
