@@ -59,7 +59,7 @@ def bad_raw_sql(url):
 
 
 def bad_layout(url):
-    return _Good(url, layout="rls")
+    return _Good(url, layout="sharded")
 
 
 class Namespace:

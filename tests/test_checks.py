@@ -42,7 +42,7 @@ class Run:
     def final(self) -> dict:
         return self.history.final_state
 
-    def step(self, tenant: str, step: str = "orm_select_all", *, client: int = 0, request: int = 0,
+    def step(self, tenant: str, step: str = "orm_select_pk", *, client: int = 0, request: int = 0,
              style: str = "orm", pid: int | None = None, search_path: str | None = None,
              rows: tuple[RowSeen, ...] = (), writes: tuple[Write, ...] = (),
              error: ErrorSeen | None = None) -> int:
@@ -563,10 +563,22 @@ def test_a_history_file_without_gating_styles_uses_the_default_and_still_fails()
 
     history = History(strategy="s", route="direct", tenants=("acme", "Acme"), schemas=("acme", "Acme"),
                       steps=[StepRecord(1, 0, 0, "acme", "orm_select_all", pid=7, rows=(RowSeen("product", 1, "Acme"),)),
-                             StepRecord(2, 0, 1, "Acme", "orm_select_all", pid=7)])
+                             StepRecord(2, 0, 1, "Acme", "orm_select_pk", pid=7)])
     data = json.loads(json.dumps(history.to_json()))
     del data["gating_styles"]
     loaded = History.from_json(data)
     findings = check_history(loaded)
     assert [f.gating for f in findings] == [True]
     assert verdict(findings, coverage(loaded)).value == "fail"
+
+
+def test_an_empty_full_read_and_a_refused_own_write_are_context_lost():
+    run = Run()
+    empty = run.step("acme", "orm_select_all", pid=5)
+    refused = run.step("acme", "orm_insert", error=error(
+        "42501", 'new row violates row-level security policy for table "product"'))
+    run.step("acme", "orm_select_all", pid=5, rows=(RowSeen("product", 1, "acme"),))
+    run.step("acme", "orm_select_pk", pid=5)  # a read by key may find nothing: no finding
+    assert summary(check_context_lost(run.history)) == [("context_lost", (empty,)), ("context_lost", (refused,))]
+    assert check_errors(run.history) == []
+    assert "row-level security" in check_context_lost(run.history)[1].explanation

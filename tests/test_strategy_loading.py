@@ -18,7 +18,7 @@ from sqlalchemy.engine import make_url
 
 from harness.errors import UsageError
 from harness.tenancy.models import load_user_metadata
-from harness.tenancy.strategy import BUILTIN_MODULE, BUILTINS, Strategy, StrategySpec, load_strategy
+from harness.tenancy.strategy import BUILTIN_SPECS, BUILTINS, Strategy, StrategySpec, load_strategy
 
 URL = make_url("postgresql+psycopg://app:secret@127.0.0.1:6432/postgres")
 FIXTURES = "strategy_fixtures"
@@ -41,12 +41,13 @@ def test_the_fixture_module_is_importable_from_the_tests_folder():
 def test_every_built_in_loads_by_short_name_and_its_factory_is_a_class(name):
     spec = load_strategy(name)
     assert spec.name == name
-    assert spec.spec == f"{BUILTIN_MODULE}:{name}"
+    assert spec.spec == BUILTIN_SPECS[name]
     assert inspect.isclass(spec.factory)
 
 
-def test_builtins_are_six():
-    assert len(BUILTINS) == 6 == len(set(BUILTINS))
+def test_builtins_are_thirteen_and_distinct():
+    # six schema-layout strategies, four row-level security ones, three async twins
+    assert len(BUILTINS) == 13 == len(set(BUILTINS))
 
 
 def test_an_unknown_short_name_is_neither_a_built_in_nor_a_spec():
@@ -134,7 +135,7 @@ def test_a_bad_raw_sql_style_names_the_spec():
 
 def test_an_unsupported_layout_names_the_spec():
     message = usage_error(load_strategy(f"{FIXTURES}:bad_layout").create, URL)
-    assert f"'{FIXTURES}:bad_layout'" in message and "layout 'rls'" in message
+    assert f"'{FIXTURES}:bad_layout'" in message and "layout 'sharded'" in message
 
 
 def test_wrap_checks_an_instance_directly():

@@ -7,6 +7,9 @@ from harness.tenancy.tenants import needs_quoting
 from harness.workload.history import History, StepRecord
 
 UNDEFINED_TABLE = "42P01"
+INSUFFICIENT_PRIVILEGE = "42501"
+# Reads of a whole table: every tenant has seeded rows there.
+FULL_READS = {"orm_select_all", "raw_select_unqualified", "raw_select_qualified", "job_read", "task_read"}
 # What a tenant name that was not quoted properly tends to produce.
 IDENTIFIER_SQLSTATES = {
     "42601": "a syntax error",
@@ -43,10 +46,23 @@ def check_cross_tenant_reads(history: History) -> list[Finding]:
 
 
 def check_context_lost(history: History) -> list[Finding]:
-    return [Finding("context_lost",
-                    f"{_who(step)} failed with \"{step.error.message}\": the tenant context was gone.",
-                    (step.seq,), step.tenant, _gating(history, step))
-            for step in history.steps if step.error and step.error.sqlstate == UNDEFINED_TABLE]
+    """The tenant context was gone: a missing relation, a write refused by row-level security
+    although it was made for the right tenant, or a full read that saw no row at all (every
+    tenant has seeded rows, so an empty answer means the session was bound to nobody)."""
+    findings = []
+    for step in history.steps:
+        if step.error and step.error.sqlstate == UNDEFINED_TABLE:
+            why = f"failed with \"{step.error.message}\""
+        elif step.error and step.error.sqlstate == INSUFFICIENT_PRIVILEGE and "row-level security" in step.error.message:
+            why = (f"was refused by row-level security (\"{step.error.message}\") although it wrote a row of "
+                   f"its own tenant")
+        elif step.error is None and step.step in FULL_READS and not step.rows and not step.note:
+            why = "read no row at all, although every tenant has seeded rows"
+        else:
+            continue
+        findings.append(Finding("context_lost", f"{_who(step)} {why}: the tenant context was gone.",
+                                (step.seq,), step.tenant, _gating(history, step)))
+    return findings
 
 
 def _path_elements(search_path: str) -> list[str]:
@@ -103,4 +119,5 @@ def check_errors(history: History) -> list[Finding]:
     return [Finding("error", _error_explanation(step), (step.seq,), step.tenant, _gating(history, step))
             for step in history.steps
             if step.error and step.error.sqlstate != UNDEFINED_TABLE
+            and not (step.error.sqlstate == INSUFFICIENT_PRIVILEGE and "row-level security" in step.error.message)
             and not (needs_quoting(step.tenant) and step.error.sqlstate in IDENTIFIER_SQLSTATES)]

@@ -44,6 +44,7 @@ def migration_rows(cells: list[CellResult]) -> list[dict[str, Any]]:
         sql = [c.schema_in_sql for c in pick("fresh_session") if c.schema_in_sql is not None]
         rows.append({
             "strategy": strategy,
+            "layout": mine[0].history.layout,
             "survives_commit": _judge(pick("after_commit")),
             "survives_rollback": _judge(pick("after_rollback")),
             "transaction_mode": _judge(pick(route="transaction")),

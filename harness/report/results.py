@@ -10,7 +10,7 @@ removal or a change of meaning bumps it):
 - ``environment``: versions (postgresql, pgbouncer, sqlalchemy, psycopg, python),
   backend, profile, seed, pool sizes, tenants, decoys
 - ``cells``: one object per strategy x route x scenario:
-  ``strategy``, ``route``, ``scenario``, ``verdict`` (pass | fail | inconclusive),
+  ``strategy``, ``route``, ``scenario``, ``layout`` (schema | rls), ``verdict`` (pass | fail | inconclusive),
   ``verdict_reason``, ``required``, ``required_reason``, ``as_required`` (bool),
   ``findings`` (``kind``, ``explanation``, ``steps``, ``tenant``, ``gating``),
   ``coverage`` (``steps``, ``backends``, ``shared_backends``, ``tenants``,
@@ -19,7 +19,7 @@ removal or a change of meaning bumps it):
   ``schema_in_sql`` (bool or null), ``counterexample`` (null, or ``program``:
   lines of the minimal program), ``evidence`` (the steps findings point at, with
   their neighbours: ``seq``, ``client``, ``tenant``, ``step``, ``pid``,
-  ``search_path``, ``rows``, ``error``, ``flagged``)
+  ``search_path``, ``user`` (current_user: the role that ran the step), ``rows``, ``error``, ``flagged``)
 - ``migration``: one row per strategy (see ``harness.report.migration``)
 - ``scan``: null, or ``paths`` and ``findings`` (``path``, ``line``, ``rule``, ``message``)
 """
@@ -68,6 +68,7 @@ def cell_json(cell: CellResult) -> dict[str, Any]:
 
     return {
         "id": cell_id(cell), "strategy": cell.strategy, "route": cell.route, "scenario": cell.scenario,
+        "layout": cell.history.layout,
         "verdict": cell.verdict.value, "verdict_reason": cell.verdict.reason,
         "required": cell.required.verdict if cell.required else None,
         "required_reason": cell.required.reason if cell.required else None,

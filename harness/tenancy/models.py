@@ -16,35 +16,48 @@ import dataclasses
 import importlib
 from typing import Any
 
-from sqlalchemy import Column, ForeignKey, Integer, MetaData, Numeric, String, Table
+from sqlalchemy import Column, ForeignKeyConstraint, Integer, MetaData, Numeric, String, Table
 from sqlalchemy.orm import registry
 
 from harness.errors import UsageError
 from harness.tenancy.tenants import PLACEHOLDER_SCHEMA
 
-FLAVOURS = ("placeholder", "unqualified")
+FLAVOURS = ("placeholder", "unqualified")  # what a strategy may declare as its models
+SHARED = "shared"  # the row-level security layout's tables (chosen by the layout, not declared)
 
 
-def _define(metadata: MetaData) -> None:
-    # ForeignKey("product.id") resolves against MetaData.schema, so one
-    # definition serves both flavours.
-    def owned(name: str, *columns: Column) -> Table:
+def _define(metadata: MetaData, shared: bool) -> None:
+    """The tables, once. ``shared``: one table for every tenant (row-level security
+    layouts), so the tenant column joins the primary and foreign keys and every
+    tenant still has rows with the same ids.
+
+    "product.id" resolves against MetaData.schema, so the placeholder and the
+    unqualified flavours come from the same lines.
+    """
+
+    def keys(*names: str) -> list[str]:
+        return [*names, "owner"] if shared else list(names)
+
+    def refs(local: str, target: str) -> ForeignKeyConstraint:
+        return ForeignKeyConstraint(keys(local), [f"{target}.{c}" for c in keys("id")])
+
+    def owned(name: str, *items) -> Table:
         return Table(name, metadata, Column("id", Integer, primary_key=True, autoincrement=False),
-                     Column("owner", String(80), nullable=False), *columns)
+                     Column("owner", String(80), nullable=False, primary_key=shared), *items)
 
     owned("product", Column("name", String(200), nullable=False), Column("price", Numeric(10, 2)))
-    owned("vinted_product", Column("product_id", ForeignKey("product.id"), nullable=False),
-          Column("vinted_ref", String(40)))
+    owned("vinted_product", Column("product_id", Integer, nullable=False), Column("vinted_ref", String(40)),
+          refs("product_id", "product"))
     owned("marketplace_job", Column("kind", String(40), nullable=False))
-    owned("marketplace_task", Column("job_id", ForeignKey("marketplace_job.id"), nullable=False),
-          Column("state", String(40), nullable=False))
+    owned("marketplace_task", Column("job_id", Integer, nullable=False), Column("state", String(40), nullable=False),
+          refs("job_id", "marketplace_job"))
     owned("publication_history", Column("product_id", Integer, nullable=False),
           Column("event", String(80), nullable=False))
     owned("attribute", Column("name", String(80), nullable=False))
     Table("product_attribute", metadata,
-          Column("product_id", ForeignKey("product.id"), primary_key=True),
-          Column("attribute_id", ForeignKey("attribute.id"), primary_key=True),
-          Column("owner", String(80), nullable=False))
+          Column("product_id", Integer, primary_key=True), Column("attribute_id", Integer, primary_key=True),
+          Column("owner", String(80), nullable=False, primary_key=shared),
+          refs("product_id", "product"), refs("attribute_id", "attribute"))
 
 
 class _Base:
@@ -72,6 +85,10 @@ class ModelSet:
     classes: dict[str, type]
 
     @property
+    def shared(self) -> bool:
+        return self.flavour == SHARED
+
+    @property
     def Product(self) -> type:  # noqa: N802 - reads like the mapped class it is
         return self.classes["product"]
 
@@ -85,10 +102,10 @@ class ModelSet:
 
 
 def build_model_set(flavour: str) -> ModelSet:
-    if flavour not in FLAVOURS:
+    if flavour not in FLAVOURS + (SHARED,):
         raise UsageError(f"Unknown models flavour {flavour!r}.", fix=[f"use one of: {', '.join(FLAVOURS)}"])
     metadata = MetaData(schema=PLACEHOLDER_SCHEMA if flavour == "placeholder" else None)
-    _define(metadata)
+    _define(metadata, shared=flavour == SHARED)
     mapper_registry = registry(metadata=metadata)
     classes: dict[str, type] = {}
     for table_name, class_name in CLASS_NAMES.items():

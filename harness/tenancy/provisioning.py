@@ -16,7 +16,7 @@ from typing import Any, Iterable
 from sqlalchemy import MetaData, create_engine, text
 from sqlalchemy.engine import Connection, Engine
 
-from harness.errors import StartupTimeout
+from harness.errors import StartupTimeout, UsageError
 from harness.stack import Stack
 from harness.stack.postgres import APP_ROLE
 from harness.tenancy.models import model_set
@@ -63,6 +63,25 @@ class Tenancy:
                                             poolclass=None, pool_size=2)
         self.provisioned: list[str] = []
         self._seed_fingerprint: list[tuple] | None = None
+        # Databases the code under test connects to (other layouts add theirs).
+        self.databases: list[str] = [stack.url("direct").database]
+        self._layouts: dict[str, Any] = {"schema": self}
+
+    def for_layout(self, layout: str) -> Any:
+        """The tenancy of a layout on the same stack: this one for "schema", a companion for "rls"."""
+        if layout not in self._layouts:
+            from harness.tenancy.rls import RlsTenancy
+
+            if layout != "rls":
+                raise UsageError(f"Unknown layout {layout!r}.", fix=["use 'schema' or 'rls'"])
+            companion = RlsTenancy(self, self.tenants + tuple(t for t in self.provisioned if t not in self.tenants))
+            companion.provision()
+            self._layouts[layout] = companion
+        return self._layouts[layout]
+
+    def url(self, route: str):
+        """The URL the code under test gets for a route."""
+        return self.stack.url(route)
 
     # -- schemas ------------------------------------------------------------------
     @property
@@ -134,9 +153,11 @@ class Tenancy:
         for route in self.stack.bouncers:
             # KILL drops the database's server (and client) connections at once;
             # RECONNECT would wait for PgBouncer's janitor. RESUME lets clients in again.
-            database = self.stack.url(route).database
-            self.stack.admin(route, f"KILL {database}")
-            self.stack.admin(route, f"RESUME {database}")
+            known = {row["name"] for row in self.stack.admin(route, "SHOW DATABASES")}
+            for database in self.databases:
+                if database in known:
+                    self.stack.admin(route, f'KILL "{database}"')
+                    self.stack.admin(route, f'RESUME "{database}"')
         deadline = time.monotonic() + timeout
         query = text("SELECT pid FROM pg_stat_activity WHERE usename = :role AND pid <> pg_backend_pid()")
         with self.engine.connect() as conn:
@@ -178,6 +199,9 @@ class Tenancy:
         return out
 
     def close(self) -> None:
+        for layout, tenancy in self._layouts.items():
+            if tenancy is not self:
+                tenancy.close()
         self.engine.dispose()
 
     def drop(self) -> None:

@@ -10,8 +10,10 @@ probe should read) and ``provision``.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import importlib
+import inspect
 from typing import Any, Callable
 
 from sqlalchemy.engine import URL
@@ -19,16 +21,23 @@ from sqlalchemy.engine import URL
 from harness.errors import UsageError
 from harness.tenancy.models import FLAVOURS
 
-BUILTIN_MODULE = "harness.tenancy.strategies.builtin"
-BUILTINS = ("search_path_set", "search_path_restore", "search_path_local", "set_config_local",
-            "translate_map", "translate_map_pinned")
+BUILTIN_MODULES = {
+    "harness.tenancy.strategies.builtin": ("search_path_set", "search_path_restore", "search_path_local",
+                                           "set_config_local", "translate_map", "translate_map_pinned"),
+    "harness.tenancy.strategies.rls": ("rls_guc_session", "rls_guc_pinned", "rls_role_session", "rls_role_pinned"),
+    "harness.tenancy.strategies.asynchronous": ("translate_map_pinned_async", "rls_guc_pinned_async",
+                                                "search_path_set_async"),
+}
+BUILTIN_SPECS = {name: f"{module}:{name}" for module, names in BUILTIN_MODULES.items() for name in names}
+BUILTINS = tuple(BUILTIN_SPECS)
 RAW_STYLES = ("unqualified", "qualified")
+LAYOUTS = ("schema", "rls")
 
 
 def resolve_spec(spec: str) -> str:
     """A built-in short name becomes its full spec; anything else must be package.module:attr."""
-    if spec in BUILTINS:
-        return f"{BUILTIN_MODULE}:{spec}"
+    if spec in BUILTIN_SPECS:
+        return BUILTIN_SPECS[spec]
     if ":" not in spec:
         raise UsageError(f"Strategy {spec!r} is neither a built-in nor of the form package.module:attr.",
                          fix=[f"use one of the built-ins: {', '.join(BUILTINS)}",
@@ -37,7 +46,8 @@ def resolve_spec(spec: str) -> str:
 
 
 def short_name(spec: str) -> str:
-    return spec.split(":", 1)[1] if spec.startswith(BUILTIN_MODULE + ":") else spec
+    name = spec.split(":", 1)[-1]
+    return name if BUILTIN_SPECS.get(name) == spec else spec
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +57,17 @@ class StrategySpec:
     name: str
     spec: str
     factory: Callable[[URL], Any]
+
+    def layout(self, probe_url: URL) -> str:
+        """The strategy's layout: a class attribute of the factory, or read off one instance."""
+        declared = getattr(self.factory, "layout", None)
+        if isinstance(declared, str):
+            return declared
+        probe = self.create(probe_url)
+        try:
+            return probe.layout
+        finally:
+            probe.close()
 
     def create(self, url: URL) -> "Strategy":
         try:
@@ -108,8 +129,8 @@ class Strategy:
             raise UsageError(f"Strategy {name!r}: unknown raw_sql style(s) {unknown}; "
                              f"use {', '.join(RAW_STYLES)}.")
         layout = getattr(instance, "layout", "schema")
-        if layout != "schema":
-            raise UsageError(f"Strategy {name!r}: layout {layout!r} is not supported yet; use 'schema'.")
+        if layout not in LAYOUTS:
+            raise UsageError(f"Strategy {name!r}: layout {layout!r} is unknown; use one of {', '.join(LAYOUTS)}.")
         return cls(name, instance, models, raw_sql, layout, tuple(getattr(instance, "settings", ())))
 
     def session(self, tenant: str):
@@ -119,7 +140,17 @@ class Strategy:
     def engine(self):
         return getattr(self.instance, "engine", None)
 
-    def close(self) -> None:
+    @property
+    def is_async(self) -> bool:
+        return type(self.engine).__name__ == "AsyncEngine"
+
+    def close(self, loop=None) -> None:
+        """Release engines and pools; an async close() runs on ``loop`` (or a fresh one)."""
         close = getattr(self.instance, "close", None)
         if callable(close):
-            close()
+            result = close()
+            if inspect.isawaitable(result):
+                if loop is not None and not loop.is_closed():
+                    loop.run_until_complete(result)
+                else:
+                    asyncio.run(result)

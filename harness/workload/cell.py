@@ -71,8 +71,9 @@ class CellResult:
             rows = ", ".join(f"{r.table}#{r.id}:{r.owner}" for r in step.rows[:6])
             more = f" +{len(step.rows) - 6}" if len(step.rows) > 6 else ""
             err = f" ERROR {step.error.sqlstate} {step.error.message}" if step.error else ""
+            role = f" as={step.user}" if step.user and step.user != "app" else ""
             lines.append(f"{mark}{step.seq:4d}. client {step.client} {step.tenant!r:>16} {step.step:<24} "
-                         f"pid={step.pid} path={step.search_path!r} rows=[{rows}{more}]{err} {step.note}".rstrip())
+                         f"pid={step.pid}{role} path={step.search_path!r} rows=[{rows}{more}]{err} {step.note}".rstrip())
         if len(self.history.steps) > limit:
             lines.append(f"  ... {len(self.history.steps) - limit} more steps")
         for probe in self.history.probes[:limit]:
@@ -88,19 +89,25 @@ def run_cell(stack: Stack, tenancy: Tenancy, spec: StrategySpec, route: str, sce
              program: Program) -> CellResult:
     """Reset the database state, run the program with a fresh strategy instance, check the history."""
     started = time.monotonic()
-    tenancy.reset()
-    strategy = spec.create(stack.url(route))
+    target = tenancy.for_layout(spec.layout(stack.url(route)))
+    target.reset()
+    strategy = spec.create(target.url(route))
+    if target is not tenancy:
+        target.prepare(strategy)
     statements = _record_statements(strategy.engine)
     gating = ("orm", "control") + tuple(f"raw_{s}" for s in strategy.raw_sql)
-    history = History(strategy=spec.name, route=route, tenants=program.tenants, schemas=tuple(tenancy.schemas),
+    history = History(strategy=spec.name, route=route, tenants=program.tenants, schemas=tuple(target.schemas),
                       seed_ids={"product": tuple(range(1, SEED_ROWS + 1)),
                                 "marketplace_task": tuple(range(1, SEED_SMALL + 1))},
-                      gating_styles=gating)
+                      gating_styles=gating, layout=strategy.layout)
+    # The RLS layout has its own (shared) tables; a schema-layout strategy declares its flavour.
+    runner = Runner(stack, route, strategy, tenants=tenancy.tenants,
+                    models=target.models if target is not tenancy else None, url=target.url(route))
     try:
-        Runner(stack, route, strategy, tenants=tenancy.tenants).run(program, history)
+        runner.run(program, history)
     finally:
-        strategy.close()
-    history.final_state = tenancy.snapshot()
+        runner.close_strategy()
+    history.final_state = target.snapshot()
     findings = check_history(history)
     cov = coverage(history)
     result = CellResult(spec.name, route, scenario, history, findings, cov, verdict(findings, cov),
@@ -114,6 +121,7 @@ def _record_statements(engine) -> list[str] | None:
     """Collect the SQL the strategy's engine executes, to see whether it names the tenant's schema."""
     if engine is None:
         return None
+    engine = getattr(engine, "sync_engine", engine)  # an AsyncEngine's events live on its sync engine
     statements: list[str] = []
 
     @event.listens_for(engine, "before_cursor_execute")

@@ -81,14 +81,19 @@ def hammer(stack: Stack, tenancy: Tenancy, spec: StrategySpec, route: str, *, th
                          fix=["give max_requests and max_seconds, both above zero"])
     if threads < 1:
         raise UsageError(f"The hammer needs at least one thread, not {threads}.")
-    tenancy.reset()
-    strategy = spec.create(stack.url(route))
-    runner = Runner(stack, route, strategy, tenants=tenancy.tenants, lean=True)
+    target = tenancy.for_layout(spec.layout(stack.url(route)))
+    target.reset()
+    strategy = spec.create(target.url(route))
+    if target is not tenancy:
+        target.prepare(strategy)
+    runner = Runner(stack, route, strategy, tenants=tenancy.tenants, lean=True,
+                    models=target.models if target is not tenancy else None, url=target.url(route))
     history_path.parent.mkdir(parents=True, exist_ok=True)
     out = _HistoryFile(history_path)
     checkouts = [0]
     if strategy.engine is not None:
-        event.listen(strategy.engine, "checkout", lambda *args: checkouts.__setitem__(0, checkouts[0] + 1))
+        event.listen(getattr(strategy.engine, "sync_engine", strategy.engine), "checkout",
+                     lambda *args: checkouts.__setitem__(0, checkouts[0] + 1))
     issued = [0]
     lock = threading.Lock()
     deadline = time.monotonic() + max_seconds
@@ -96,7 +101,14 @@ def hammer(stack: Stack, tenancy: Tenancy, spec: StrategySpec, route: str, *, th
 
     def worker(index: int) -> None:
         rng = random.Random(seed * 1000 + index)
-        client = Client(index)
+        mine = runner
+        if strategy.is_async:
+            # An async layer gets an event loop per thread (several loops on threads), and so
+            # an instance per thread: an AsyncEngine's connections belong to the loop that made them.
+            mine = Runner(stack, route, spec.create(target.url(route)), tenants=tenancy.tenants, lean=True,
+                          models=runner.models, url=runner.url)
+            mine.ids, mine.seq = runner.ids, runner.seq
+        client = Client(index, loop=mine.loop() if strategy.is_async else None)
         try:
             while True:
                 with lock:
@@ -106,11 +118,13 @@ def hammer(stack: Stack, tenancy: Tenancy, spec: StrategySpec, route: str, *, th
                     number = issued[0]
                 request = random_request(rng, tenancy.tenants)
                 for action in request.actions():
-                    out.write(runner.act(client, number, request, action))
+                    out.write(mine.act(client, number, request, action))
         except BaseException as exc:  # noqa: BLE001 - reported after the run
             failures.append(exc)
         finally:
-            runner._end(client)
+            mine._end(client)
+            if mine is not runner:
+                mine.close_strategy()
 
     started = time.monotonic()
     workers = [threading.Thread(target=worker, args=(i,), name=f"hammer-{i}", daemon=True) for i in range(threads)]
@@ -122,17 +136,17 @@ def hammer(stack: Stack, tenancy: Tenancy, spec: StrategySpec, route: str, *, th
     try:
         probes = runner.probe(after_step=0)
     finally:
-        strategy.close()
+        runner.close_strategy()
         out.close()
     if failures:
         raise failures[0]
 
     gating = ("orm", "control") + tuple(f"raw_{s}" for s in strategy.raw_sql)
-    history = History(strategy=spec.name, route=route, tenants=tenancy.tenants, schemas=tuple(tenancy.schemas),
+    history = History(strategy=spec.name, route=route, tenants=tenancy.tenants, schemas=tuple(target.schemas),
                       seed_ids={"product": tuple(range(1, SEED_ROWS + 1)),
                                 "marketplace_task": tuple(range(1, SEED_SMALL + 1))},
-                      gating_styles=gating, probes=probes)
-    history.final_state = tenancy.snapshot()
+                      gating_styles=gating, probes=probes, layout=strategy.layout)
+    history.final_state = target.snapshot()
     findings, flagged, cov = check_history_file(history, history_path)
     history.steps = flagged
     run = HammerRun(threads, issued[0], seconds, checkouts[0], history_path)

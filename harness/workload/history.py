@@ -126,6 +126,7 @@ class History:
     final_state: Snapshot | None = None
     seed_ids: dict[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)
     gating_styles: tuple[str, ...] = ("orm", "raw_unqualified", "control")  # the interface's default raw_sql
+    layout: str = "schema"
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -145,4 +146,5 @@ class History:
                    final_state=None if final is None else {
                        s: {t: [tuple(r) for r in rows] for t, rows in tables.items()} for s, tables in final.items()},
                    seed_ids={k: tuple(v) for k, v in data.get("seed_ids", {}).items()},
-                   gating_styles=tuple(data.get("gating_styles") or cls.gating_styles))
+                   gating_styles=tuple(data.get("gating_styles") or cls.gating_styles),
+                   layout=data.get("layout", "schema"))

@@ -59,10 +59,10 @@ class PgBouncerProbe:
     as it would for any client).
     """
 
-    def __init__(self, stack: Stack, route: str, settings: tuple[str, ...]):
+    def __init__(self, stack: Stack, route: str, settings: tuple[str, ...], url: URL | None = None):
         self.stack = stack
         self.route = route
-        self.url: URL = stack.url(route)
+        self.url: URL = url or stack.url(route)  # the database the code under test uses
         self.names = COMMON_SETTINGS + tuple(s for s in settings if s not in COMMON_SETTINGS)
         self.query = _probe_query(self.names)
         self.keep = stack.bouncers[route].pool_mode == "transaction"
@@ -77,7 +77,8 @@ class PgBouncerProbe:
 
     def probe(self) -> tuple[list[ConnectionState], tuple[int, ...]]:
         """Probe every idle server connection; return the states and the SHOW SERVERS pids."""
-        servers = [s for s in self.stack.admin(self.route, "SHOW SERVERS") if s.get("user") == self.url.username]
+        servers = [s for s in self.stack.admin(self.route, "SHOW SERVERS")
+                   if s.get("user") == self.url.username and s.get("database") == self.url.database]
         idle = [s for s in servers if s.get("state") in IDLE_SERVER_STATES]
         clients: list[psycopg.Connection] = []
         states: list[ConnectionState] = []
@@ -127,4 +128,25 @@ def probe_engine(engine: Engine, settings: tuple[str, ...]) -> list[ConnectionSt
     finally:
         for proxy in held:
             proxy.close()
+    return states
+
+
+async def probe_async_engine(engine, settings: tuple[str, ...]) -> list[ConnectionState]:
+    """The same for an AsyncEngine: check out every idle connection at once, read each."""
+    names = COMMON_SETTINGS + tuple(s for s in settings if s not in COMMON_SETTINGS)
+    query = _probe_query(names).as_string(None)
+    pool = engine.sync_engine.pool
+    count = pool.checkedin() if hasattr(pool, "checkedin") else 0
+    held = []
+    states: list[ConnectionState] = []
+    try:
+        for _ in range(count):
+            held.append(await engine.connect())
+        for conn in held:
+            row = (await conn.exec_driver_sql(query)).one()
+            states.append(_state(tuple(row), names))
+            await conn.rollback()
+    finally:
+        for conn in held:
+            await conn.close()
     return states

@@ -8,9 +8,10 @@ from one counter, so a row can be traced to the step that wrote it.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import itertools
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import DBAPIError
@@ -23,6 +24,7 @@ from harness.workload import probe as pool_probe
 from harness.workload.history import ErrorSeen, History, ProbeRecord, RowSeen, StepRecord, Write
 from harness.workload.program import STEP_STYLES, Program, Request
 
+T = TypeVar("T")
 FIRST_WRITTEN_ID = 1000
 SCHEDULER_CLIENT = 100
 SCHEDULER_STEPS = ("job_read", "task_insert", "commit", "task_read")
@@ -48,21 +50,26 @@ class Client:
     savepoints: list[Any] = dataclasses.field(default_factory=list)
     inserted: list[int] = dataclasses.field(default_factory=list)
     lean_pid: dict[str, Any] = dataclasses.field(default_factory=dict)  # pid read by a lean select
+    is_async: bool = False  # the strategy's session() gave an AsyncSession
+    loop: asyncio.AbstractEventLoop | None = None  # where this client's async steps run
 
 
 class Runner:
     """Runs programs for one strategy instance on one route of a stack."""
 
     def __init__(self, stack: Stack, route: str, strategy: Strategy, *, raw_table: str = "product",
-                 tenants: tuple[str, ...] = (), lean: bool = False):
+                 tenants: tuple[str, ...] = (), lean: bool = False, models: ModelSet | None = None,
+                 url=None):
+        self.url = url or stack.url(route)  # what the strategy connects to
         self.stack = stack
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.tenants = tenants  # what a scheduler pass walks
         # lean: no extra query per step (the hammer); reads carry the backend pid in their own statement.
         self.lean = lean
         self._bouncer_probe: pool_probe.PgBouncerProbe | None = None
         self.route = route
         self.strategy = strategy
-        self.models: ModelSet = model_set(strategy.models)
+        self.models: ModelSet = models or model_set(strategy.models)
         self.ids = itertools.count(FIRST_WRITTEN_ID)
         self.seq = itertools.count(1)
         self.raw_table = raw_table
@@ -118,28 +125,49 @@ class Runner:
         if action == "end_request":
             error = self._end(client)
             return StepRecord(**base, error=error)
-        session = client.session
-        if session is None:
+        if client.session is None:
             return StepRecord(**base, note="skipped: the session did not open")
         pid_info: dict[str, Any] = {}
         try:
             if action in ("commit", "rollback", "fail_and_rollback"):
-                pid_info = self._where(session)
-            rows, writes, note = self._do(client, session, action)
+                pid_info = self._call(client, self._where)
+            rows, writes, note = self._call(client, lambda session: self._do(client, session, action))
             if action not in ("commit", "rollback", "fail_and_rollback", "rollback_to_savepoint"):
-                pid_info = self._where(session) or client.lean_pid
+                pid_info = self._call(client, self._where) or client.lean_pid
             return StepRecord(**base, **pid_info, rows=rows, writes=writes, note=note)
         except Exception as exc:  # noqa: BLE001 - every failure is recorded, not raised
             error = _error(exc)
             note = self._recover(client)
             return StepRecord(**base, **pid_info, error=error, note=note)
 
+    # -- sync and async sessions alike ---------------------------------------------------
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The event loop async clients share: their steps are interleaved tasks on one loop."""
+        if self._loop is None:
+            self._loop = asyncio.new_event_loop()
+        return self._loop
+
+    @staticmethod
+    def _call(client: Client, fn: Callable[[Session], T]) -> T:
+        """Run ``fn`` with the client's sync Session; for an AsyncSession through run_sync,
+        so one implementation of every step serves both (its SQL goes through the async driver)."""
+        if client.is_async:
+            assert client.loop is not None
+            return client.loop.run_until_complete(client.session.run_sync(fn))
+        return fn(client.session)
+
     def _open(self, client: Client, r: int, tenant: str, base: dict[str, Any]) -> StepRecord:
         client.tenant, client.request, client.savepoints, client.inserted = tenant, r, [], []
         try:
             client.context = self.strategy.session(tenant)
-            client.session = client.context.__enter__()
-            return StepRecord(**base, **self._where(client.session, only_in_transaction=True))
+            if hasattr(client.context, "__aenter__"):
+                client.is_async = True
+                client.loop = client.loop or self.loop()
+                client.session = client.loop.run_until_complete(client.context.__aenter__())
+            else:
+                client.is_async = False
+                client.session = client.context.__enter__()
+            return StepRecord(**base, **self._call(client, self._where))
         except Exception as exc:  # noqa: BLE001
             client.context = client.session = None
             return StepRecord(**base, error=_error(exc))
@@ -149,22 +177,35 @@ class Runner:
         if context is None:
             return None
         try:
-            context.__exit__(None, None, None)
+            if client.is_async:
+                assert client.loop is not None
+                client.loop.run_until_complete(context.__aexit__(None, None, None))
+            else:
+                context.__exit__(None, None, None)
         except Exception as exc:  # noqa: BLE001
             return _error(exc)
         return None
+
+    def close_strategy(self) -> None:
+        """Close the strategy (on the loop its async engine lives on), then the loop."""
+        try:
+            self.strategy.close(loop=self._loop)
+        finally:
+            if self._loop is not None:
+                self._loop.close()
+                self._loop = None
 
     def _recover(self, client: Client) -> str:
         """After a failed step, roll back as an application would."""
         client.savepoints.clear()
         try:
             if client.session is not None:
-                client.session.rollback()
+                self._call(client, lambda session: session.rollback())
             return "rolled back after the error"
         except Exception as exc:  # noqa: BLE001
             return f"rollback after the error failed too: {_error(exc).message}"
 
-    def _where(self, session: Session, only_in_transaction: bool = False) -> dict[str, Any]:
+    def _where(self, session: Session) -> dict[str, Any]:
         """Backend pid, search_path and role of the session's current transaction."""
         if self.lean or not session.in_transaction():
             return {}
@@ -172,6 +213,12 @@ class Runner:
         return {"pid": pid, "search_path": path, "user": user}
 
     # -- the steps ------------------------------------------------------------------
+    def _by_id(self, session: Session, row_id: int):
+        Product = self.models.Product  # noqa: N806
+        if self.models.shared:
+            return session.scalars(select(Product).where(Product.id == row_id).order_by(Product.owner)).first()
+        return session.get(Product, row_id)
+
     def _raw(self, qualified: bool) -> str:
         return f"tenant.{self.raw_table}" if qualified else self.raw_table
 
@@ -186,6 +233,9 @@ class Runner:
                 return tuple(RowSeen("product", p.id, p.owner) for p, _ in rows), (), ""
             return tuple(RowSeen("product", p.id, p.owner) for p in session.scalars(select(Product))), (), ""
         if action == "orm_select_pk":
+            if m.shared:  # one table for all tenants: the key is (id, owner), so ask by id
+                found = session.scalars(select(Product).where(Product.id == 1).order_by(Product.owner)).all()
+                return tuple(RowSeen("product", p.id, p.owner) for p in found), (), "" if found else "no row 1"
             obj = session.get(Product, 1)
             return ((RowSeen("product", obj.id, obj.owner),) if obj else ()), (), "" if obj else "no row 1"
         if action in ("orm_insert", "raw_insert_unqualified", "raw_insert_qualified"):
@@ -204,7 +254,7 @@ class Runner:
             return tuple(RowSeen("product", row.id, row.owner) for row in rows), (), ""
         if action == "orm_update":
             target = 1 + client.index
-            obj = session.get(Product, target)
+            obj = self._by_id(session, target)
             if obj is None:
                 return (), (), f"no row {target} to update"
             label = f"upd:{next(self.ids)}"
@@ -216,7 +266,7 @@ class Runner:
             if not client.inserted:
                 return (), (), "nothing inserted in this request to delete"
             target = client.inserted.pop()
-            obj = session.get(Product, target)
+            obj = self._by_id(session, target)
             if obj is None:
                 return (), (), f"row {target} not found to delete"
             seen = RowSeen("product", obj.id, obj.owner)
@@ -268,7 +318,7 @@ class Runner:
         if self.route in self.stack.bouncers:
             try:
                 if self._bouncer_probe is None:
-                    self._bouncer_probe = pool_probe.PgBouncerProbe(self.stack, self.route, settings)
+                    self._bouncer_probe = pool_probe.PgBouncerProbe(self.stack, self.route, settings, self.url)
                 states, servers = self._bouncer_probe.probe()
                 records.append(ProbeRecord(next(self.seq), after_step, f"pgbouncer:{self.route}", tuple(states), servers))
             except Exception as exc:  # noqa: BLE001
@@ -277,7 +327,10 @@ class Runner:
         engine = self.strategy.engine
         if engine is not None:
             try:
-                states = pool_probe.probe_engine(engine, settings)
+                if self.strategy.is_async:
+                    states = self.loop().run_until_complete(pool_probe.probe_async_engine(engine, settings))
+                else:
+                    states = pool_probe.probe_engine(engine, settings)
                 records.append(ProbeRecord(next(self.seq), after_step, "engine", tuple(states)))
             except Exception as exc:  # noqa: BLE001
                 records.append(ProbeRecord(next(self.seq), after_step, "engine", (),
