@@ -15,6 +15,12 @@ from harness.tenancy.tenants import DEFAULT_TENANTS, HOSTILE_TENANTS
 PUBLIC = "public"
 
 
+@pytest.fixture(autouse=True)
+def seeded(tenancy):
+    """Earlier tests (scenarios with leaks) leave misplaced rows behind: start from the seeds."""
+    tenancy.reset()
+
+
 def connect(url, autocommit: bool = True) -> psycopg.Connection:
     return psycopg.connect(host=url.host, port=url.port, user=url.username, password=url.password,
                            dbname=url.database, autocommit=autocommit, prepare_threshold=None)
