@@ -160,6 +160,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("harness: interrupted; torn down", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - a clear line, not a traceback; the stack is already down
+        print(f"harness: error: {type(exc).__name__}: {exc}\n"
+              "This is not a finding about your tenancy layer: the run itself failed. Re-run with "
+              "HARNESS_KEEP_TMP=1 to keep the server logs.", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -194,6 +194,15 @@ def resolve_config(
             values[setting.name] = setting.default
             sources[setting.name] = "default"
     config = HarnessConfig(**values, sources=sources)
+    bounds = [("tenants", config.tenants, 2), ("hammer_threads", config.hammer_threads, 1),
+              ("hammer_requests", config.hammer_requests, 1), ("hammer_seconds", config.hammer_seconds, 0.001),
+              ("session_pool_size", config.session_pool_size, 1), ("transaction_pool_size", config.transaction_pool_size, 1),
+              ("start_timeout", config.start_timeout, 0.001)]
+    for name, value, least in bounds:
+        if value is not None and value < least:
+            setting = SETTINGS_BY_NAME[name]
+            raise UsageError(f"{setting.option} / {setting.env} = {value}: it must be at least {least}.",
+                             fix=[setting.help])
     if config.profile not in PROFILE_NAMES:
         raise UsageError(f"Unknown profile {config.profile!r}.", fix=[f"use one of: {', '.join(PROFILE_NAMES)}"])
     unknown_routes = [r for r in config.routes if r not in ROUTE_NAMES]

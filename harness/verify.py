@@ -20,6 +20,7 @@ import psycopg
 import sqlalchemy
 
 from harness.config import HarnessConfig
+from harness.errors import UsageError
 from harness.scan.scanner import ScanFinding, scan_path
 from harness.stack import Stack, start_stack
 from harness.tenancy.models import load_user_metadata
@@ -111,6 +112,9 @@ def run_verify(config: HarnessConfig, *, seed: int, scan: list[Path] | None = No
     if scan:
         run.scan_paths = [str(p) for p in scan]
         run.scan = [f for p in scan for f in scan_path(p)]
+        if not any(p.is_file() or any(p.rglob("*.py")) for p in scan):
+            raise UsageError(f"--scan {', '.join(run.scan_paths)}: no Python file to scan.",
+                             fix=["give the folder of your application code"])
     progress = Progress(len(specs) * len(config.routes) * len(SCENARIOS), progress_out)
     profile = PROFILES[config.profile]
     with start_stack(config) as stack:

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-QUICK = ["--profile", "dev", "--hammer-requests", "40", "--hammer-seconds", "3", "--routes", "transaction"]
+QUICK = ["--profile", "dev", "--hammer-requests", "200", "--hammer-seconds", "5", "--routes", "transaction"]
 
 
 def harness_verify(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:

@@ -15,8 +15,10 @@ def trend(report_dir: Path, current: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per run, oldest first, the current one last."""
     rows = []
     for path in sorted(report_dir.glob("*/results.json")):
+        if path.parent.is_symlink():  # reports/latest: the same run again
+            continue
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue
         if data.get("schema") != SCHEMA or data.get("run_id") == current["run_id"]:

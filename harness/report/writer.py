@@ -53,7 +53,8 @@ def write_report(run, report_dir: Path) -> Path:
     results = results_json(run)
     folder = report_dir / run.run_id
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "results.json").write_text(json.dumps(results, indent=1, ensure_ascii=False, default=str))
+    (folder / "results.json").write_text(json.dumps(results, indent=1, ensure_ascii=False, default=str),
+                                         encoding="utf-8")
     (folder / "junit.xml").write_bytes(junit_xml(results))
     (folder / "index.html").write_text(render_html(results, trend(report_dir, results)), encoding="utf-8")
     latest = report_dir / "latest"

@@ -122,8 +122,12 @@ class Strategy:
         models = getattr(instance, "models", "placeholder")
         if models not in FLAVOURS:
             raise UsageError(f"Strategy {name!r}: models = {models!r}; use one of {', '.join(FLAVOURS)}.")
-        raw_sql = getattr(instance, "raw_sql", ("unqualified",))
-        raw_sql = (raw_sql,) if isinstance(raw_sql, str) else tuple(raw_sql)
+        raw_sql = getattr(instance, "raw_sql", ("unqualified",)) or ()
+        try:
+            raw_sql = (raw_sql,) if isinstance(raw_sql, str) else tuple(raw_sql)
+        except TypeError:
+            raise UsageError(f"Strategy {name!r}: raw_sql = {raw_sql!r}; give a tuple of styles "
+                             f"from {', '.join(RAW_STYLES)}.") from None
         unknown = [s for s in raw_sql if s not in RAW_STYLES]
         if unknown:
             raise UsageError(f"Strategy {name!r}: unknown raw_sql style(s) {unknown}; "
@@ -131,7 +135,14 @@ class Strategy:
         layout = getattr(instance, "layout", "schema")
         if layout not in LAYOUTS:
             raise UsageError(f"Strategy {name!r}: layout {layout!r} is unknown; use one of {', '.join(LAYOUTS)}.")
-        return cls(name, instance, models, raw_sql, layout, tuple(getattr(instance, "settings", ())))
+        settings = getattr(instance, "settings", ()) or ()
+        settings = (settings,) if isinstance(settings, str) else settings
+        try:
+            settings = tuple(str(s) for s in settings)
+        except TypeError:
+            raise UsageError(f"Strategy {name!r}: settings = {settings!r}; give a tuple of setting names "
+                             "like ('app.tenant_id',).") from None
+        return cls(name, instance, models, raw_sql, layout, settings)
 
     def session(self, tenant: str):
         return self.instance.session(tenant)

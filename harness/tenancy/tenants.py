@@ -34,7 +34,10 @@ HOSTILE_TENANTS = (
     "t" * 59 + "ää",  # exactly 63 bytes in UTF-8
 )
 
-_PLAIN = re.compile(r"[a-z_][a-z0-9_$]*")
+# PostgreSQL's unquoted identifiers: a letter (any non-ASCII letter too) or
+# underscore, then letters, digits, _ or $. Only ASCII A-Z is folded, so an
+# upper-case ASCII letter is what makes a name change when left unquoted.
+_PLAIN = re.compile(r"(?:[a-z_]|[^\x00-\x7f])(?:[a-z0-9_$]|[^\x00-\x7f])*")
 
 
 def needs_quoting(name: str) -> bool:

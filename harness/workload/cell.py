@@ -92,11 +92,17 @@ def run_cell(stack: Stack, tenancy: Tenancy, spec: StrategySpec, route: str, sce
     target = tenancy.for_layout(spec.layout(stack.url(route)))
     target.reset()
     strategy = spec.create(target.url(route))
-    if target is not tenancy:
-        target.prepare(strategy)
+    try:
+        if target is not tenancy:
+            target.prepare(strategy)
+    except BaseException:
+        strategy.close()
+        raise
     statements = _record_statements(strategy.engine)
     gating = ("orm", "control") + tuple(f"raw_{s}" for s in strategy.raw_sql)
-    history = History(strategy=spec.name, route=route, tenants=program.tenants, schemas=tuple(target.schemas),
+    # A scheduler pass writes for every tenant, not only those the program names.
+    tenants = tuple(dict.fromkeys(program.tenants + tenancy.tenants))
+    history = History(strategy=spec.name, route=route, tenants=tenants, schemas=tuple(target.schemas),
                       seed_ids={"product": tuple(range(1, SEED_ROWS + 1)),
                                 "marketplace_task": tuple(range(1, SEED_SMALL + 1))},
                       gating_styles=gating, layout=strategy.layout)
@@ -110,10 +116,12 @@ def run_cell(stack: Stack, tenancy: Tenancy, spec: StrategySpec, route: str, sce
     history.final_state = target.snapshot()
     findings = check_history(history)
     cov = coverage(history)
-    result = CellResult(spec.name, route, scenario, history, findings, cov, verdict(findings, cov),
-                        time.monotonic() - started)
+    judged = verdict(findings, cov)
+    if program.probe and judged.value == "pass" and cov.probed_connections == 0:
+        judged = Verdict("inconclusive", "the pool probe read no connection (no idle server, no engine exposed)")
+    result = CellResult(spec.name, route, scenario, history, findings, cov, judged, time.monotonic() - started)
     if statements is not None:
-        result.schema_in_sql = any(_names_schema(sql, program.tenants) for sql in statements)
+        result.schema_in_sql = any(_names_schema(sql, tenants) for sql in statements)
     return result
 
 

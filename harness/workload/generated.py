@@ -144,6 +144,10 @@ def explore(stack: Stack, tenancy: Tenancy, spec: StrategySpec, route: str, prof
             seen.failing_program = program
             raise _Counterexample(result.verdict.reason)
 
+    # One example-database key per strategy x route: otherwise a sound cell replays
+    # (and deletes) the failures an unsound one saved.
+    isolation_holds.hypothesis.inner_test._hypothesis_internal_add_digest = (  # type: ignore[attr-defined]
+        f"{spec.spec}|{route}|{'|'.join(tenancy.tenants)}".encode())
     test = isolation_holds if seed is None else hypothesis_seed(seed)(isolation_holds)
     failed = False
     flaky = False

@@ -132,7 +132,13 @@ def hammer(stack: Stack, tenancy: Tenancy, spec: StrategySpec, route: str, *, th
         thread.start()
     for thread in workers:
         thread.join(max_seconds + 60)
+    stuck = [t.name for t in workers if t.is_alive()]
     seconds = time.monotonic() - started
+    if stuck:
+        runner.close_strategy()
+        out.close()
+        raise RuntimeError(f"hammer threads {', '.join(stuck)} did not finish within {max_seconds + 60:.0f}s "
+                           "(a step hangs: a lock wait or a pool exhausted); no verdict is given for this cell")
     try:
         probes = runner.probe(after_step=0)
     finally:

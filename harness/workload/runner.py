@@ -30,6 +30,9 @@ SCHEDULER_CLIENT = 100
 SCHEDULER_STEPS = ("job_read", "task_insert", "commit", "task_read")
 PID_QUERY = text("SELECT pg_backend_pid(), current_setting('search_path'), current_user")
 FAILING_STATEMENT = text("SELECT 1 / 0")
+# Every tenant (and the decoys) share primary keys: an object already in the
+# identity map would hide the owner of the row the database returned now.
+FRESH = {"populate_existing": True}
 
 
 def _error(exc: BaseException) -> ErrorSeen:
@@ -169,6 +172,8 @@ class Runner:
                 client.session = client.context.__enter__()
             return StepRecord(**base, **self._call(client, self._where))
         except Exception as exc:  # noqa: BLE001
+            if client.session is not None:
+                self._end(client)  # entered, then failed: leave no connection checked out
             client.context = client.session = None
             return StepRecord(**base, error=_error(exc))
 
@@ -189,6 +194,8 @@ class Runner:
     def close_strategy(self) -> None:
         """Close the strategy (on the loop its async engine lives on), then the loop."""
         try:
+            if self._bouncer_probe is not None:
+                self._bouncer_probe.close()
             self.strategy.close(loop=self._loop)
         finally:
             if self._loop is not None:
@@ -216,7 +223,8 @@ class Runner:
     def _by_id(self, session: Session, row_id: int):
         Product = self.models.Product  # noqa: N806
         if self.models.shared:
-            return session.scalars(select(Product).where(Product.id == row_id).order_by(Product.owner)).first()
+            return session.scalars(select(Product).where(Product.id == row_id).order_by(Product.owner),
+                                   execution_options=FRESH).first()
         return session.get(Product, row_id)
 
     def _raw(self, qualified: bool) -> str:
@@ -228,13 +236,15 @@ class Runner:
         client.lean_pid = {}
         if action == "orm_select_all":
             if self.lean:
-                rows = session.execute(select(Product, func.pg_backend_pid())).all()
+                rows = session.execute(select(Product, func.pg_backend_pid()), execution_options=FRESH).all()
                 client.lean_pid = {"pid": rows[0][1]} if rows else {}
                 return tuple(RowSeen("product", p.id, p.owner) for p, _ in rows), (), ""
-            return tuple(RowSeen("product", p.id, p.owner) for p in session.scalars(select(Product))), (), ""
+            return tuple(RowSeen("product", p.id, p.owner)
+                         for p in session.scalars(select(Product), execution_options=FRESH)), (), ""
         if action == "orm_select_pk":
             if m.shared:  # one table for all tenants: the key is (id, owner), so ask by id
-                found = session.scalars(select(Product).where(Product.id == 1).order_by(Product.owner)).all()
+                found = session.scalars(select(Product).where(Product.id == 1).order_by(Product.owner),
+                                        execution_options=FRESH).all()
                 return tuple(RowSeen("product", p.id, p.owner) for p in found), (), "" if found else "no row 1"
             obj = session.get(Product, 1)
             return ((RowSeen("product", obj.id, obj.owner),) if obj else ()), (), "" if obj else "no row 1"
@@ -250,7 +260,10 @@ class Runner:
             client.inserted.append(new_id)
             return (), (Write("insert", "product", new_id, tenant, name),), ""
         if action in ("raw_select_unqualified", "raw_select_qualified"):
-            rows = session.execute(text(f"SELECT id, owner FROM {self._raw(action.endswith('_qualified'))} ORDER BY id"))
+            rows = session.execute(text(f"SELECT id, owner, pg_backend_pid() AS pid "
+                                        f"FROM {self._raw(action.endswith('_qualified'))} ORDER BY id")).all()
+            if self.lean and rows:
+                client.lean_pid = {"pid": rows[0].pid}
             return tuple(RowSeen("product", row.id, row.owner) for row in rows), (), ""
         if action == "orm_update":
             target = 1 + client.index
@@ -274,7 +287,7 @@ class Runner:
             session.flush()
             return (seen,), (Write("delete", "product", target, tenant),), ""
         if action == "job_read":
-            return tuple(RowSeen("marketplace_job", j.id, j.owner) for j in session.scalars(select(m.MarketplaceJob))), (), ""
+            return tuple(RowSeen("marketplace_job", j.id, j.owner) for j in session.scalars(select(m.MarketplaceJob), execution_options=FRESH)), (), ""
         if action == "task_insert":
             new_id = next(self.ids)
             label = f"task:{new_id}"
@@ -282,7 +295,7 @@ class Runner:
             session.flush()
             return (), (Write("insert", "marketplace_task", new_id, tenant, label),), ""
         if action == "task_read":
-            return tuple(RowSeen("marketplace_task", t.id, t.owner) for t in session.scalars(select(m.MarketplaceTask))), (), ""
+            return tuple(RowSeen("marketplace_task", t.id, t.owner) for t in session.scalars(select(m.MarketplaceTask), execution_options=FRESH)), (), ""
         if action == "commit":
             session.commit()
             client.savepoints.clear()
