@@ -582,3 +582,16 @@ def test_an_empty_full_read_and_a_refused_own_write_are_context_lost():
     assert summary(check_context_lost(run.history)) == [("context_lost", (empty,)), ("context_lost", (refused,))]
     assert check_errors(run.history) == []
     assert "row-level security" in check_context_lost(run.history)[1].explanation
+
+
+def test_step_to_json_writes_what_asdict_writes_and_reads_back():
+    import dataclasses
+    import json
+
+    from harness.workload.history import ErrorSeen, RowSeen, StepRecord, Write, step_from_json, step_to_json
+
+    step = StepRecord(3, 1, 0, "Acme", "orm_insert", pid=9, search_path='"Acme", public', user="app",
+                      rows=(RowSeen("product", 1, "acme"),), writes=(Write("insert", "product", 1000, "Acme", "ins:1000"),),
+                      error=ErrorSeen("42P01", "UndefinedTable", "relation does not exist"), note="n")
+    assert json.dumps(step_to_json(step)) == json.dumps(dataclasses.asdict(step))
+    assert step_from_json(json.loads(json.dumps(step_to_json(step)))) == step

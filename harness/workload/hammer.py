@@ -28,7 +28,7 @@ from harness.stack import Stack
 from harness.tenancy.provisioning import SEED_ROWS, SEED_SMALL, Tenancy
 from harness.tenancy.strategy import StrategySpec
 from harness.workload.cell import CellResult
-from harness.workload.history import History, StepRecord, step_from_json
+from harness.workload.history import History, StepRecord, step_from_json, step_to_json
 from harness.workload.program import CONTROL_STEPS, DATA_STEPS, Request
 from harness.workload.runner import Client, Runner
 
@@ -60,7 +60,7 @@ class _HistoryFile:
         self.lock = threading.Lock()
 
     def write(self, record: StepRecord) -> None:
-        line = json.dumps(dataclasses.asdict(record), ensure_ascii=False)
+        line = json.dumps(step_to_json(record), ensure_ascii=False)
         with self.lock:
             self.handle.write(line + "\n")
 
