@@ -17,12 +17,19 @@ from harness.errors import HarnessError, UsageError
 from harness.stack import signals
 
 STACK_SETTINGS = ("backend", "pg_bindir", "pgbouncer", "cache_dir", "keep_tmp", "start_timeout",
-                  "session_pool_size", "transaction_pool_size")
+                  "session_pool_size", "transaction_pool_size", "postgres_image", "pgbouncer_image",
+                  "direct_dsn", "session_dsn", "transaction_dsn", "superuser_dsn", "i_own_this_database")
+
+# Settings given as a bare flag on the command line.
+FLAGS = ("i_own_this_database",)
 
 
 def _add_settings(parser: argparse.ArgumentParser, names: Sequence[str]) -> None:
     for setting in SETTINGS:
-        if setting.name in names:
+        if setting.name in FLAGS and setting.name in names:
+            parser.add_argument(setting.option, dest=setting.name, default=None, action="store_const",
+                                const=True, help=f"{setting.help} (env {setting.env}=1)")
+        elif setting.name in names:
             parser.add_argument(setting.option, dest=setting.name, default=None,
                                 help=f"{setting.help} (env {setting.env})")
 

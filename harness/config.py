@@ -41,6 +41,10 @@ def _names(value: Any) -> tuple[str, ...]:
     return tuple(item.strip() for item in items if item.strip())
 
 
+def _optional_text(value: Any) -> str | None:
+    return None if value in (None, "") else str(value)
+
+
 def _path(value: Any) -> Path:
     return Path(str(value)).expanduser()
 
@@ -67,10 +71,28 @@ def _default_cache_dir() -> Path:
 
 
 ROUTE_NAMES = ("direct", "session", "transaction")
+BACKENDS = ("auto", "native", "docker", "external")
 PROFILE_NAMES = ("dev", "ci", "nightly")
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("backend", "native", str, "What starts the stack: native (local binaries)."),
+    Setting("backend", "auto", str,
+            "What starts the stack: native (local binaries), docker (images, through testcontainers), "
+            "external (your servers, given by the *_dsn settings), or auto (native when the binaries "
+            "are found, else docker when an engine answers)."),
+    Setting("postgres_image", "postgres:17", str, "PostgreSQL image of the docker backend."),
+    Setting("pgbouncer_image", "edoburu/pgbouncer:latest", str,
+            "PgBouncer image of the docker backend: any image with a pgbouncer binary on its PATH."),
+    Setting("direct_dsn", None, _optional_text,
+            "External backend: URL of the route straight to PostgreSQL, as the application's login role."),
+    Setting("session_dsn", None, _optional_text,
+            "External backend: URL of the route through a PgBouncer with pool_mode=session."),
+    Setting("transaction_dsn", None, _optional_text,
+            "External backend: URL of the route through a PgBouncer with pool_mode=transaction."),
+    Setting("superuser_dsn", None, _optional_text,
+            "External backend: URL of a role that may create schemas and roles in that database "
+            "(and, on PgBouncer's admin console, run SHOW and KILL)."),
+    Setting("i_own_this_database", False, _bool,
+            "External backend: run even though the database holds schemas the harness did not create."),
     Setting("pg_bindir", None, _optional_path,
             "Folder holding the PostgreSQL server binaries (initdb, postgres, pg_ctl)."),
     Setting("pgbouncer", None, _optional_path, "Path of the pgbouncer binary."),
@@ -116,7 +138,14 @@ SETTINGS_BY_NAME = {s.name: s for s in SETTINGS}
 class HarnessConfig:
     """All settings of one run. Build it with :func:`resolve_config`."""
 
-    backend: str = "native"
+    backend: str = "auto"
+    postgres_image: str = "postgres:17"
+    pgbouncer_image: str = "edoburu/pgbouncer:latest"
+    direct_dsn: str | None = None
+    session_dsn: str | None = None
+    transaction_dsn: str | None = None
+    superuser_dsn: str | None = None
+    i_own_this_database: bool = False
     pg_bindir: Path | None = None
     pgbouncer: Path | None = None
     cache_dir: Path | None = None
@@ -203,6 +232,8 @@ def resolve_config(
             setting = SETTINGS_BY_NAME[name]
             raise UsageError(f"{setting.option} / {setting.env} = {value}: it must be at least {least}.",
                              fix=[setting.help])
+    if config.backend not in BACKENDS:
+        raise UsageError(f"Unknown backend {config.backend!r}.", fix=[f"use one of: {', '.join(BACKENDS)}"])
     if config.profile not in PROFILE_NAMES:
         raise UsageError(f"Unknown profile {config.profile!r}.", fix=[f"use one of: {', '.join(PROFILE_NAMES)}"])
     unknown_routes = [r for r in config.routes if r not in ROUTE_NAMES]

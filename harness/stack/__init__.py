@@ -1,14 +1,51 @@
-"""Processes: the stack (PostgreSQL + two PgBouncers) and how it starts and stops."""
+"""Processes: the stack (PostgreSQL + two PgBouncers) and how it starts and stops.
+
+Backends: ``native`` (local binaries, :mod:`harness.stack.stack`), ``docker``
+(images through testcontainers, :mod:`harness.stack.containers`) and
+``external`` (servers someone else runs, :mod:`harness.stack.external`).
+"""
 
 from harness.stack.stack import POOLED_ROUTES, ROUTES, Stack, start_native_stack
 
-__all__ = ["POOLED_ROUTES", "ROUTES", "Stack", "start_native_stack", "start_stack"]
+__all__ = ["POOLED_ROUTES", "ROUTES", "Stack", "choose_backend", "start_native_stack", "start_stack"]
+
+
+def choose_backend(config) -> str:
+    """The backend ``auto`` stands for: native when its binaries are found, else docker when an engine answers."""
+    from harness.errors import SetupError
+    from harness.stack.binaries import find_binaries
+
+    if config.backend != "auto":
+        return config.backend
+    try:
+        find_binaries(config.pg_bindir, config.pgbouncer)
+        return "native"
+    except SetupError as native_problem:
+        from harness.stack.containers import engine_answers
+
+        if engine_answers():
+            return "docker"
+        raise SetupError(
+            "No way to start a stack: the PostgreSQL and PgBouncer binaries are missing, "
+            "and no Docker engine answers.",
+            checked=[native_problem.problem, *native_problem.checked, "docker: no engine answered a ping"],
+            fix=["native: make setup (installs Debian's postgresql and pgbouncer), or set "
+                 "HARNESS_PG_BINDIR / HARNESS_PGBOUNCER",
+                 "docker: start a Docker engine (and pip install testcontainers); "
+                 "images: HARNESS_POSTGRES_IMAGE / HARNESS_PGBOUNCER_IMAGE, or scripts/build-images",
+                 "external: --backend external with --direct-dsn / --session-dsn / --transaction-dsn "
+                 "and --superuser-dsn"]) from None
 
 
 def start_stack(config) -> Stack:
-    """Start a stack with the configured backend."""
-    from harness.errors import UsageError
+    """Start a stack with the configured backend (``auto`` picks one)."""
+    backend = choose_backend(config)
+    if backend == "docker":
+        from harness.stack.containers import start_docker_stack
 
-    if config.backend == "native":
-        return start_native_stack(config)
-    raise UsageError(f"Unknown backend {config.backend!r}.", fix=["use --backend native"])
+        return start_docker_stack(config)
+    if backend == "external":
+        from harness.stack.external import start_external_stack
+
+        return start_external_stack(config)
+    return start_native_stack(config)

@@ -21,12 +21,86 @@ def _quote(text: str) -> str:
     return '"' + text.replace('"', '""') + '"'
 
 
-class Bouncer(ServerProcess):
-    """One PgBouncer process with one ``pool_mode``.
+def render_userlist(users: dict[str, str]) -> str:
+    """An ``auth_file``: PgBouncer answers SCRAM with these passwords and logs in to the server with them."""
+    return "".join(f"{_quote(user)} {_quote(password)}\n" for user, password in users.items())
+
+
+def render_config(*, pool_mode: str, listen_addr: str, listen_port: int, server_host: str, server_port: int,
+                  auth_file: str, admin_user: str, pool_size: int) -> str:
+    """The harness's PgBouncer configuration, for the native and the docker backends alike.
 
     ``server_reset_query`` is left at its default (``DISCARD ALL``), which
     PgBouncer does not run in transaction mode: that is the behaviour under test.
     """
+    return "\n".join([
+        "[databases]",
+        f"* = host={server_host} port={server_port}",
+        "",
+        "[pgbouncer]",
+        f"listen_addr = {listen_addr}",
+        f"listen_port = {listen_port}",
+        "unix_socket_dir =",
+        f"pool_mode = {pool_mode}",
+        "auth_type = scram-sha-256",
+        f"auth_file = {auth_file}",
+        f"admin_users = {admin_user}",
+        f"stats_users = {admin_user}",
+        f"default_pool_size = {pool_size}",
+        "min_pool_size = 0",
+        "reserve_pool_size = 0",
+        "max_client_conn = 1000",
+        "max_db_connections = 0",
+        "query_wait_timeout = 30",
+        "ignore_startup_parameters = extra_float_digits",
+        "",
+    ])
+
+
+class AdminConsole:
+    """PgBouncer's admin console (database ``pgbouncer``), one connection kept open.
+
+    A login costs a SCRAM exchange, so the connection is kept between
+    commands; a broken one is replaced once.
+    """
+
+    def __init__(self, host: str, port: int, user: str, password: str):
+        self.host = host
+        self.port = port
+        self.user = user
+        self.password = password
+        self._conn: psycopg.Connection | None = None
+        self._lock = threading.Lock()
+
+    def _connect(self) -> psycopg.Connection:
+        return psycopg.connect(host=self.host, port=self.port, dbname=ADMIN_DATABASE, user=self.user,
+                               password=self.password, connect_timeout=2, autocommit=True, row_factory=dict_row)
+
+    def __call__(self, command: str) -> list[dict[str, Any]]:
+        """Run one admin command (``SHOW POOLS``, ``KILL db``...) and return its rows."""
+        with self._lock:
+            for attempt in (1, 2):
+                if self._conn is None or self._conn.closed:
+                    self._conn = self._connect()
+                try:
+                    cur = self._conn.execute(command, prepare=False)
+                    return cur.fetchall() if cur.description else []
+                except psycopg.OperationalError:
+                    self._conn.close()
+                    self._conn = None
+                    if attempt == 2:
+                        raise
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+
+class Bouncer(ServerProcess):
+    """One native PgBouncer process with one ``pool_mode``."""
 
     # In PgBouncer 1.18 SIGINT is a safe shutdown (waits for clients) and
     # SIGTERM the immediate one; a throwaway stack wants the immediate one.
@@ -46,36 +120,16 @@ class Bouncer(ServerProcess):
         self.pool_size = pool_size
         self.ini_path = run_dir / f"pgbouncer-{pool_mode}.ini"
         self.userlist_path = run_dir / f"userlist-{pool_mode}.txt"
-        self._admin_conn: psycopg.Connection | None = None
-        self._admin_lock = threading.Lock()
+        self.admin = AdminConsole("127.0.0.1", port, admin_user, users[admin_user])
 
     def render_config(self) -> str:
-        return "\n".join([
-            "[databases]",
-            f"* = host=127.0.0.1 port={self.server_port}",
-            "",
-            "[pgbouncer]",
-            "listen_addr = 127.0.0.1",
-            f"listen_port = {self.port}",
-            "unix_socket_dir =",
-            f"pool_mode = {self.pool_mode}",
-            "auth_type = scram-sha-256",
-            f"auth_file = {self.userlist_path}",
-            f"admin_users = {self.admin_user}",
-            f"stats_users = {self.admin_user}",
-            f"default_pool_size = {self.pool_size}",
-            "min_pool_size = 0",
-            "reserve_pool_size = 0",
-            "max_client_conn = 1000",
-            "max_db_connections = 0",
-            "query_wait_timeout = 30",
-            "ignore_startup_parameters = extra_float_digits",
-            "",
-        ])
+        return render_config(pool_mode=self.pool_mode, listen_addr="127.0.0.1", listen_port=self.port,
+                             server_host="127.0.0.1", server_port=self.server_port,
+                             auth_file=str(self.userlist_path), admin_user=self.admin_user,
+                             pool_size=self.pool_size)
 
     def write_config(self) -> None:
-        self.userlist_path.write_text(
-            "".join(f"{_quote(user)} {_quote(password)}\n" for user, password in self.users.items()))
+        self.userlist_path.write_text(render_userlist(self.users))
         self.ini_path.write_text(self.render_config())
         self.userlist_path.chmod(0o600)
         self.account.own(self.userlist_path)
@@ -88,33 +142,6 @@ class Bouncer(ServerProcess):
                           timeout=timeout, log_tail=self.log_tail, alive=self.alive)
         return str(next(iter(rows[0].values())))
 
-    def _admin_connection(self) -> psycopg.Connection:
-        return psycopg.connect(host="127.0.0.1", port=self.port, dbname=ADMIN_DATABASE,
-                               user=self.admin_user, password=self.users[self.admin_user],
-                               connect_timeout=2, autocommit=True, row_factory=dict_row)
-
-    def admin(self, command: str) -> list[dict[str, Any]]:
-        """Run one admin console command (``SHOW POOLS``, ``RECONNECT``...) and return its rows.
-
-        The console connection is kept open between commands (a login costs a
-        SCRAM exchange); a broken one is replaced once.
-        """
-        with self._admin_lock:
-            for attempt in (1, 2):
-                if self._admin_conn is None or self._admin_conn.closed:
-                    self._admin_conn = self._admin_connection()
-                try:
-                    cur = self._admin_conn.execute(command, prepare=False)
-                    return cur.fetchall() if cur.description else []
-                except psycopg.OperationalError:
-                    self._admin_conn.close()
-                    self._admin_conn = None
-                    if attempt == 2:
-                        raise
-        raise AssertionError("unreachable")
-
     def stop(self, timeout: float = 5.0) -> None:
-        if self._admin_conn is not None:
-            self._admin_conn.close()
-            self._admin_conn = None
+        self.admin.close()
         super().stop(timeout)

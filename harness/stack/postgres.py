@@ -112,10 +112,15 @@ class PostgresServer(ServerProcess):
         """Set the passwords and create the login role for the code under test."""
         with psycopg.connect(host=str(self.socket_dir), port=self.port, user=SUPERUSER,
                              dbname=DATABASE, autocommit=True) as conn:
-            conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(
-                sql.Identifier(SUPERUSER), sql.Literal(superuser_password)))
-            conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
-                sql.Identifier(APP_ROLE), sql.Literal(app_password)))
-            conn.execute(sql.SQL("GRANT CREATE, CONNECT ON DATABASE {} TO {}").format(
-                sql.Identifier(DATABASE), sql.Identifier(APP_ROLE)))
-            return conn.execute("SHOW server_version").fetchone()[0]
+            return bootstrap_roles(conn, superuser_password, app_password)
+
+
+def bootstrap_roles(conn: psycopg.Connection, superuser_password: str, app_password: str) -> str:
+    """On a fresh server: the superuser's password, the login role ``app``; returns the server version."""
+    conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(
+        sql.Identifier(SUPERUSER), sql.Literal(superuser_password)))
+    conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
+        sql.Identifier(APP_ROLE), sql.Literal(app_password)))
+    conn.execute(sql.SQL("GRANT CREATE, CONNECT ON DATABASE {} TO {}").format(
+        sql.Identifier(DATABASE), sql.Identifier(APP_ROLE)))
+    return conn.execute("SHOW server_version").fetchone()[0]

@@ -1,0 +1,392 @@
+"""The docker backend: the stack from images, through testcontainers.
+
+One PostgreSQL container and two PgBouncer containers (session, transaction)
+on a private network created for the run; their ports are mapped by Docker to
+127.0.0.1 (to the engine's host when the engine is remote).
+
+- PostgreSQL: any image following the official ``postgres`` image's contract
+  (POSTGRES_USER / POSTGRES_PASSWORD / POSTGRES_DB, data directory initialised
+  on first start). Clients authenticate with scram-sha-256.
+- PgBouncer: any image with a ``pgbouncer`` binary on its PATH. The harness
+  renders the configuration, copies it into the container before it starts,
+  and gives an explicit entrypoint and command; no image's environment
+  variables are relied on.
+
+Every container and network carries the run id and its owner (host, pid) as
+labels. Teardown removes everything labelled with the run, also after Ctrl-C;
+a run killed outright (SIGKILL) is swept by the next start, found by its
+owner's pid being gone. Testcontainers' reaper (Ryuk) is used only when its
+image is already present: where it cannot be pulled, the labels suffice.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import time
+import uuid
+from typing import Any, Callable
+
+from sqlalchemy.engine import URL
+
+from harness.config import HarnessConfig
+from harness.errors import SetupError
+from harness.stack.pgbouncer import AdminConsole, render_config, render_userlist
+from harness.stack.postgres import APP_ROLE, DATABASE, SERVER_SETTINGS, SUPERUSER, bootstrap_roles
+from harness.stack.process import pid_alive
+from harness.stack.stack import _LIVE, _LIVE_LOCK, POOLED_ROUTES, ROUTES, Stack, _check_route
+from harness.stack.wait import wait_until
+
+LABEL_RUN = "tenant-harness.run"
+LABEL_OWNER = "tenant-harness.owner"  # "<hostname>:<pid>" of the harness process
+LABEL_PART = "tenant-harness.part"  # postgres, pgbouncer-session, pgbouncer-transaction
+POSTGRES_PORT = 5432
+BOUNCER_PORT = 6432
+SERVER_ALIAS = "postgres"
+CONFIG_DIR = "/etc/tenant-harness"
+DOCKER_TIMEOUT = 10  # seconds for one call to the engine
+
+# In a container the server must listen on the network; durability stays off.
+CONTAINER_SETTINGS = {**SERVER_SETTINGS, "listen_addresses": "*"}
+
+BUILD_HINT = ("build local images from Debian's packages: eval \"$(scripts/build-images)\" "
+              "(sets HARNESS_POSTGRES_IMAGE and HARNESS_PGBOUNCER_IMAGE)")
+
+
+def _docker_module():
+    try:
+        import docker  # noqa: F401 - installed with testcontainers
+        import testcontainers.core.container  # noqa: F401
+    except ImportError as exc:
+        raise SetupError("The docker backend needs the testcontainers package, which is not installed.",
+                         checked=[f"import failed: {exc}"],
+                         fix=["pip install 'testcontainers>=4.8' (make setup installs it)",
+                              "or use --backend native"]) from exc
+    import docker
+    return docker
+
+
+def engine_answers() -> bool:
+    """True when a Docker engine answers a ping (for ``--backend auto``)."""
+    try:
+        docker = _docker_module()
+        client = docker.from_env(timeout=3)
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
+    except Exception:  # noqa: BLE001 - any failure means "no engine"
+        return False
+
+
+def docker_client():
+    """A client of the engine named by DOCKER_HOST (or the default socket); a clear error when none answers."""
+    docker = _docker_module()
+    try:
+        client = docker.from_env(timeout=DOCKER_TIMEOUT)
+        client.ping()
+        return client
+    except Exception as exc:  # noqa: BLE001
+        raise SetupError("The docker backend needs a Docker engine, and none answers.",
+                         checked=[f"DOCKER_HOST={os.environ.get('DOCKER_HOST', '(unset: the local socket)')}",
+                                  f"{type(exc).__name__}: {exc}"],
+                         fix=["start the Docker engine (systemctl start docker), or point DOCKER_HOST at one",
+                              "or use --backend native (make setup installs PostgreSQL and PgBouncer)"]) from exc
+
+
+def _owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def ensure_image(client, image: str) -> None:
+    """The image is present, or is pulled now; otherwise a clear error (before anything starts)."""
+    docker = _docker_module()
+    try:
+        client.images.get(image)
+        return
+    except docker.errors.ImageNotFound:
+        pass
+    try:
+        client.images.pull(image)
+    except Exception as exc:  # noqa: BLE001 - no registry, unknown image, auth...
+        raise SetupError(f"Docker image {image!r} is not present and could not be pulled.",
+                         checked=[f"{type(exc).__name__}: {str(exc).strip()[:400]}"],
+                         fix=[BUILD_HINT,
+                              "or docker load / docker pull the image, or set HARNESS_POSTGRES_IMAGE / "
+                              "HARNESS_PGBOUNCER_IMAGE to images this engine has"]) from exc
+
+
+def _configure_reaper(client) -> None:
+    """Use Ryuk only when its image is here already: pulling it would fail without a registry."""
+    from testcontainers.core.config import testcontainers_config as tc
+
+    if "TESTCONTAINERS_RYUK_DISABLED" in os.environ:
+        return
+    try:
+        client.images.get(tc.ryuk_image)
+    except Exception:  # noqa: BLE001
+        tc.ryuk_disabled = True
+
+
+def remove_run(client, run_id: str) -> list[str]:
+    """Remove every container (with its anonymous volumes) and network labelled with ``run_id``."""
+    removed = []
+    label = f"{LABEL_RUN}={run_id}"
+    for container in client.containers.list(all=True, filters={"label": label}):
+        try:
+            container.remove(force=True, v=True)
+            removed.append(container.name)
+        except Exception as exc:  # noqa: BLE001
+            if "No such container" not in str(exc) and "already in progress" not in str(exc):
+                raise
+    for network in client.networks.list(filters={"label": label}):
+        try:
+            network.remove()
+            removed.append(network.name)
+        except Exception as exc:  # noqa: BLE001
+            if "not found" not in str(exc).lower():
+                raise
+    return removed
+
+
+def remove_abandoned_runs(client) -> list[str]:
+    """Remove the containers and networks of runs whose harness process on this host is gone."""
+    host = socket.gethostname()
+    runs: set[str] = set()
+    labelled = [*client.containers.list(all=True, filters={"label": LABEL_OWNER}),
+                *client.networks.list(filters={"label": LABEL_OWNER})]
+    for item in labelled:
+        labels = item.attrs.get("Labels") or item.attrs.get("Config", {}).get("Labels") or {}
+        owner_host, _, pid = labels.get(LABEL_OWNER, "").rpartition(":")
+        if owner_host == host and pid.isdigit() and not pid_alive(int(pid)) and labels.get(LABEL_RUN):
+            runs.add(labels[LABEL_RUN])
+    removed = []
+    for run_id in sorted(runs):
+        removed += remove_run(client, run_id)
+    return removed
+
+
+def _connect_host(client) -> tuple[str, str]:
+    """(address to connect to, host address to bind mapped ports to)."""
+    base = str(client.api.base_url)
+    if base.startswith(("http+unix", "http+docker://localunixsocket", "npipe")) or "localhost" in base \
+            or "127.0.0.1" in base:
+        return "127.0.0.1", "127.0.0.1"
+    from testcontainers.core.docker_client import DockerClient
+
+    return DockerClient().host(), ""
+
+
+class ContainerServer:
+    """One container of the stack, seen like a native server process (name, logs, alive, stop)."""
+
+    def __init__(self, name: str, container):
+        self.name = name
+        self.container = container  # a testcontainers DockerContainer
+        self._pid: int | None = None
+
+    @property
+    def wrapped(self):
+        return self.container.get_wrapped_container()
+
+    @property
+    def pid(self) -> int | None:
+        """The main process's pid on the engine's host (``docker inspect``'s State.Pid)."""
+        if self._pid is None:
+            try:
+                self.wrapped.reload()
+                self._pid = int(self.wrapped.attrs["State"]["Pid"]) or None
+            except Exception:  # noqa: BLE001
+                return None
+        return self._pid
+
+    @property
+    def id(self) -> str:
+        return self.wrapped.id
+
+    def alive(self) -> bool:
+        try:
+            self.wrapped.reload()
+            return self.wrapped.status in ("created", "running")
+        except Exception:  # noqa: BLE001 - gone
+            return False
+
+    def _logs(self) -> bytes:
+        try:
+            return self.wrapped.logs()
+        except Exception:  # noqa: BLE001 - removed
+            return b""
+
+    def log_size(self) -> int:
+        return len(self._logs())
+
+    def log_since(self, offset: int) -> str:
+        return self._logs()[offset:].decode("utf-8", "replace")
+
+    def log_tail(self, lines: int = 30) -> str:
+        return "\n".join(self._logs().decode("utf-8", "replace").splitlines()[-lines:])
+
+    def stop(self, timeout: float = 5.0) -> None:
+        try:
+            self.wrapped.remove(force=True, v=True)
+        except Exception:  # noqa: BLE001 - already gone; remove_run checks by label anyway
+            pass
+
+
+class ContainerBouncer(ContainerServer):
+    """A PgBouncer container: its pool mode, its mapped port and its admin console."""
+
+    def __init__(self, name: str, container, pool_mode: str, host: str, port: int, admin_user: str,
+                 password: str):
+        super().__init__(name, container)
+        self.pool_mode = pool_mode
+        self.port = port
+        self.admin = AdminConsole(host, port, admin_user, password)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self.admin.close()
+        super().stop(timeout)
+
+
+def start_docker_stack(config: HarnessConfig) -> Stack:
+    """Start PostgreSQL and two PgBouncers as containers on a network of their own.
+
+    Images and engine are checked before anything is created; a failure
+    part-way removes every container and network of the run.
+    """
+    started = time.monotonic()
+    client = docker_client()
+    for image in (config.postgres_image, config.pgbouncer_image):
+        ensure_image(client, image)
+    _configure_reaper(client)
+    remove_abandoned_runs(client)
+    run_id = uuid.uuid4().hex[:10]
+    labels = {LABEL_RUN: run_id, LABEL_OWNER: _owner()}
+    processes: list[Any] = []
+    cleanup: list[Callable[[], None]] = [
+        client.close,
+        lambda: remove_run(client, run_id),
+        lambda: [p.stop() for p in reversed(processes)],
+    ]
+    placeholder = URL.create("postgresql+psycopg", username=SUPERUSER, host="127.0.0.1", database=DATABASE)
+    stack = Stack(backend="docker", run_id=run_id, routes={}, superuser_url=placeholder, bouncers={},
+                  versions={}, processes=processes, _cleanup=cleanup)
+    with _LIVE_LOCK:
+        _LIVE.add(stack)
+    try:
+        _boot(stack, config, client, labels, processes)
+    except BaseException:
+        stack.close()
+        raise
+    stack.timings["start"] = time.monotonic() - started
+    return stack
+
+
+def _container(image: str, config_labels: dict[str, str], part: str, run_id: str):
+    from testcontainers.core.container import DockerContainer
+
+    container = DockerContainer(image)
+    container.with_name(f"tenant-harness-{run_id}-{part}")
+    container._kwargs = {"labels": {**config_labels, LABEL_PART: part}}
+    return container
+
+
+def _wait_log_tail(server: ContainerServer) -> Callable[[], str]:
+    return lambda: f"docker logs {server.wrapped.name}:\n{server.log_tail()}"
+
+
+def _boot(stack: Stack, config: HarnessConfig, client, labels: dict[str, str], processes: list) -> None:
+    from testcontainers.community.postgres import PostgresContainer
+    from testcontainers.core.network import Network
+
+    run_id = stack.run_id
+    host, bind = _connect_host(client)
+    superuser_password = secrets.token_hex(12)
+    app_password = secrets.token_hex(12)
+
+    network = Network(docker_network_kw={"labels": labels})
+    network.name = f"tenant-harness-{run_id}"
+    network.create()
+
+    # PostgresContainer sets POSTGRES_USER/PASSWORD/DB; the harness waits itself,
+    # from the host, so that a timeout names what it saw and shows the logs.
+    postgres = PostgresContainer(config.postgres_image, username=SUPERUSER, password=superuser_password,
+                                 dbname=DATABASE, driver="psycopg")
+    postgres.ports = {f"{POSTGRES_PORT}/tcp": (bind,) if bind else None}
+    postgres.with_name(f"tenant-harness-{run_id}-postgres").with_network(network)
+    postgres.with_network_aliases(SERVER_ALIAS)
+    postgres.with_command(["postgres", *[f"-c{k}={v}" for k, v in CONTAINER_SETTINGS.items()]])
+    postgres._kwargs = {"labels": {**labels, LABEL_PART: "postgres"}}
+    postgres._connect = lambda: None
+    server = ContainerServer("postgres", postgres)
+    processes.append(server)
+    _start(postgres, config.postgres_image)
+    port = int(postgres.get_exposed_port(POSTGRES_PORT))
+    stack.superuser_url = URL.create("postgresql+psycopg", username=SUPERUSER, password=superuser_password,
+                                     host=host, port=port, database=DATABASE)
+
+    def bootstrap() -> str:
+        import psycopg
+
+        with psycopg.connect(host=host, port=port, user=SUPERUSER, password=superuser_password,
+                             dbname=DATABASE, connect_timeout=2, autocommit=True) as conn:
+            return bootstrap_roles(conn, superuser_password, app_password)
+
+    stack.versions["postgres"] = wait_until(
+        bootstrap, what=f"PostgreSQL container ({config.postgres_image}) on {host}:{port}",
+        timeout=config.start_timeout, interval=0.1, log_tail=_wait_log_tail(server), alive=server.alive)
+    stack.routes["direct"] = _route_url(host, port, app_password)
+
+    users = {SUPERUSER: superuser_password, APP_ROLE: app_password}
+    for mode in POOLED_ROUTES:
+        size = config.session_pool_size if mode == "session" else config.transaction_pool_size
+        ini = render_config(pool_mode=mode, listen_addr="0.0.0.0", listen_port=BOUNCER_PORT,
+                            server_host=SERVER_ALIAS, server_port=POSTGRES_PORT,
+                            auth_file=f"{CONFIG_DIR}/userlist.txt", admin_user=SUPERUSER, pool_size=size)
+        container = _container(config.pgbouncer_image, labels, f"pgbouncer-{mode}", run_id)
+        container.with_network(network)
+        container.ports = {f"{BOUNCER_PORT}/tcp": (bind,) if bind else None}
+        container.with_command([f"{CONFIG_DIR}/pgbouncer.ini"])
+        container._kwargs.update(entrypoint=["pgbouncer"], user=_bouncer_user(client, config.pgbouncer_image))
+        container.with_copy_into_container(ini.encode(), f"{CONFIG_DIR}/pgbouncer.ini", 0o644)
+        container.with_copy_into_container(render_userlist(users).encode(), f"{CONFIG_DIR}/userlist.txt", 0o644)
+        _start(container, config.pgbouncer_image)
+        bouncer_port = int(container.get_exposed_port(BOUNCER_PORT))
+        bouncer = ContainerBouncer(f"pgbouncer-{mode}", container, mode, host, bouncer_port, SUPERUSER,
+                                   superuser_password)
+        processes.append(bouncer)
+        rows = wait_until(lambda b=bouncer: b.admin("SHOW VERSION"),
+                          what=f"PgBouncer container ({config.pgbouncer_image}, {mode}) on {host}:{bouncer_port}",
+                          timeout=config.start_timeout, interval=0.05, log_tail=_wait_log_tail(bouncer),
+                          alive=bouncer.alive)
+        stack.versions["pgbouncer"] = str(next(iter(rows[0].values()))).split()[-1]
+        stack.bouncers[mode] = bouncer
+        stack.routes[mode] = _route_url(host, bouncer_port, app_password)
+
+    for route in ROUTES:
+        part = stack.bouncers.get(route) or server
+        wait_until(lambda: _check_route(stack.routes[route]), what=f"route {route!r}",
+                   timeout=config.start_timeout, log_tail=_wait_log_tail(part), alive=part.alive)
+
+
+def _start(container, image: str) -> None:
+    """Create, fill and start one container; an engine error becomes a SetupError naming the image."""
+    docker = _docker_module()
+    try:
+        container.start()
+    except docker.errors.APIError as exc:
+        raise SetupError(f"Docker could not start a container from {image!r}.",
+                         checked=[str(exc).strip()[:600]],
+                         fix=["check the image (docker run --rm -it " + image + ")", BUILD_HINT]) from exc
+
+
+def _bouncer_user(client, image: str) -> str:
+    """PgBouncer refuses to run as root: keep the image's own user unless it is root."""
+    user = (client.images.get(image).attrs.get("Config") or {}).get("User") or ""
+    return user if user not in ("", "root", "0", "0:0") else "nobody"
+
+
+def _route_url(host: str, port: int, password: str) -> URL:
+    return URL.create("postgresql+psycopg", username=APP_ROLE, password=password, host=host, port=port,
+                      database=DATABASE)
