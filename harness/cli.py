@@ -69,7 +69,7 @@ def cmd_setup(args: argparse.Namespace) -> int:
     return 0
 
 
-VERIFY_SETTINGS = STACK_SETTINGS + ("routes", "profile", "tenants", "report_dir", "seed", "models", "decoys",
+VERIFY_SETTINGS = STACK_SETTINGS + ("routes", "scenarios", "profile", "tenants", "report_dir", "seed", "models", "decoys",
                                     "example_db", "hammer_threads", "hammer_requests", "hammer_seconds")
 
 

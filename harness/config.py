@@ -109,6 +109,8 @@ SETTINGS: tuple[Setting, ...] = (
             "(default: every built-in, checked against its expectation table)."),
     Setting("routes", ("direct", "session", "transaction"), _names,
             "Routes to run, comma-separated: direct, session, transaction."),
+    Setting("scenarios", (), _names,
+            "Scenarios to run, comma-separated (default: all): the named ones, generated, hammer."),
     Setting("tenants", 4, int, "How many tenant schemas to provision (at least 2; the first four are fixed names)."),
     Setting("models", None, lambda v: str(v) if v not in (None, "") else None,
             "Your own SQLAlchemy metadata (package.module:attr) to create in every tenant schema "
@@ -156,6 +158,7 @@ class HarnessConfig:
     report_dir: Path = Path("reports")
     strategies: tuple[str, ...] = ()
     routes: tuple[str, ...] = ("direct", "session", "transaction")
+    scenarios: tuple[str, ...] = ()
     tenants: int = 4
     models: str | None = None
     profile: str = "ci"

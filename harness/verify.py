@@ -115,7 +115,11 @@ def run_verify(config: HarnessConfig, *, seed: int, scan: list[Path] | None = No
         if not any(p.is_file() or any(p.rglob("*.py")) for p in scan):
             raise UsageError(f"--scan {', '.join(run.scan_paths)}: no Python file to scan.",
                              fix=["give the folder of your application code"])
-    progress = Progress(len(specs) * len(config.routes) * len(SCENARIOS), progress_out)
+    scenarios = list(config.scenarios) or list(SCENARIOS)
+    unknown = [s for s in scenarios if s not in SCENARIOS]
+    if unknown:
+        raise UsageError(f"Unknown scenario(s) {', '.join(unknown)}.", fix=[f"use some of: {', '.join(SCENARIOS)}"])
+    progress = Progress(len(specs) * len(config.routes) * len(scenarios), progress_out)
     profile = PROFILES[config.profile]
     with start_stack(config) as stack:
         run.environment = environment(stack, config, seed)
@@ -125,7 +129,7 @@ def run_verify(config: HarnessConfig, *, seed: int, scan: list[Path] | None = No
             tenancy.provision(HOSTILE_TENANTS)
             for spec in specs:
                 for route in config.routes:
-                    for scenario in SCENARIOS:
+                    for scenario in scenarios:
                         result = _run_one(stack, tenancy, spec, route, scenario, config, profile, seed)
                         result.required = required_verdict(spec.name, scenario, route,
                                                            gate=not run.builtin_self_check)
