@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-stamp
 TEST_STAMP := $(VENV)/.test-installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: setup test-setup verify test quality bench clean
+.PHONY: setup test-setup verify test test-docker quality bench images clean
 
 setup: $(STAMP)
 	$(BIN)/harness setup --install
@@ -43,14 +43,25 @@ verify: setup
 # Fast tests first, then the real-server tests and the scenarios, then the
 # quality group (detection power of generated programs, several minutes).
 test: test-setup
-	$(BIN)/pytest tests scenarios -m "not quality" $(PYTEST_ARGS)
+	$(BIN)/pytest tests scenarios -m "not quality and not docker" $(PYTEST_ARGS)
+	@if docker info >/dev/null 2>&1; then $(MAKE) --no-print-directory test-docker; \
+	else echo "make test: no Docker engine answers, so the docker-backend tests (make test-docker) did not run" >&2; fi
 	$(BIN)/pytest tests -m quality $(PYTEST_ARGS)
+
+# The docker backend's tests, against images built here from Debian's packages
+# (scripts/build-images reuses images it built before).
+test-docker: test-setup
+	images="$$(scripts/build-images)" && eval "$$images" && $(BIN)/pytest tests -m docker $(PYTEST_ARGS)
+
+images:
+	scripts/build-images
 
 quality: test-setup
 	$(BIN)/pytest tests -m quality $(PYTEST_ARGS)
 
 bench: setup
-	$(BIN)/python bench/stack_start.py
+	@if docker info >/dev/null 2>&1; then images="$$(scripts/build-images)" && eval "$$images" && \
+	  $(BIN)/python bench/stack_start.py; else $(BIN)/python bench/stack_start.py; fi
 	$(BIN)/python bench/workload.py
 	$(BIN)/python bench/verify_wall_time.py
 
