@@ -104,12 +104,15 @@ def summary(run, report: Path) -> str:
     what = ("the built-in strategies against their expectation table" if run.builtin_self_check
             else ", ".join(run.strategies))
     lines = [f"harness verify: {'PASS' if run.ok else 'FAIL'}: {what}, {len(cells)} cells on "
-             f"{', '.join(run.config.routes)} in {run.seconds:.0f}s (profile {run.config.profile}, "
+             f"{', '.join(run.routes or run.config.routes)} in {run.seconds:.0f}s (profile {run.config.profile}, "
              f"seed {'derandomized' if run.config.derandomize else run.seed})."]
     if off:
         names = "; ".join(f"{c.strategy} x {c.route} x {c.scenario} measured {c.verdict.value}, "
                           f"required {c.required.verdict}" for c in off[:8])
         lines.append(f"{len(off)} cell(s) not as required: {names}{' ...' if len(off) > 8 else ''}.")
+    if run.not_run:
+        lines.append(f"Not run (neither passed nor failed): "
+                     f"{'; '.join(item['what'] + ': ' + item['reason'] for item in run.not_run)}.")
     if run.scan:
         lines.append(f"The static scan found {len(run.scan)} search_path leftover(s) in {', '.join(run.scan_paths)}.")
     lines.append(f"Report: {report}")

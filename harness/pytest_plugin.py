@@ -111,7 +111,7 @@ def run_scenario(stack: Stack, tenancy: Tenancy, harness_config: HarnessConfig, 
 
     def run(strategy: StrategySpec, route: str, scenario: str) -> CellResult:
         named = NAMED_SCENARIOS[scenario]
-        result = run_cell(stack, tenancy, strategy, route, scenario, named.build(tenancy.tenants))
+        result = run_cell(stack, tenancy, strategy, route, scenario, named.program(tenancy.tenants, tenancy.hostile))
         result.required = required_verdict(strategy.name, scenario, route, gate=bool(harness_config.strategies))
         cell_results.append(result)
         return result

@@ -51,6 +51,9 @@ class VerifyRun:
     cells: list[CellResult] = dataclasses.field(default_factory=list)
     scan: list[ScanFinding] | None = None
     scan_paths: list[str] = dataclasses.field(default_factory=list)
+    #: what did not run on this stack, and why: [{"what": "route session", "reason": ...}]
+    not_run: list[dict[str, str]] = dataclasses.field(default_factory=list)
+    routes: list[str] = dataclasses.field(default_factory=list)
     environment: dict[str, str] = dataclasses.field(default_factory=dict)
     seconds: float = 0.0
 
@@ -63,7 +66,7 @@ class VerifyRun:
         return not self.failing_cells and not self.scan
 
 
-def environment(stack: Stack, config: HarnessConfig, seed: int) -> dict[str, str]:
+def environment(stack: Stack, config: HarnessConfig, seed: int, decoys: bool) -> dict[str, str]:
     return {
         "postgresql": stack.versions.get("postgres", "?"),
         "pgbouncer": stack.versions.get("pgbouncer", "?"),
@@ -76,7 +79,7 @@ def environment(stack: Stack, config: HarnessConfig, seed: int) -> dict[str, str
         "session_pool_size": str(config.session_pool_size),
         "transaction_pool_size": str(config.transaction_pool_size),
         "tenants": str(config.tenants),
-        "decoys": "on" if config.decoys else "off",
+        "decoys": "on" if decoys else ("off" if stack.owns_public else "off (the harness does not write to public here)"),
     }
 
 
@@ -119,16 +122,24 @@ def run_verify(config: HarnessConfig, *, seed: int, scan: list[Path] | None = No
     unknown = [s for s in scenarios if s not in SCENARIOS]
     if unknown:
         raise UsageError(f"Unknown scenario(s) {', '.join(unknown)}.", fix=[f"use some of: {', '.join(SCENARIOS)}"])
-    progress = Progress(len(specs) * len(config.routes) * len(scenarios), progress_out)
     profile = PROFILES[config.profile]
     with start_stack(config) as stack:
-        run.environment = environment(stack, config, seed)
+        run.routes = [r for r in config.routes if r in stack.routes]
+        layouts = {s.name: s.layout(stack.url(run.routes[0])) for s in specs} if run.routes else {}
+        runnable = [s for s in specs if layouts.get(s.name) in stack.layouts]
+        run.not_run = _not_run(stack, config, specs, layouts)
+        if not run.routes or not runnable:
+            raise UsageError("Nothing can run on this stack.",
+                             checked=[f"{item['what']}: {item['reason']}" for item in run.not_run],
+                             fix=["give the routes' DSNs, or use the native or docker backend"])
+        progress = Progress(len(runnable) * len(run.routes) * len(scenarios), progress_out)
         tenancy = Tenancy(stack, tenants, decoys=config.decoys, extra_metadata=extra)
+        run.environment = environment(stack, config, seed, tenancy.decoys)
         try:
             tenancy.provision()
             tenancy.provision(HOSTILE_TENANTS)
-            for spec in specs:
-                for route in config.routes:
+            for spec in runnable:
+                for route in run.routes:
                     for scenario in scenarios:
                         result = _run_one(stack, tenancy, spec, route, scenario, config, profile, seed)
                         result.required = required_verdict(spec.name, scenario, route,
@@ -141,6 +152,20 @@ def run_verify(config: HarnessConfig, *, seed: int, scan: list[Path] | None = No
             tenancy.close()
     run.seconds = time.monotonic() - started
     return run
+
+
+def _not_run(stack: Stack, config: HarnessConfig, specs: list[StrategySpec],
+             layouts: dict[str, str]) -> list[dict[str, str]]:
+    """Routes, strategies and checks this stack cannot run, each with its reason."""
+    items = [{"what": f"route {route}", "reason": stack.not_run.get(f"route {route}", "the stack has no such route")}
+             for route in config.routes if route not in stack.routes]
+    items += [{"what": f"strategy {spec.name}",
+               "reason": stack.not_run.get(f"layout {layouts[spec.name]}",
+                                           f"the {layouts[spec.name]} layout cannot run here")}
+              for spec in specs if spec.name in layouts and layouts[spec.name] not in stack.layouts]
+    items += [{"what": what, "reason": reason} for what, reason in stack.not_run.items()
+              if not what.startswith(("route ", "layout "))]
+    return items
 
 
 def _run_one(stack: Stack, tenancy: Tenancy, spec: StrategySpec, route: str, scenario: str,
@@ -163,4 +188,4 @@ def _run_one(stack: Stack, tenancy: Tenancy, spec: StrategySpec, route: str, sce
                           "history": str(figures.history_path)}
         return result
     named = NAMED_SCENARIOS[scenario]
-    return run_cell(stack, tenancy, spec, route, scenario, named.build(tenancy.tenants))
+    return run_cell(stack, tenancy, spec, route, scenario, named.program(tenancy.tenants, tenancy.hostile))

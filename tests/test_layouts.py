@@ -11,7 +11,7 @@ from harness.workload.named import NAMED_SCENARIOS
 
 
 def run(stack, tenancy, spec: str, route: str, scenario: str):
-    program = NAMED_SCENARIOS[scenario].build(tenancy.tenants)
+    program = NAMED_SCENARIOS[scenario].program(tenancy.tenants, tenancy.hostile)
     return run_cell(stack, tenancy, load_strategy(spec), route, scenario, program)
 
 

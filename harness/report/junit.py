@@ -9,8 +9,9 @@ from typing import Any
 def junit_xml(results: dict[str, Any]) -> bytes:
     cells = results["cells"]
     failures = sum(1 for c in cells if not c["as_required"])
-    suite = ET.Element("testsuite", name="tenant-isolation", tests=str(len(cells)), failures=str(failures),
-                       errors="0", time=str(results["seconds"]), timestamp=results["started"])
+    skipped = len(results.get("not_run", []))
+    suite = ET.Element("testsuite", name="tenant-isolation", tests=str(len(cells) + skipped),
+                       failures=str(failures), errors="0", skipped=str(skipped), time=str(results["seconds"]), timestamp=results["started"])
     for cell in cells:
         case = ET.SubElement(suite, "testcase", classname=f"{cell['strategy']}.{cell['route']}",
                              name=cell["scenario"], time=str(cell["seconds"]))
@@ -20,4 +21,7 @@ def junit_xml(results: dict[str, Any]) -> bytes:
                                       *(["replay: " + cell["replay"]] if cell["replay"] else [])])
         out = ET.SubElement(case, "system-out")
         out.text = f"verdict {cell['verdict']} ({cell['verdict_reason']}); required {cell['required']}"
+    for item in results.get("not_run", []):
+        case = ET.SubElement(suite, "testcase", classname="not_run", name=item["what"], time="0")
+        ET.SubElement(case, "skipped", message=item["reason"])
     return ET.tostring(ET.ElementTree(suite).getroot(), encoding="utf-8", xml_declaration=True)

@@ -88,6 +88,7 @@ def results_json(run) -> dict[str, Any]:
         "exit_status": 0 if run.ok else 1, "builtin_self_check": run.builtin_self_check,
         "strategies": run.strategies, "environment": run.environment,
         "cells": [cell_json(c) for c in run.cells],
+        "not_run": list(getattr(run, "not_run", [])),
         "migration": migration_rows(run.cells),
         "scan": None if run.scan is None else {
             "paths": run.scan_paths, "findings": [dataclasses.asdict(f) for f in run.scan]},

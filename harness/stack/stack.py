@@ -51,6 +51,18 @@ class Stack:
     processes: list[ServerProcess]
     timings: dict[str, float] = dataclasses.field(default_factory=dict)
     run_dir: Path | None = None
+    #: the login role of the code under test (``app`` on stacks the harness starts)
+    app_role: str = APP_ROLE
+    #: prefix of every tenant schema (the external backend's run-specific namespace)
+    tenant_prefix: str = ""
+    #: comment put on every schema the harness creates, so a later run knows it as its own
+    schema_comment: str | None = None
+    #: layouts this stack can provision (the external backend creates no database)
+    layouts: tuple[str, ...] = ("schema", "rls")
+    #: may the harness put decoy tables into public (not on someone else's database)
+    owns_public: bool = True
+    #: what this stack cannot run, and why: {"route session": "no --session-dsn given", ...}
+    not_run: dict[str, str] = dataclasses.field(default_factory=dict)
     _cleanup: list[Callable[[], None]] = dataclasses.field(default_factory=list, repr=False)
     _closed: bool = dataclasses.field(default=False, repr=False)
 
@@ -60,6 +72,18 @@ class Stack:
             return self.routes[route]
         except KeyError:
             raise KeyError(f"unknown route {route!r}; routes are {', '.join(self.routes)}") from None
+
+    @property
+    def database(self) -> str:
+        """The database the code under test connects to."""
+        return next(iter(self.routes.values())).database
+
+    def tenant_name(self, name: str) -> str:
+        """The schema name of tenant ``name`` on this stack: the prefix, then the name cut to 63 bytes."""
+        if not self.tenant_prefix or name.startswith(self.tenant_prefix):
+            return name
+        room = 63 - len(self.tenant_prefix.encode("utf-8"))
+        return self.tenant_prefix + name.encode("utf-8")[:room].decode("utf-8", "ignore")
 
     def admin(self, route: str, command: str) -> list[dict[str, Any]]:
         """An admin console command on the PgBouncer of a pooled route."""

@@ -17,10 +17,9 @@ from sqlalchemy import MetaData, create_engine, text
 from sqlalchemy.engine import Connection, Engine
 
 from harness.errors import StartupTimeout, UsageError
-from harness.stack import Stack
-from harness.stack.postgres import APP_ROLE
+from harness.stack import POOLED_ROUTES, Stack
 from harness.tenancy.models import model_set
-from harness.tenancy.tenants import PUBLIC, validate_tenants
+from harness.tenancy.tenants import HOSTILE_TENANTS, PUBLIC, validate_tenants
 
 SEED_ROWS = 8
 SEED_SMALL = 3
@@ -55,8 +54,10 @@ class Tenancy:
     def __init__(self, stack: Stack, tenants: Iterable[str], *, decoys: bool = True,
                  extra_metadata: MetaData | None = None):
         self.stack = stack
-        self.tenants: tuple[str, ...] = validate_tenants(tuple(tenants))
-        self.decoys = decoys
+        self.tenants: tuple[str, ...] = validate_tenants(tuple(stack.tenant_name(t) for t in tenants))
+        # The hostile set as this stack names it (the external backend prefixes every schema).
+        self.hostile: tuple[str, ...] = tuple(stack.tenant_name(t) for t in HOSTILE_TENANTS)
+        self.decoys = decoys and stack.owns_public
         self.extra_metadata = extra_metadata
         self.models = model_set("placeholder")
         self.engine: Engine = create_engine(stack.superuser_url, connect_args={"prepare_threshold": None},
@@ -64,7 +65,7 @@ class Tenancy:
         self.provisioned: list[str] = []
         self._seed_fingerprint: list[tuple] | None = None
         # Databases the code under test connects to (other layouts add theirs).
-        self.databases: list[str] = [stack.url("direct").database]
+        self.databases: list[str] = [stack.database]
         self._layouts: dict[str, Any] = {"schema": self}
 
     def for_layout(self, layout: str) -> Any:
@@ -74,6 +75,10 @@ class Tenancy:
 
             if layout != "rls":
                 raise UsageError(f"Unknown layout {layout!r}.", fix=["use 'schema' or 'rls'"])
+            if layout not in self.stack.layouts:
+                raise UsageError(f"The {layout} layout cannot run on the {self.stack.backend} backend.",
+                                 checked=[self.stack.not_run.get(f"layout {layout}", "")],
+                                 fix=["use the native or the docker backend for it"])
             companion = RlsTenancy(self, self.tenants + tuple(t for t in self.provisioned if t not in self.tenants))
             companion.provision()
             self._layouts[layout] = companion
@@ -91,7 +96,8 @@ class Tenancy:
 
     def provision(self, tenants: Iterable[str] | None = None) -> None:
         """Create the schemas and tables of ``tenants`` (default: the tenant set) and seed them."""
-        wanted = validate_tenants(tuple(tenants)) if tenants is not None else self.tenants
+        wanted = (validate_tenants(tuple(self.stack.tenant_name(t) for t in tenants)) if tenants is not None
+                  else self.tenants)
         new = [t for t in wanted if t not in self.provisioned]
         with self.engine.begin() as conn:
             if not self.provisioned and self.decoys:
@@ -105,12 +111,16 @@ class Tenancy:
         q = quote(conn, schema)
         if create_schema:
             conn.execute(text(f"CREATE SCHEMA {q}"))
+            if self.stack.schema_comment:
+                comment = self.stack.schema_comment.replace("'", "''")
+                conn.execute(text(f"COMMENT ON SCHEMA {q} IS '{comment}'"))
         mapped = conn.execution_options(schema_translate_map={"tenant": schema})
         self.models.metadata.create_all(mapped)
         if self.extra_metadata is not None:
             self.extra_metadata.create_all(mapped)
-        conn.execute(text(f"GRANT USAGE ON SCHEMA {q} TO {APP_ROLE}"))
-        conn.execute(text(f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {q} TO {APP_ROLE}"))
+        role = quote(conn, self.stack.app_role)
+        conn.execute(text(f"GRANT USAGE ON SCHEMA {q} TO {role}"))
+        conn.execute(text(f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {q} TO {role}"))
 
     def _tables(self):
         return list(self.models.metadata.sorted_tables)
@@ -158,11 +168,16 @@ class Tenancy:
                 if database in known:
                     self.stack.admin(route, f'KILL "{database}"')
                     self.stack.admin(route, f'RESUME "{database}"')
-        deadline = time.monotonic() + timeout
-        query = text("SELECT pid FROM pg_stat_activity WHERE usename = :role AND pid <> pg_backend_pid()")
+        # A pooled route without an admin console (external backend): its pool can
+        # only be emptied from the server side, so there is nothing to wait for.
+        unmanaged = [r for r in self.stack.routes if r in POOLED_ROUTES and r not in self.stack.bouncers]
+        deadline = time.monotonic() + (0 if unmanaged else timeout)
+        query = text("SELECT pid FROM pg_stat_activity WHERE usename = :role AND datname = ANY(:dbs) "
+                     "AND pid <> pg_backend_pid()")
         with self.engine.connect() as conn:
             while True:
-                pids = [row[0] for row in conn.execute(query, {"role": APP_ROLE})]
+                pids = [row[0] for row in conn.execute(query, {"role": self.stack.app_role,
+                                                               "dbs": self.databases})]
                 if not pids:
                     return
                 if time.monotonic() >= deadline:

@@ -84,10 +84,10 @@ def scheduler(tenants: tuple[str, ...]) -> Program:
     return Program((jobs, web))
 
 
-def hostile_names(tenants: tuple[str, ...]) -> Program:
+def hostile_names(hostile: tuple[str, ...]) -> Program:
     """Tenant names that need quoting reach their own schema (the hostile set; ORM only)."""
     steps = ("orm_select_all", "orm_select_pk", "orm_insert", "commit")
-    return Program((tuple(Request(t, steps) for t in HOSTILE_TENANTS * 2),))
+    return Program((tuple(Request(t, steps) for t in tuple(hostile) * 2),))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,6 +95,11 @@ class NamedScenario:
     name: str
     title: str
     build: Callable[[tuple[str, ...]], Program]
+    hostile: bool = False  # built over the hostile names rather than the tenant set
+
+    def program(self, tenants: tuple[str, ...], hostile: tuple[str, ...] = HOSTILE_TENANTS) -> Program:
+        """The scenario's program over a tenancy's tenants (and its hostile names)."""
+        return self.build(tuple(hostile) if self.hostile else tenants)
 
 
 NAMED_SCENARIOS = {s.name: s for s in (
@@ -107,5 +112,5 @@ NAMED_SCENARIOS = {s.name: s for s in (
     NamedScenario("pool_state", "6. the pool carries no request's state into the next", pool_state),
     NamedScenario("scheduler", "7. a scheduler over every tenant never loses context nor reads another tenant",
                   scheduler),
-    NamedScenario("hostile_names", "hostile tenant names reach their own schema", hostile_names),
+    NamedScenario("hostile_names", "hostile tenant names reach their own schema", hostile_names, hostile=True),
 )}
