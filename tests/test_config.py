@@ -14,7 +14,7 @@ def write_pyproject(folder: Path, body: str) -> None:
 
 def test_defaults_apply_without_any_source(tmp_path):
     config = resolve_config({}, env={}, cwd=tmp_path)
-    assert config.backend == "native"
+    assert config.backend == "auto"
     assert config.keep_tmp is False
     assert config.sources["start_timeout"] == "default"
 

@@ -142,12 +142,21 @@ def test_a_missing_image_is_a_clear_error_before_anything_starts(client, tmp_pat
 
 
 def test_auto_picks_docker_without_native_binaries_and_explains_when_neither_works(tmp_path, monkeypatch):
-    missing = {"backend": "auto", "pg_bindir": str(tmp_path / "no-postgres"),
-               "pgbouncer": str(tmp_path / "no-pgbouncer")}
-    assert choose_backend(resolve_config(missing, cwd=tmp_path)) == "docker"
+    from harness.stack import binaries
+
+    def no_binaries(*_args):
+        raise SetupError("The PostgreSQL server binaries (initdb, postgres) were not found.")
+
+    auto = resolve_config({"backend": "auto"}, cwd=tmp_path)
+    assert choose_backend(auto) == "native"  # this machine has them
+    monkeypatch.setattr(binaries, "find_binaries", no_binaries)
+    assert choose_backend(auto) == "docker"
+    # Binaries named on purpose are not second-guessed: their error is the one to see.
+    named = resolve_config({"backend": "auto", "pg_bindir": str(tmp_path)}, cwd=tmp_path)
+    assert choose_backend(named) == "native"
     monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-engine.sock")
     with pytest.raises(SetupError) as caught:
-        choose_backend(resolve_config(missing, cwd=tmp_path))
+        choose_backend(auto)
     message = str(caught.value)
     assert "make setup" in message and "Docker engine" in message and "--backend external" in message
 

@@ -11,14 +11,20 @@ __all__ = ["POOLED_ROUTES", "ROUTES", "Stack", "choose_backend", "start_native_s
 
 
 def choose_backend(config) -> str:
-    """The backend ``auto`` stands for: native when its binaries are found, else docker when an engine answers."""
+    """The backend ``auto`` stands for: native when its binaries are found, else docker when an engine answers.
+
+    Binaries named explicitly (HARNESS_PG_BINDIR, HARNESS_PGBOUNCER) mean native:
+    a mistake in them is reported, not papered over by a fallback.
+    """
     from harness.errors import SetupError
-    from harness.stack.binaries import find_binaries
+    from harness.stack import binaries
 
     if config.backend != "auto":
         return config.backend
+    if config.pg_bindir is not None or config.pgbouncer is not None:
+        return "native"
     try:
-        find_binaries(config.pg_bindir, config.pgbouncer)
+        binaries.find_binaries(config.pg_bindir, config.pgbouncer)
         return "native"
     except SetupError as native_problem:
         from harness.stack.containers import engine_answers

@@ -114,7 +114,8 @@ def ensure_image(client, image: str) -> None:
                          checked=[f"{type(exc).__name__}: {str(exc).strip()[:400]}"],
                          fix=[BUILD_HINT,
                               "or docker load / docker pull the image, or set HARNESS_POSTGRES_IMAGE / "
-                              "HARNESS_PGBOUNCER_IMAGE to images this engine has"]) from exc
+                              "HARNESS_PGBOUNCER_IMAGE to images this engine has",
+                              "or use the native backend: make setup installs PostgreSQL and PgBouncer"]) from exc
 
 
 def _configure_reaper(client) -> None:
