@@ -74,6 +74,7 @@ def environment(stack: Stack, config: HarnessConfig, seed: int, decoys: bool) ->
         "psycopg": psycopg.__version__,
         "python": platform.python_version(),
         "backend": stack.backend,
+        **{key: stack.versions[key] for key in ("postgres_image", "pgbouncer_image") if key in stack.versions},
         "profile": config.profile,
         "seed": "derandomized" if config.derandomize else str(seed),
         "session_pool_size": str(config.session_pool_size),

@@ -225,3 +225,20 @@ def test_a_route_that_does_not_answer_is_a_clear_error_and_nothing_is_left(targe
     with pytest.raises(SetupError, match="Route session: could not connect"):
         start_stack(resolve_config(settings, cwd=tmp_path))
     assert schemas(target) == {"public"}
+
+
+def test_in_pytest_a_route_without_a_dsn_is_skipped_as_not_run(target, tmp_path):
+    (tmp_path / "test_mine.py").write_text(textwrap.dedent("""
+        from harness.tenancy.strategy import load_strategy
+
+        def test_fresh_session(run_scenario, route):
+            result = run_scenario(load_strategy("translate_map_pinned"), route, "fresh_session")
+            assert result.verdict.value == "pass", result.explain()
+    """))
+    env = {**os.environ, **{f"HARNESS_{k.upper()}": v for k, v in external_settings(target, routes=("direct",)).items()}}
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", str(tmp_path)],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "1 passed, 2 skipped" in done.stdout, done.stdout
+    assert "not run: route session: no --session-dsn given" in done.stdout
+    assert schemas(target) == {"public"}

@@ -302,6 +302,8 @@ def _boot(stack: Stack, config: HarnessConfig, client, labels: dict[str, str], p
     from testcontainers.core.network import Network
 
     run_id = stack.run_id
+    stack.versions["postgres_image"] = config.postgres_image
+    stack.versions["pgbouncer_image"] = config.pgbouncer_image
     host, bind = _connect_host(client)
     superuser_password = secrets.token_hex(12)
     app_password = secrets.token_hex(12)
