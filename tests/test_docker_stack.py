@@ -163,8 +163,11 @@ def test_auto_picks_docker_without_native_binaries_and_explains_when_neither_wor
 
 def start_harness_up_docker(env: dict[str, str] | None = None) -> tuple[subprocess.Popen, dict[str, str], str]:
     """`harness up --backend docker` in a child; return it, its routes and its run id."""
+    # A shell without job control starts background jobs with SIGINT ignored, and Python then
+    # keeps ignoring it; a terminal's Ctrl-C reaches a process whose SIGINT is at its default.
     proc = subprocess.Popen([sys.executable, "-m", "harness", "up", "--backend", "docker"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     routes: dict[str, str] = {}
     run_id = ""
     deadline = time.monotonic() + 120

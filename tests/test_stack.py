@@ -106,8 +106,10 @@ def test_keep_tmp_keeps_the_folder_for_debugging(tmp_path, harness_config):
 
 def start_harness_up(*extra: str) -> tuple[subprocess.Popen, dict[str, str], list[int]]:
     """Run `harness up` in a child process; return it with its printed routes and pids."""
+    # SIGINT at its default, as under a terminal: a shell without job control would hand it down ignored.
     proc = subprocess.Popen([sys.executable, "-m", "harness", "up", *extra], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     routes: dict[str, str] = {}
     deadline = time.monotonic() + 60
     assert proc.stdout is not None
@@ -197,5 +199,5 @@ def test_two_stacks_at_once_both_work():
     finally:
         for proc, _, _ in (first, second):
             proc.send_signal(signal.SIGINT)
-            proc.wait(timeout=30)
+            assert proc.wait(timeout=30) == 128 + signal.SIGINT
     assert not any(pid_alive(pid) for _, _, pids in (first, second) for pid in pids)
