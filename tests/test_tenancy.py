@@ -145,3 +145,20 @@ def test_an_invalid_tenant_set_is_rejected_before_anything_is_created(stack, ten
         Tenancy(stack, ["ok", "ok"])
     assert schema_names(tenancy) == before
     assert "ok" not in before
+
+
+def test_reset_terminates_a_backend_of_the_login_role_that_pgbouncer_did_not_drop(stack, tenancy):
+    """A connection KILL cannot reach (here: a direct one, like a leaked engine) is terminated by the reset."""
+    url = stack.url("direct")
+    leaked = psycopg.connect(host=url.host, port=url.port, user=url.username, password=url.password,
+                             dbname=url.database, autocommit=True)
+    try:
+        pid = leaked.execute("SELECT pg_backend_pid()").fetchone()[0]
+        tenancy.drop_server_connections()
+        with pytest.raises(psycopg.OperationalError):
+            leaked.execute("SELECT 1")
+        with psycopg.connect(host=url.host, port=url.port, user=url.username, password=url.password,
+                             dbname=url.database) as fresh:
+            assert fresh.execute("SELECT pg_backend_pid()").fetchone()[0] != pid
+    finally:
+        leaked.close()

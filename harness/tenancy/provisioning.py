@@ -22,6 +22,7 @@ from harness.tenancy.models import model_set
 from harness.tenancy.tenants import HOSTILE_TENANTS, PUBLIC, validate_tenants
 
 SEED_ROWS = 8
+KILL_GRACE = 0.25  # seconds a backend may take to exit after PgBouncer's KILL
 SEED_SMALL = 3
 WRITTEN_TABLES = ("product", "marketplace_task")
 LABELS = {"product": "name", "marketplace_task": "state"}  # the column a write's label goes to
@@ -112,8 +113,9 @@ class Tenancy:
         if create_schema:
             conn.execute(text(f"CREATE SCHEMA {q}"))
             if self.stack.schema_comment:
+                # COMMENT takes no bind parameter; the driver-level call keeps ':' in it literal.
                 comment = self.stack.schema_comment.replace("'", "''")
-                conn.execute(text(f"COMMENT ON SCHEMA {q} IS '{comment}'"))
+                conn.exec_driver_sql(f"COMMENT ON SCHEMA {q} IS '{comment}'")
         mapped = conn.execution_options(schema_translate_map={"tenant": schema})
         self.models.metadata.create_all(mapped)
         if self.extra_metadata is not None:
@@ -168,23 +170,35 @@ class Tenancy:
                 if database in known:
                     self.stack.admin(route, f'KILL "{database}"')
                     self.stack.admin(route, f'RESUME "{database}"')
-        # A pooled route without an admin console (external backend): its pool can
-        # only be emptied from the server side, so there is nothing to wait for.
+        # Backends whose PgBouncer connection was killed exit within milliseconds.
+        # One that outlives a short grace was missed by KILL (a session-pool server
+        # still running its DISCARD ALL, say) or belongs to a pooled route without
+        # an admin console (external backend): it is terminated from the server side.
         unmanaged = [r for r in self.stack.routes if r in POOLED_ROUTES and r not in self.stack.bouncers]
-        deadline = time.monotonic() + (0 if unmanaged else timeout)
+        started = time.monotonic()
+        grace = started + (0 if unmanaged else min(timeout, KILL_GRACE))
+        deadline = started + timeout
         query = text("SELECT pid FROM pg_stat_activity WHERE usename = :role AND datname = ANY(:dbs) "
                      "AND pid <> pg_backend_pid()")
+        terminated: set[int] = set()
         with self.engine.connect() as conn:
             while True:
-                pids = [row[0] for row in conn.execute(query, {"role": self.stack.app_role,
-                                                               "dbs": self.databases})]
+                pids = {row[0] for row in conn.execute(query, {"role": self.stack.app_role,
+                                                               "dbs": self.databases})}
                 if not pids:
+                    conn.rollback()
                     return
-                if time.monotonic() >= deadline:
-                    for pid in pids:
+                now = time.monotonic()
+                if now >= grace:
+                    for pid in pids - terminated:
                         conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+                    terminated |= pids
+                if now >= deadline:
                     conn.commit()
-                    return
+                    raise StartupTimeout(
+                        f"Backends of {self.stack.app_role} survived pg_terminate_backend for {timeout:.0f}s.",
+                        checked=[f"pids still there: {sorted(pids)}"],
+                        fix=["a server under heavy load may need longer: raise the reset timeout"])
                 conn.rollback()
                 time.sleep(0.002)
 
