@@ -28,14 +28,12 @@ import time
 import uuid
 from typing import Any, Callable
 
-from sqlalchemy.engine import URL
-
 from harness.config import HarnessConfig
 from harness.errors import SetupError
 from harness.stack.pgbouncer import AdminConsole, render_config, render_userlist
 from harness.stack.postgres import APP_ROLE, DATABASE, SERVER_SETTINGS, SUPERUSER, bootstrap_roles
 from harness.stack.process import pid_alive
-from harness.stack.stack import _LIVE, _LIVE_LOCK, POOLED_ROUTES, ROUTES, Stack, _check_route
+from harness.stack.stack import _LIVE, _LIVE_LOCK, POOLED_ROUTES, ROUTES, Stack, _check_route, _url
 from harness.stack.wait import wait_until
 
 LABEL_RUN = "tenant-harness.run"
@@ -270,8 +268,7 @@ def start_docker_stack(config: HarnessConfig) -> Stack:
         lambda: remove_run(client, run_id),
         lambda: [p.stop() for p in reversed(processes)],
     ]
-    placeholder = URL.create("postgresql+psycopg", username=SUPERUSER, host="127.0.0.1", database=DATABASE)
-    stack = Stack(backend="docker", run_id=run_id, routes={}, superuser_url=placeholder, bouncers={},
+    stack = Stack(backend="docker", run_id=run_id, routes={}, superuser_url=_url(SUPERUSER, "", 0), bouncers={},
                   versions={}, processes=processes, _cleanup=cleanup)
     with _LIVE_LOCK:
         _LIVE.add(stack)
@@ -326,8 +323,7 @@ def _boot(stack: Stack, config: HarnessConfig, client, labels: dict[str, str], p
     processes.append(server)
     _start(postgres, config.postgres_image)
     port = int(postgres.get_exposed_port(POSTGRES_PORT))
-    stack.superuser_url = URL.create("postgresql+psycopg", username=SUPERUSER, password=superuser_password,
-                                     host=host, port=port, database=DATABASE)
+    stack.superuser_url = _url(SUPERUSER, superuser_password, port, host)
 
     def bootstrap() -> str:
         import psycopg
@@ -339,7 +335,7 @@ def _boot(stack: Stack, config: HarnessConfig, client, labels: dict[str, str], p
     stack.versions["postgres"] = wait_until(
         bootstrap, what=f"PostgreSQL container ({config.postgres_image}) on {host}:{port}",
         timeout=config.start_timeout, interval=0.1, log_tail=_wait_log_tail(server), alive=server.alive)
-    stack.routes["direct"] = _route_url(host, port, app_password)
+    stack.routes["direct"] = _url(APP_ROLE, app_password, port, host)
 
     users = {SUPERUSER: superuser_password, APP_ROLE: app_password}
     for mode in POOLED_ROUTES:
@@ -365,7 +361,7 @@ def _boot(stack: Stack, config: HarnessConfig, client, labels: dict[str, str], p
                           alive=bouncer.alive)
         stack.versions["pgbouncer"] = str(next(iter(rows[0].values()))).split()[-1]
         stack.bouncers[mode] = bouncer
-        stack.routes[mode] = _route_url(host, bouncer_port, app_password)
+        stack.routes[mode] = _url(APP_ROLE, app_password, bouncer_port, host)
 
     for route in ROUTES:
         part = stack.bouncers.get(route) or server
@@ -389,7 +385,3 @@ def _bouncer_user(client, image: str) -> str:
     user = (client.images.get(image).attrs.get("Config") or {}).get("User") or ""
     return user if user not in ("", "root", "0", "0:0") else "nobody"
 
-
-def _route_url(host: str, port: int, password: str) -> URL:
-    return URL.create("postgresql+psycopg", username=APP_ROLE, password=password, host=host, port=port,
-                      database=DATABASE)

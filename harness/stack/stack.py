@@ -170,8 +170,8 @@ def remove_abandoned_run_dirs() -> list[Path]:
     return removed
 
 
-def _url(user: str, password: str, port: int) -> URL:
-    return URL.create("postgresql+psycopg", username=user, password=password, host="127.0.0.1",
+def _url(user: str, password: str, port: int, host: str = "127.0.0.1") -> URL:
+    return URL.create("postgresql+psycopg", username=user, password=password, host=host,
                       port=port, database=DATABASE)
 
 
