@@ -53,15 +53,15 @@ BUILD_HINT = ("build local images from Debian's packages: eval \"$(scripts/build
 
 
 def _docker_module():
+    """The docker package (installed with testcontainers); a clear error when it is missing."""
     try:
-        import docker  # noqa: F401 - installed with testcontainers
-        import testcontainers.core.container  # noqa: F401
+        import docker
+        import testcontainers.core.container  # noqa: F401 - the backend needs both
     except ImportError as exc:
         raise SetupError("The docker backend needs the testcontainers package, which is not installed.",
                          checked=[f"import failed: {exc}"],
                          fix=["pip install 'testcontainers>=4.8' (make setup installs it)",
                               "or use --backend native"]) from exc
-    import docker
     return docker
 
 
@@ -199,10 +199,6 @@ class ContainerServer:
             except Exception:  # noqa: BLE001
                 return None
         return self._pid
-
-    @property
-    def id(self) -> str:
-        return self.wrapped.id
 
     def alive(self) -> bool:
         try:
