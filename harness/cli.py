@@ -70,7 +70,7 @@ def cmd_setup(args: argparse.Namespace) -> int:
 
 
 VERIFY_SETTINGS = STACK_SETTINGS + ("routes", "scenarios", "profile", "tenants", "report_dir", "seed", "models", "decoys",
-                                    "example_db", "hammer_threads", "hammer_requests", "hammer_seconds")
+                                    "example_db", "hammer_threads", "hammer_requests", "hammer_seconds", "jobs", "shard")
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -119,6 +119,23 @@ def summary(run, report: Path) -> str:
     return " ".join(lines)
 
 
+def cmd_report_merge(args: argparse.Namespace) -> int:
+    from harness.report.merge import load_shard, merge_results
+    from harness.report.writer import headline, write_report_folder
+
+    report_dir = _config(args).report_dir
+    merged = merge_results([load_shard(Path(p)) for p in args.shards])
+    folder = write_report_folder(merged, report_dir)
+    off = [c for c in merged["cells"] if not c["as_required"]]
+    names = "; ".join(f"{c['strategy']} x {c['route']} x {c['scenario']} measured {c['verdict']}, "
+                      f"required {c['required']}" for c in off[:8])
+    print(f"harness report merge: {headline(merged)}; {len(merged['merged_from'])} shard(s) of plan "
+          f"{merged['plan'][:12]}, {len(merged['cells'])} cells."
+          + (f" {len(off)} cell(s) not as required: {names}{' ...' if len(off) > 8 else ''}." if off else "")
+          + f" Report: {folder / 'index.html'}")
+    return merged["exit_status"]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="harness", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -144,6 +161,17 @@ def build_parser() -> argparse.ArgumentParser:
                         help="reproducible generated programs, bit for bit (release gates)")
     _add_settings(verify, VERIFY_SETTINGS)
     verify.set_defaults(func=cmd_verify)
+
+    report = sub.add_parser("report", help="work with written reports: merge the shards of one run")
+    report_sub = report.add_subparsers(dest="report_command", required=True)
+    merge = report_sub.add_parser(
+        "merge", help="one report from the report folders of every shard of one run (harness verify --shard K/N)",
+        description="Join the shards of one run into one report: exit 0 when the merged verdict passes, "
+                    "1 when it does not, 2 when the shards cannot be merged.")
+    merge.add_argument("shards", nargs="+", metavar="DIR",
+                       help="a shard's report folder (or its results.json); give every shard once")
+    _add_settings(merge, ("report_dir",))
+    merge.set_defaults(func=cmd_report_merge)
 
     # Listed for --help; main() hands `scan` to the scanner before parsing.
     sub.add_parser("scan", help="find SET search_path leftovers in Python code (harness scan PATH ... [--json])")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -43,6 +44,21 @@ def _names(value: Any) -> tuple[str, ...]:
 
 def _optional_text(value: Any) -> str | None:
     return None if value in (None, "") else str(value)
+
+
+def _shard(value: Any) -> tuple[int, int] | None:
+    if value in (None, ""):
+        return None
+    if isinstance(value, (tuple, list)):
+        index, count = (int(v) for v in value)
+    else:
+        match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(value))
+        if not match:
+            raise ValueError(f"expected K/N such as 2/3, got {value!r}")
+        index, count = int(match.group(1)), int(match.group(2))
+    if not 1 <= index <= count:
+        raise ValueError(f"shard {index}/{count}: K must be between 1 and N")
+    return index, count
 
 
 def _path(value: Any) -> Path:
@@ -132,48 +148,61 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("decoys", True, _bool,
             "Put decoy copies of the tenant tables, owned by 'public', into public (a fallback to public "
             "then shows as cross_tenant_read; without decoys, as context_lost)."),
+    Setting("jobs", None, lambda v: None if v in (None, "") else int(v),
+            "Cells run on this many stacks at once, each in a process of its own (default: one per CPU core "
+            "this process may use). Verdicts do not depend on it."),
+    Setting("shard", None, _shard,
+            "Run only shard K of N (K/N, e.g. 2/3): a deterministic 1/N of the cells; merge the shards' "
+            "reports with `harness report merge`."),
 )
 SETTINGS_BY_NAME = {s.name: s for s in SETTINGS}
 
 
 @dataclasses.dataclass(frozen=True)
 class HarnessConfig:
-    """All settings of one run. Build it with :func:`resolve_config`."""
+    """All settings of one run. Build it with :func:`resolve_config`; the defaults live in :data:`SETTINGS`."""
 
-    backend: str = "auto"
-    postgres_image: str = "postgres:17"
-    pgbouncer_image: str = "edoburu/pgbouncer:latest"
-    direct_dsn: str | None = None
-    session_dsn: str | None = None
-    transaction_dsn: str | None = None
-    superuser_dsn: str | None = None
-    i_own_this_database: bool = False
-    pg_bindir: Path | None = None
-    pgbouncer: Path | None = None
-    cache_dir: Path | None = None
-    keep_tmp: bool = False
-    start_timeout: float = 30.0
-    session_pool_size: int = 60
-    transaction_pool_size: int = 10
-    report_dir: Path = Path("reports")
-    strategies: tuple[str, ...] = ()
-    routes: tuple[str, ...] = ("direct", "session", "transaction")
-    scenarios: tuple[str, ...] = ()
-    tenants: int = 4
-    models: str | None = None
-    profile: str = "ci"
-    derandomize: bool = False
-    seed: int | None = None
-    example_db: Path = Path(".hypothesis/harness-examples")
-    hammer_threads: int = 8
-    hammer_requests: int | None = None
-    hammer_seconds: float | None = None
-    decoys: bool = True
+    backend: str
+    postgres_image: str
+    pgbouncer_image: str
+    direct_dsn: str | None
+    session_dsn: str | None
+    transaction_dsn: str | None
+    superuser_dsn: str | None
+    i_own_this_database: bool
+    pg_bindir: Path | None
+    pgbouncer: Path | None
+    cache_dir: Path | None
+    keep_tmp: bool
+    start_timeout: float
+    session_pool_size: int
+    transaction_pool_size: int
+    report_dir: Path
+    strategies: tuple[str, ...]
+    routes: tuple[str, ...]
+    scenarios: tuple[str, ...]
+    tenants: int
+    models: str | None
+    profile: str
+    derandomize: bool
+    seed: int | None
+    example_db: Path
+    hammer_threads: int
+    hammer_requests: int | None
+    hammer_seconds: float | None
+    decoys: bool
+    jobs: int | None
+    shard: tuple[int, int] | None
     sources: Mapping[str, str] = dataclasses.field(default_factory=dict, compare=False)
 
     @property
     def template_cache(self) -> Path:
         return self.cache_dir or _default_cache_dir()
+
+
+# A setting is declared once, in SETTINGS; the config object must hold exactly those.
+if {f.name for f in dataclasses.fields(HarnessConfig)} - {"sources"} != set(SETTINGS_BY_NAME):
+    raise ImportError("HarnessConfig's fields and SETTINGS differ: declare a setting in both, its default in SETTINGS")
 
 
 def _pyproject_table(start: Path) -> tuple[dict[str, Any], Path | None]:
@@ -229,7 +258,7 @@ def resolve_config(
     bounds = [("tenants", config.tenants, 2), ("hammer_threads", config.hammer_threads, 1),
               ("hammer_requests", config.hammer_requests, 1), ("hammer_seconds", config.hammer_seconds, 0.001),
               ("session_pool_size", config.session_pool_size, 1), ("transaction_pool_size", config.transaction_pool_size, 1),
-              ("start_timeout", config.start_timeout, 0.001)]
+              ("start_timeout", config.start_timeout, 0.001), ("jobs", config.jobs, 1)]
     for name, value, least in bounds:
         if value is not None and value < least:
             setting = SETTINGS_BY_NAME[name]

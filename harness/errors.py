@@ -16,6 +16,10 @@ class HarnessError(Exception):
         self.fix = list(fix or [])
         super().__init__(self.render())
 
+    def __reduce__(self):
+        # Keyword-only arguments: rebuilt explicitly, so an error crosses a process boundary (--jobs) intact.
+        return (_rebuild, (type(self), self.problem, self.checked, self.fix))
+
     def render(self) -> str:
         lines = [self.problem]
         if self.checked:
@@ -37,3 +41,7 @@ class StartupTimeout(HarnessError):
 
 class UsageError(HarnessError):
     """The user asked for something that does not exist or cannot work."""
+
+
+def _rebuild(cls: type[HarnessError], problem: str, checked: list[str], fix: list[str]) -> HarnessError:
+    return cls(problem, checked=checked, fix=fix)

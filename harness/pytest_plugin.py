@@ -17,11 +17,10 @@ from harness.tenancy.models import load_user_metadata
 from harness.tenancy.provisioning import Tenancy
 from harness.tenancy.strategy import BUILTINS, StrategySpec, load_strategy, resolve_spec, short_name
 from harness.tenancy.tenants import HOSTILE_TENANTS, default_tenants
-from harness.workload.cell import CellResult, run_cell, verdict_matrix, write_cell_results
-from harness.workload.expectations import required_verdict
-from harness.workload.generated import PROFILES, explore
-from harness.workload.hammer import hammer
-from harness.workload.named import NAMED_SCENARIOS
+from harness.report.explain import verdict_matrix, write_cell_results
+from harness.workload.cell import CellResult
+from harness.workload.generated import Profile
+from harness.workload.scenarios import GENERATED, HAMMER, CellContext, run_scenario as run_registered
 
 CONFIG_KEY = pytest.StashKey[HarnessConfig]()
 STACK_KEY = pytest.StashKey[Stack]()
@@ -105,20 +104,6 @@ def cell_results(pytestconfig: pytest.Config) -> list:
     return pytestconfig.stash[RESULTS_KEY]
 
 
-@pytest.fixture
-def run_scenario(stack: Stack, tenancy: Tenancy, harness_config: HarnessConfig, cell_results: list):
-    """Run a named scenario for a strategy on a route; return its CellResult."""
-
-    def run(strategy: StrategySpec, route: str, scenario: str) -> CellResult:
-        named = NAMED_SCENARIOS[scenario]
-        result = run_cell(stack, tenancy, strategy, route, scenario, named.program(tenancy.tenants, tenancy.hostile))
-        result.required = required_verdict(strategy.name, scenario, route, gate=bool(harness_config.strategies))
-        cell_results.append(result)
-        return result
-
-    return run
-
-
 @pytest.fixture(scope="session")
 def generation_seed(harness_config: HarnessConfig) -> int:
     """The seed of this run's generated programs: the configured one, or a fresh one."""
@@ -126,18 +111,25 @@ def generation_seed(harness_config: HarnessConfig) -> int:
 
 
 @pytest.fixture
-def explore_programs(request: pytest.FixtureRequest, stack: Stack, tenancy: Tenancy, harness_config: HarnessConfig,
-                     cell_results: list, generation_seed: int):
-    """Search generated programs for a strategy on a route; return its CellResult (with the replay command)."""
+def cell_context(request: pytest.FixtureRequest, stack: Stack, tenancy: Tenancy, harness_config: HarnessConfig,
+                 generation_seed: int) -> CellContext:
+    """What every cell of this session shares; a generated cell's replay names this test."""
+    seed_option = "--harness-derandomize=1" if harness_config.derandomize else f"--harness-seed={generation_seed}"
 
-    def run(strategy: StrategySpec, route: str) -> CellResult:
-        profile = PROFILES[harness_config.profile]
-        result, _ = explore(stack, tenancy, strategy, route, profile, seed=generation_seed,
-                            derandomize=harness_config.derandomize, database_dir=harness_config.example_db)
-        result.required = required_verdict(strategy.name, "generated", route, gate=bool(harness_config.strategies))
-        seed_option = "--harness-derandomize=1" if harness_config.derandomize else f"--harness-seed={generation_seed}"
-        result.replay = (f"pytest '{request.node.nodeid}' {seed_option} --harness-profile={profile.name}"
-                         f" (failures are also kept in {harness_config.example_db})")
+    def replay(strategy: StrategySpec, route: str, profile: Profile) -> str:
+        return (f"pytest '{request.node.nodeid}' {seed_option} --harness-profile={profile.name}"
+                f" (failures are also kept in {harness_config.example_db})")
+
+    return CellContext(stack, tenancy, harness_config, generation_seed, gate=bool(harness_config.strategies),
+                       replay=replay)
+
+
+@pytest.fixture
+def run_scenario(cell_context: CellContext, cell_results: list):
+    """Run any scenario of the registry for a strategy on a route; return its CellResult."""
+
+    def run(strategy: StrategySpec, route: str, scenario: str) -> CellResult:
+        result = run_registered(cell_context, strategy, route, scenario)
         cell_results.append(result)
         return result
 
@@ -145,22 +137,15 @@ def explore_programs(request: pytest.FixtureRequest, stack: Stack, tenancy: Tena
 
 
 @pytest.fixture
-def run_hammer(stack: Stack, tenancy: Tenancy, harness_config: HarnessConfig, cell_results: list,
-               generation_seed: int):
-    """Hammer a strategy on a route with real threads; return (CellResult, HammerRun)."""
+def explore_programs(run_scenario):
+    """Search generated programs for a strategy on a route; return its CellResult (with the replay command)."""
+    return lambda strategy, route: run_scenario(strategy, route, GENERATED)
 
-    def run(strategy: StrategySpec, route: str):
-        profile = PROFILES[harness_config.profile]
-        result, figures = hammer(
-            stack, tenancy, strategy, route, threads=harness_config.hammer_threads,
-            max_requests=harness_config.hammer_requests or profile.hammer_requests,
-            max_seconds=harness_config.hammer_seconds or profile.hammer_seconds, seed=generation_seed,
-            history_path=harness_config.report_dir / "hammer" / f"{strategy.name.replace(':', '_')}-{route}.jsonl")
-        result.required = required_verdict(strategy.name, "hammer", route, gate=bool(harness_config.strategies))
-        cell_results.append(result)
-        return result, figures
 
-    return run
+@pytest.fixture
+def run_hammer(run_scenario):
+    """Hammer a strategy on a route with real threads; return its CellResult (figures in ``result.figures``)."""
+    return lambda strategy, route: run_scenario(strategy, route, HAMMER)
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:

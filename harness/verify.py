@@ -9,33 +9,22 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import platform
+import hashlib
+import json
 import sys
 import time
 import uuid
 from pathlib import Path
 from typing import Callable, TextIO
 
-import psycopg
-import sqlalchemy
-
 from harness.config import HarnessConfig
 from harness.errors import UsageError
+from harness.jobs import PlannedCell, StackInfo, available_cores, run_cells
 from harness.scan.scanner import ScanFinding, scan_path
-from harness.stack import Stack, start_stack
 from harness.tenancy.models import load_user_metadata
-from harness.tenancy.provisioning import Tenancy
 from harness.tenancy.strategy import BUILTINS, StrategySpec, load_strategy
-from harness.tenancy.tenants import HOSTILE_TENANTS, default_tenants
-from harness.workload.cell import CellResult, run_cell
-from harness.workload.expectations import required_verdict
-from harness.workload.generated import PROFILES, explore
-from harness.workload.hammer import hammer
-from harness.workload.named import NAMED_SCENARIOS
-
-GENERATED = "generated"
-HAMMER = "hammer"
-SCENARIOS = (*NAMED_SCENARIOS, GENERATED, HAMMER)
+from harness.workload.cell import CellResult
+from harness.workload.scenarios import SCENARIOS
 
 
 @dataclasses.dataclass
@@ -56,6 +45,11 @@ class VerifyRun:
     routes: list[str] = dataclasses.field(default_factory=list)
     environment: dict[str, str] = dataclasses.field(default_factory=dict)
     seconds: float = 0.0
+    #: identifies the whole plan of cells (same in every shard of one run)
+    plan: str = ""
+    #: {"index": K, "count": N} for `--shard K/N`, else None
+    shard: dict[str, int] | None = None
+    jobs: int = 1
 
     @property
     def failing_cells(self) -> list[CellResult]:
@@ -64,24 +58,6 @@ class VerifyRun:
     @property
     def ok(self) -> bool:
         return not self.failing_cells and not self.scan
-
-
-def environment(stack: Stack, config: HarnessConfig, seed: int, decoys: bool) -> dict[str, str]:
-    return {
-        "postgresql": stack.versions.get("postgres", "?"),
-        "pgbouncer": stack.versions.get("pgbouncer", "?"),
-        "sqlalchemy": sqlalchemy.__version__,
-        "psycopg": psycopg.__version__,
-        "python": platform.python_version(),
-        "backend": stack.backend,
-        **{key: stack.versions[key] for key in ("postgres_image", "pgbouncer_image") if key in stack.versions},
-        "profile": config.profile,
-        "seed": "derandomized" if config.derandomize else str(seed),
-        "session_pool_size": str(config.session_pool_size),
-        "transaction_pool_size": str(config.transaction_pool_size),
-        "tenants": str(config.tenants),
-        "decoys": "on" if decoys else ("off" if stack.owns_public else "off (the harness does not write to public here)"),
-    }
 
 
 class Progress:
@@ -101,14 +77,38 @@ class Progress:
               file=self.out, flush=True)
 
 
+def plan_cells(specs: list[StrategySpec], routes: tuple[str, ...], scenarios: list[str]) -> list[PlannedCell]:
+    """Every cell of the run in report order: strategy, then route, then scenario."""
+    combos = [(spec.spec, route, scenario) for spec in specs for route in routes for scenario in scenarios]
+    return [PlannedCell(i, *combo) for i, combo in enumerate(combos)]
+
+
+def plan_id(config: HarnessConfig, specs: list[StrategySpec], scenarios: list[str], seed: int) -> str:
+    """A fingerprint of everything that decides the cells and their programs: shards of one run share it."""
+    what = {"strategies": [s.spec for s in specs], "routes": list(config.routes), "scenarios": scenarios,
+            "profile": config.profile, "tenants": config.tenants, "models": config.models,
+            "decoys": config.decoys, "seed": None if config.derandomize else seed,
+            "derandomize": config.derandomize, "hammer": [config.hammer_threads, config.hammer_requests,
+                                                          config.hammer_seconds]}
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def shard_of(cells: list[PlannedCell], shard: tuple[int, int] | None) -> list[PlannedCell]:
+    """Shard K of N: every N-th cell of the plan from the K-th, so each shard gets a share of every kind."""
+    if shard is None:
+        return cells
+    index, count = shard
+    return [cell for cell in cells if cell.index % count == index - 1]
+
+
 def run_verify(config: HarnessConfig, *, seed: int, scan: list[Path] | None = None,
                progress_out: TextIO = sys.stderr,
                on_cell: Callable[[CellResult], None] | None = None) -> VerifyRun:
     """Load everything first (bad input fails before a server starts), then run every cell."""
     names = list(config.strategies) or list(BUILTINS)
     specs: list[StrategySpec] = [load_strategy(n) for n in names]
-    extra = load_user_metadata(config.models) if config.models else None
-    tenants = default_tenants(config.tenants)
+    if config.models:
+        load_user_metadata(config.models)  # a broken --models fails here, before any server starts
     run = VerifyRun(run_id=dt.datetime.now().strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6],
                     started=dt.datetime.now(dt.timezone.utc), config=config, strategies=[s.name for s in specs],
                     builtin_self_check=not config.strategies, seed=seed)
@@ -123,70 +123,28 @@ def run_verify(config: HarnessConfig, *, seed: int, scan: list[Path] | None = No
     unknown = [s for s in scenarios if s not in SCENARIOS]
     if unknown:
         raise UsageError(f"Unknown scenario(s) {', '.join(unknown)}.", fix=[f"use some of: {', '.join(SCENARIOS)}"])
-    profile = PROFILES[config.profile]
-    with start_stack(config) as stack:
-        run.routes = [r for r in config.routes if r in stack.routes]
-        layouts = {s.name: s.layout(stack.url(run.routes[0])) for s in specs} if run.routes else {}
-        runnable = [s for s in specs if layouts.get(s.name) in stack.layouts]
-        run.not_run = _not_run(stack, config, specs, layouts)
-        if not run.routes or not runnable:
-            raise UsageError("Nothing can run on this stack.",
-                             checked=[f"{item['what']}: {item['reason']}" for item in run.not_run],
-                             fix=["give the routes' DSNs, or use the native or docker backend"])
-        progress = Progress(len(runnable) * len(run.routes) * len(scenarios), progress_out)
-        tenancy = Tenancy(stack, tenants, decoys=config.decoys, extra_metadata=extra)
-        run.environment = environment(stack, config, seed, tenancy.decoys)
-        try:
-            tenancy.provision()
-            tenancy.provision(HOSTILE_TENANTS)
-            for spec in runnable:
-                for route in run.routes:
-                    for scenario in scenarios:
-                        result = _run_one(stack, tenancy, spec, route, scenario, config, profile, seed)
-                        result.required = required_verdict(spec.name, scenario, route,
-                                                           gate=not run.builtin_self_check)
-                        run.cells.append(result)
-                        progress.cell(result)
-                        if on_cell:
-                            on_cell(result)
-        finally:
-            tenancy.close()
+    run.plan = plan_id(config, specs, scenarios, seed)
+    cells = shard_of(plan_cells(specs, config.routes, scenarios), config.shard)
+    if config.shard is not None:
+        run.shard = {"index": config.shard[0], "count": config.shard[1]}
+    run.jobs = max(1, min(config.jobs or available_cores(), len(cells)))
+    results: dict[int, CellResult] = {}
+    progress = Progress(len(cells), progress_out)
+
+    def on_info(info: StackInfo) -> None:
+        run.routes, run.not_run, run.environment = info.routes, info.not_run, info.environment
+        run.environment["jobs"] = str(run.jobs)
+        progress.total = sum(1 for c in cells if c.route in info.routes and c.strategy in info.runnable)
+
+    def on_result(cell: PlannedCell, result: CellResult) -> None:
+        results[cell.index] = result
+        progress.cell(result)
+        if on_cell:
+            on_cell(result)
+
+    if cells:
+        run_cells(config, specs, cells, seed, gate=not run.builtin_self_check, jobs=run.jobs, on_info=on_info,
+                  on_result=on_result)
+    run.cells = [results[i] for i in sorted(results)]
     run.seconds = time.monotonic() - started
     return run
-
-
-def _not_run(stack: Stack, config: HarnessConfig, specs: list[StrategySpec],
-             layouts: dict[str, str]) -> list[dict[str, str]]:
-    """Routes, strategies and checks this stack cannot run, each with its reason."""
-    items = [{"what": f"route {route}", "reason": stack.not_run.get(f"route {route}", "the stack has no such route")}
-             for route in config.routes if route not in stack.routes]
-    items += [{"what": f"strategy {spec.name}",
-               "reason": stack.not_run.get(f"layout {layouts[spec.name]}",
-                                           f"the {layouts[spec.name]} layout cannot run here")}
-              for spec in specs if spec.name in layouts and layouts[spec.name] not in stack.layouts]
-    items += [{"what": what, "reason": reason} for what, reason in stack.not_run.items()
-              if not what.startswith(("route ", "layout "))]
-    return items
-
-
-def _run_one(stack: Stack, tenancy: Tenancy, spec: StrategySpec, route: str, scenario: str,
-             config: HarnessConfig, profile, seed: int) -> CellResult:
-    if scenario == GENERATED:
-        result, _ = explore(stack, tenancy, spec, route, profile, seed=seed, derandomize=config.derandomize,
-                            database_dir=config.example_db)
-        seed_option = "--derandomize" if config.derandomize else f"--seed {seed}"
-        result.replay = (f"harness verify --strategy {spec.spec} --routes {route} --profile {profile.name} "
-                         f"{seed_option}")
-        return result
-    if scenario == HAMMER:
-        result, figures = hammer(
-            stack, tenancy, spec, route, threads=config.hammer_threads,
-            max_requests=config.hammer_requests or profile.hammer_requests,
-            max_seconds=config.hammer_seconds or profile.hammer_seconds, seed=seed,
-            history_path=config.report_dir / "hammer" / f"{spec.name.replace(':', '_').replace('.', '_')}-{route}.jsonl")
-        result.figures = {"requests": figures.requests, "requests_per_second": round(figures.requests_per_second, 1),
-                          "pool_checkouts": figures.checkouts, "threads": figures.threads,
-                          "history": str(figures.history_path)}
-        return result
-    named = NAMED_SCENARIOS[scenario]
-    return run_cell(stack, tenancy, spec, route, scenario, named.program(tenancy.tenants, tenancy.hostile))

@@ -7,11 +7,14 @@ a pass needs backends that served more than one tenant.
 
 from __future__ import annotations
 
+from harness.checks.verdict import Verdict
+from harness.report.explain import explain
+
 
 def test_generated_programs(explore_programs, strategy, route):
     result = explore_programs(strategy, route)
     required = result.required
-    assert result.verdict.value == required.verdict, (
-        f"measured {result.verdict.value}, required {required.verdict} ({required.reason})\n" + result.explain())
-    if result.verdict.value == "fail":
+    assert result.verdict == required.verdict, (
+        f"measured {result.verdict.value}, required {required.verdict} ({required.reason})\n" + explain(result))
+    if result.verdict is Verdict.FAIL:
         assert result.program is not None and result.findings

@@ -6,13 +6,17 @@ history is on disk as JSON lines under reports/hammer/.
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from harness.report.explain import explain
+
 
 def test_hammer(run_hammer, strategy, route):
-    result, figures = run_hammer(strategy, route)
-    required = result.required
-    print(f"{strategy.name} x {route}: {figures.requests} requests in {figures.seconds:.1f}s "
-          f"({figures.requests_per_second:.0f}/s), {figures.checkouts} pool checkouts, "
+    result = run_hammer(strategy, route)
+    required, figures = result.required, result.figures
+    print(f"{strategy.name} x {route}: {figures['requests']} requests in {figures['seconds']:.1f}s "
+          f"({figures['requests_per_second']:.0f}/s), {figures['pool_checkouts']} pool checkouts, "
           f"{result.coverage.shared_backends} backends shared across tenants")
-    assert figures.requests > 0 and figures.history_path.exists()
-    assert result.verdict.value == required.verdict, (
-        f"measured {result.verdict.value}, required {required.verdict} ({required.reason})\n" + result.explain())
+    assert figures["requests"] > 0 and Path(figures["history"]).exists()
+    assert result.verdict == required.verdict, (
+        f"measured {result.verdict.value}, required {required.verdict} ({required.reason})\n" + explain(result))

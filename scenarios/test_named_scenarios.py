@@ -8,11 +8,13 @@ does a false alarm), ``pass`` for a user's strategy.
 
 from __future__ import annotations
 
+from harness.report.explain import explain
+
 
 def assert_as_required(result) -> None:
     required = result.required
-    assert result.verdict.value == required.verdict, (
-        f"measured {result.verdict.value}, required {required.verdict} ({required.reason})\n" + result.explain())
+    assert result.verdict == required.verdict, (
+        f"measured {result.verdict.value}, required {required.verdict} ({required.reason})\n" + explain(result))
 
 
 def test_1_fresh_session_uses_the_tenant_schema(run_scenario, strategy, route):

@@ -12,6 +12,7 @@ from harness.tenancy.tenants import DEFAULT_TENANTS
 from harness.workload.cell import run_cell
 from harness.workload.named import NAMED_SCENARIOS
 from harness.workload.program import Program, Request
+from harness.report.explain import explain
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +31,7 @@ def test_without_decoys_a_fallback_shows_as_context_lost(bare_tenancy):
     result = run_cell(own_stack, schemas, load_strategy("search_path_local"), "direct", "after_commit", program)
     kinds = {f.kind for f in result.findings}
     assert result.verdict.value == "fail"
-    assert "context_lost" in kinds and "cross_tenant_read" not in kinds, result.explain()
+    assert "context_lost" in kinds and "cross_tenant_read" not in kinds, explain(result)
     assert "public" not in result.history.final_state
 
 
@@ -38,7 +39,7 @@ def test_with_decoys_the_same_fallback_reads_public_rows(stack, tenancy):
     program = NAMED_SCENARIOS["after_commit"].build(DEFAULT_TENANTS)
     result = run_cell(stack, tenancy, load_strategy("search_path_local"), "direct", "after_commit", program)
     leaks = [f for f in result.findings if f.kind == "cross_tenant_read"]
-    assert leaks and all("public" in f.explanation for f in leaks), result.explain()
+    assert leaks and all("public" in f.explanation for f in leaks), explain(result)
 
 
 def test_the_same_program_replays_the_same_way(stack, tenancy):
@@ -60,7 +61,7 @@ def test_a_failing_statement_is_not_an_error_finding(stack, tenancy):
     program = Program(((Request("acme", ("fail_and_rollback", "orm_select_all")),
                         Request("globex", ("orm_select_all",))),))
     result = run_cell(stack, tenancy, load_strategy("translate_map"), "direct", "intended-failure", program)
-    assert not result.findings, result.explain()
+    assert not result.findings, explain(result)
     assert result.verdict.value == "pass"
 
 
@@ -68,5 +69,5 @@ def test_a_strategy_that_breaks_gives_error_findings_and_no_pass(stack, tenancy)
     """A step error that is not about isolation is kept apart: inconclusive, never pass."""
     program = Program(((Request("acme", ("orm_select_all",)), Request("globex", ("orm_select_all",))),))
     result = run_cell(stack, tenancy, load_strategy("cell_strategies:WrongPassword"), "direct", "broken", program)
-    assert {f.kind for f in result.findings} == {"error"}, result.explain()
+    assert {f.kind for f in result.findings} == {"error"}, explain(result)
     assert result.verdict.value == "inconclusive"

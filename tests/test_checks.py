@@ -16,9 +16,9 @@ from harness.checks.findings import Finding
 from harness.checks.isolation import (check_context_lost, check_cross_tenant_reads, check_errors,
                                       check_unsafe_identifiers)
 from harness.checks.pool import check_pool_pollution
-from harness.checks.verdict import FAIL, INCONCLUSIVE, PASS, verdict
-from harness.checks.writes import check_writes, committed_writes
-from harness.workload.history import (DEFAULT_SEARCH_PATH, ConnectionState, ErrorSeen, History, ProbeRecord, RowSeen,
+from harness.checks.verdict import Verdict, verdict
+from harness.checks.writes import WriteLedger, check_writes
+from harness.checks.history import (DEFAULT_SEARCH_PATH, ConnectionState, ErrorSeen, History, ProbeRecord, RowSeen,
                                       StepRecord, Write)
 
 TENANTS = ("acme", "Acme", "umbrella corp", "globex")
@@ -232,7 +232,7 @@ def test_a_committed_insert_in_its_own_schema_is_fine():
     run.control("acme", "commit")
     run.put("acme", 10, "acme", "ins:10")
 
-    assert seqs(committed_writes(run.history)) == [wrote]
+    assert seqs(WriteLedger.of(run.history.steps).committed) == [wrote]
     assert check_writes(run.history) == []
 
 
@@ -265,7 +265,7 @@ def test_a_rolled_back_insert_is_expected_nowhere():
     run.control("acme", "rollback")
     run.control("acme", "commit")
 
-    assert committed_writes(run.history) == []
+    assert WriteLedger.of(run.history.steps).committed == []
     assert check_writes(run.history) == []
 
 
@@ -278,7 +278,7 @@ def test_rollback_to_savepoint_drops_only_the_writes_after_it():
     run.control("acme", "commit")
     run.put("acme", 10, "acme", "ins:10")
 
-    assert [(w.id, s.seq) for w, s in committed_writes(run.history)] == [(10, before)]
+    assert [(w.id, s.seq) for w, s in WriteLedger.of(run.history.steps).committed] == [(10, before)]
     assert check_writes(run.history) == []
 
     run.remove("acme", 10)
@@ -291,7 +291,7 @@ def test_a_failed_step_discards_the_pending_writes():
     run.step("acme", "orm_select_pk", error=error("57014", "canceled"))
     run.control("acme", "commit")
 
-    assert committed_writes(run.history) == []
+    assert WriteLedger.of(run.history.steps).committed == []
     assert check_writes(run.history) == []
 
 
@@ -304,7 +304,7 @@ def test_ending_the_request_without_commit_discards_the_writes():
     run.step("acme", request=1, rows=rows_of("acme", 1))
     run.control("acme", "commit", request=1)
 
-    assert committed_writes(run.history) == []
+    assert WriteLedger.of(run.history.steps).committed == []
     assert check_writes(run.history) == []
 
 
@@ -315,7 +315,7 @@ def test_pending_writes_are_per_client():
     run.control("globex", "rollback", client=1)
     run.control("acme", "commit", client=0)
 
-    assert [(w.id, s.seq) for w, s in committed_writes(run.history)] == [(10, a)]
+    assert [(w.id, s.seq) for w, s in WriteLedger.of(run.history.steps).committed] == [(10, a)]
 
 
 def test_a_committed_update_that_landed_in_another_schema_is_misplaced():
@@ -487,29 +487,29 @@ def finding(kind: str, gating: bool = True) -> Finding:
 
 def test_a_gating_isolation_finding_fails():
     result = verdict([finding("error"), finding("cross_tenant_read"), finding("lost_write", gating=False)], cov())
-    assert result.value == FAIL
+    assert result.verdict == Verdict.FAIL
     assert result.reason == "1 isolation finding(s): cross_tenant_read"
 
 
-@pytest.mark.parametrize("shared, expected", [(1, PASS), (0, INCONCLUSIVE)])
+@pytest.mark.parametrize("shared, expected", [(1, Verdict.PASS), (0, Verdict.INCONCLUSIVE)])
 def test_non_gating_findings_leave_the_verdict_to_coverage(shared, expected):
     findings = [finding("cross_tenant_read", gating=False), finding("error", gating=False)]
-    assert verdict(findings, cov(shared=shared)).value == expected
+    assert verdict(findings, cov(shared=shared)).verdict == expected
 
 
 def test_errors_alone_are_inconclusive():
     result = verdict([finding("error"), finding("error")], cov())
-    assert (result.value, result.reason) == (INCONCLUSIVE, "2 error(s) stopped part of the run")
+    assert (result.verdict, result.reason) == (Verdict.INCONCLUSIVE, "2 error(s) stopped part of the run")
 
 
 def test_no_steps_is_inconclusive():
     result = verdict([], coverage(Run().history))
-    assert (result.value, result.reason) == (INCONCLUSIVE, "nothing was exercised")
+    assert (result.verdict, result.reason) == (Verdict.INCONCLUSIVE, "nothing was exercised")
 
 
 def test_no_shared_backend_is_inconclusive():
     result = verdict([], cov(shared=0))
-    assert result.value == INCONCLUSIVE and "pooling was not exercised" in result.reason
+    assert result.verdict == Verdict.INCONCLUSIVE and "pooling was not exercised" in result.reason
 
 
 def test_a_clean_run_with_sharing_passes():
@@ -517,7 +517,7 @@ def test_a_clean_run_with_sharing_passes():
     run.step("acme", pid=1, rows=rows_of("acme", 1))
     run.step("globex", pid=1, rows=rows_of("globex", 1))
     result = verdict(check_history(run.history), coverage(run.history))
-    assert result.value == PASS
+    assert result.verdict == Verdict.PASS
     assert "1 backend(s) served more than one tenant" in result.reason
 
 
@@ -559,7 +559,7 @@ def test_a_history_file_without_gating_styles_uses_the_default_and_still_fails()
     import json
 
     from harness.checks import check_history, coverage, verdict
-    from harness.workload.history import History, RowSeen, StepRecord
+    from harness.checks.history import History, RowSeen, StepRecord
 
     history = History(strategy="s", route="direct", tenants=("acme", "Acme"), schemas=("acme", "Acme"),
                       steps=[StepRecord(1, 0, 0, "acme", "orm_select_all", pid=7, rows=(RowSeen("product", 1, "Acme"),)),
@@ -569,7 +569,7 @@ def test_a_history_file_without_gating_styles_uses_the_default_and_still_fails()
     loaded = History.from_json(data)
     findings = check_history(loaded)
     assert [f.gating for f in findings] == [True]
-    assert verdict(findings, coverage(loaded)).value == "fail"
+    assert verdict(findings, coverage(loaded)).verdict is Verdict.FAIL
 
 
 def test_an_empty_full_read_and_a_refused_own_write_are_context_lost():
@@ -588,7 +588,7 @@ def test_step_to_json_writes_what_asdict_writes_and_reads_back():
     import dataclasses
     import json
 
-    from harness.workload.history import ErrorSeen, RowSeen, StepRecord, Write, step_from_json, step_to_json
+    from harness.checks.history import ErrorSeen, RowSeen, StepRecord, Write, step_from_json, step_to_json
 
     step = StepRecord(3, 1, 0, "Acme", "orm_insert", pid=9, search_path='"Acme", public', user="app",
                       rows=(RowSeen("product", 1, "acme"),), writes=(Write("insert", "product", 1000, "Acme", "ins:1000"),),

@@ -26,6 +26,7 @@ from harness.tenancy.provisioning import Tenancy
 from harness.tenancy.strategy import BUILTIN_SPECS
 from harness.tenancy.tenants import DEFAULT_TENANTS
 from harness.workload.named import NAMED_SCENARIOS
+from harness.report.explain import explain
 
 pytestmark = pytest.mark.external
 ROOT = Path(__file__).resolve().parents[1]
@@ -232,7 +233,7 @@ def test_in_pytest_a_route_without_a_dsn_is_skipped_as_not_run(target, tmp_path)
 
         def test_fresh_session(run_scenario, route):
             result = run_scenario(load_strategy("translate_map_pinned"), route, "fresh_session")
-            assert result.verdict.value == "pass", result.explain()
+            assert result.verdict.value == "pass", explain(result)
     """))
     env = {**os.environ, **{f"HARNESS_{k.upper()}": v for k, v in external_settings(target, routes=("direct",)).items()}}
     done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", str(tmp_path)],

@@ -8,6 +8,7 @@ from harness.tenancy.strategy import load_strategy
 from harness.workload.cell import run_cell
 from harness.workload.generated import PROFILES, explore
 from harness.workload.named import NAMED_SCENARIOS
+from harness.report.explain import explain
 
 
 def run(stack, tenancy, spec: str, route: str, scenario: str):
@@ -29,9 +30,9 @@ def test_rls_tables_are_shared_owned_by_the_login_role_and_hold_every_tenant(sta
 
 def test_forced_policies_isolate_and_unforced_ones_let_the_owner_read_everything(stack, tenancy):
     forced = run(stack, tenancy, "rls_guc_pinned", "transaction", "simultaneous_tenants")
-    assert forced.verdict.value == "pass", forced.explain()
+    assert forced.verdict.value == "pass", explain(forced)
     unforced = run(stack, tenancy, "layout_strategies:UnforcedGucPinned", "transaction", "fresh_session")
-    assert unforced.verdict.value == "fail", unforced.explain()
+    assert unforced.verdict.value == "fail", explain(unforced)
     assert {f.kind for f in unforced.findings} >= {"cross_tenant_read"}
     assert all(s.user == "app" for s in unforced.history.steps if s.rows)
 
@@ -52,7 +53,7 @@ def test_a_session_level_guc_is_pool_pollution(stack, tenancy):
 
 def test_async_layers_run_the_same_steps_and_checks(stack, tenancy):
     sound = run(stack, tenancy, "translate_map_pinned_async", "transaction", "after_commit")
-    assert sound.verdict.value == "pass", sound.explain()
+    assert sound.verdict.value == "pass", explain(sound)
     leaky = run(stack, tenancy, "search_path_set_async", "transaction", "after_commit")
     assert leaky.verdict.value == "fail"
     users_raw = run(stack, tenancy, "layout_strategies:async_translate_map", "direct", "raw_text")
@@ -63,5 +64,5 @@ def test_async_layers_run_the_same_steps_and_checks(stack, tenancy):
 def test_generated_programs_run_for_rls_and_async_layers(stack, tenancy):
     for spec, expected in (("rls_guc_pinned_async", "pass"), ("rls_role_session", "fail")):
         result, seen = explore(stack, tenancy, load_strategy(spec), "transaction", PROFILES["dev"], seed=3)
-        assert result.verdict.value == expected, result.explain()
+        assert result.verdict.value == expected, explain(result)
         assert seen.examples >= 1

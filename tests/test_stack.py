@@ -19,7 +19,7 @@ import pytest
 from harness.config import resolve_config
 from harness.stack import ROUTES, start_stack
 from harness.stack.process import pid_alive
-from harness.stack.stack import RUN_DIR_PREFIX, remove_abandoned_run_dirs
+from harness.stack.native import RUN_DIR_PREFIX, remove_abandoned_run_dirs
 
 MARKER = "leak_marker_schema"
 PROBES = 20

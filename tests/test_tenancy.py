@@ -9,7 +9,8 @@ from sqlalchemy import text
 
 from harness.errors import UsageError
 from harness.stack.postgres import APP_ROLE
-from harness.tenancy.provisioning import SEED_ROWS, Tenancy
+from harness.tenancy.provisioning import Tenancy
+from harness.tenancy.seeds import SEED_ROWS
 from harness.tenancy.tenants import DEFAULT_TENANTS, HOSTILE_TENANTS
 
 PUBLIC = "public"

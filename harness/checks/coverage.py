@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from harness.workload.history import History, StepRecord
+from harness.checks.history import History, StepRecord
 
 
 @dataclasses.dataclass(frozen=True)

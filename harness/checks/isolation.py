@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from harness.checks.findings import Finding
 from harness.tenancy.tenants import needs_quoting
-from harness.workload.history import History, StepRecord
+from harness.checks.history import History, StepRecord
+from harness.checks.steps import step_kind
 
 UNDEFINED_TABLE = "42P01"
 INSUFFICIENT_PRIVILEGE = "42501"
-# Reads of a whole table: every tenant has seeded rows there.
-FULL_READS = {"orm_select_all", "raw_select_unqualified", "raw_select_qualified", "job_read", "task_read"}
 # What a tenant name that was not quoted properly tends to produce.
 IDENTIFIER_SQLSTATES = {
     "42601": "a syntax error",
@@ -56,7 +55,7 @@ def check_context_lost(history: History) -> list[Finding]:
         elif step.error and step.error.sqlstate == INSUFFICIENT_PRIVILEGE and "row-level security" in step.error.message:
             why = (f"was refused by row-level security (\"{step.error.message}\") although it wrote a row of "
                    f"its own tenant")
-        elif step.error is None and step.step in FULL_READS and not step.rows and not step.note:
+        elif step.error is None and step_kind(step.step).reads_all and not step.rows and not step.note:
             why = "read no row at all, although every tenant has seeded rows"
         else:
             continue

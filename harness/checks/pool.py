@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from harness.checks.findings import Finding
-from harness.workload.history import History
+from harness.checks.history import History
 
 
 def check_pool_pollution(history: History) -> list[Finding]:

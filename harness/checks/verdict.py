@@ -1,33 +1,41 @@
-"""The verdict of a cell (strategy x route x scenario): pass, fail or inconclusive."""
+"""The verdict of a cell (strategy x route x scenario): pass, fail or inconclusive, with its reason."""
 
 from __future__ import annotations
 
-import dataclasses
+import enum
+from typing import NamedTuple
 
 from harness.checks.coverage import Coverage
 from harness.checks.findings import Finding
 
-PASS, FAIL, INCONCLUSIVE = "pass", "fail", "inconclusive"
-VERDICTS = (PASS, FAIL, INCONCLUSIVE)
+
+class Verdict(enum.StrEnum):
+    """pass: isolation held, with evidence the pooling was exercised; fail: an isolation finding;
+    inconclusive: the run could not create the conditions (errors, no backend reuse)."""
+
+    PASS = "pass"
+    FAIL = "fail"
+    INCONCLUSIVE = "inconclusive"
 
 
-@dataclasses.dataclass(frozen=True)
-class Verdict:
-    value: str
+class Judgement(NamedTuple):
+    """A verdict and the sentence that says why."""
+
+    verdict: Verdict
     reason: str
 
 
-def verdict(findings: list[Finding], cov: Coverage) -> Verdict:
+def verdict(findings: list[Finding], cov: Coverage) -> Judgement:
     """fail on any gating isolation finding; inconclusive on errors or without backend reuse; else pass."""
     failing = [f for f in findings if f.isolation and f.gating]
     if failing:
         kinds = sorted({f.kind for f in failing})
-        return Verdict(FAIL, f"{len(failing)} isolation finding(s): {', '.join(kinds)}")
+        return Judgement(Verdict.FAIL, f"{len(failing)} isolation finding(s): {', '.join(kinds)}")
     errors = [f for f in findings if f.kind == "error" and f.gating]
     if errors:
-        return Verdict(INCONCLUSIVE, f"{len(errors)} error(s) stopped part of the run")
+        return Judgement(Verdict.INCONCLUSIVE, f"{len(errors)} error(s) stopped part of the run")
     if cov.steps == 0:
-        return Verdict(INCONCLUSIVE, "nothing was exercised")
+        return Judgement(Verdict.INCONCLUSIVE, "nothing was exercised")
     if not cov.exercised:
-        return Verdict(INCONCLUSIVE, "no backend served more than one tenant: pooling was not exercised")
-    return Verdict(PASS, cov.describe())
+        return Judgement(Verdict.INCONCLUSIVE, "no backend served more than one tenant: pooling was not exercised")
+    return Judgement(Verdict.PASS, cov.describe())

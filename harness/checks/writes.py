@@ -7,10 +7,11 @@ savepoint (for writes after it) or the end of the request discards them.
 
 from __future__ import annotations
 
-from harness.checks.findings import Finding
-from harness.workload.history import History, StepRecord, Write
+from typing import Iterable
 
-DISCARDING = {"rollback", "fail_and_rollback", "end_request", "open"}
+from harness.checks.findings import Finding
+from harness.checks.history import History, StepRecord, Write
+from harness.checks.steps import Effect, step_kind
 
 
 class WriteLedger:
@@ -29,6 +30,14 @@ class WriteLedger:
         # helper), so such writes may or may not be there; lost_write ignores their rows.
         self.uncertain: set[tuple[str, str, int]] = set()
 
+    @classmethod
+    def of(cls, steps: Iterable[StepRecord]) -> "WriteLedger":
+        """A ledger fed every step of a history."""
+        ledger = cls()
+        for step in steps:
+            ledger.feed(step)
+        return ledger
+
     def feed(self, step: StepRecord) -> None:
         mine = self.pending.setdefault(step.client, [])
         my_marks = self.marks.setdefault(step.client, [])
@@ -37,27 +46,20 @@ class WriteLedger:
                 self.attempted[write.label] = (write, step)
         if step.error is None and step.step == "end_request":
             self.uncertain.update((w.owner, w.table, w.id) for w, _ in mine)
-        if step.error is not None or step.step in DISCARDING:
+        effect = step_kind(step.step).effect
+        if step.error is not None or effect is Effect.DISCARD:
             mine.clear()
             my_marks.clear()
             return
         mine.extend((w, step) for w in step.writes)
-        if step.step == "savepoint":
+        if effect is Effect.MARK:
             my_marks.append(len(mine))
-        elif step.step == "rollback_to_savepoint" and my_marks:
+        elif effect is Effect.TO_MARK and my_marks:
             del mine[my_marks.pop():]
-        elif step.step == "commit":
+        elif effect is Effect.COMMIT:
             self.committed.extend(mine)
             mine.clear()
             my_marks.clear()
-
-
-def committed_writes(history: History) -> list[tuple[Write, StepRecord]]:
-    """Writes that a successful commit made durable, with the step that wrote each."""
-    ledger = WriteLedger()
-    for step in history.steps:
-        ledger.feed(step)
-    return ledger.committed
 
 
 def check_writes(history: History, ledger: WriteLedger | None = None) -> list[Finding]:
@@ -65,9 +67,7 @@ def check_writes(history: History, ledger: WriteLedger | None = None) -> list[Fi
     if history.final_state is None:
         return []
     if ledger is None:
-        ledger = WriteLedger()
-        for step in history.steps:
-            ledger.feed(step)
+        ledger = WriteLedger.of(history.steps)
     gating = set(history.gating_styles)
     committed = ledger.committed
     # The expected end state of each (table, id) in its owner's schema.

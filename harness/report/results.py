@@ -22,6 +22,15 @@ removal or a change of meaning bumps it):
   ``search_path``, ``user`` (current_user: the role that ran the step), ``rows``, ``error``, ``flagged``)
 - ``migration``: one row per strategy (see ``harness.report.migration``)
 - ``scan``: null, or ``paths`` and ``findings`` (``path``, ``line``, ``rule``, ``message``)
+- ``strategies``, ``routes``, ``scenarios``: the plan's axes in run order (cells
+  run strategy outer, route middle, scenario inner); a cell may later carry a
+  ``deployment`` (then ``deployments`` lists them, outermost)
+- ``plan``: null, or a hex string naming the run's whole cell plan: the same in
+  every shard of one run
+- ``shard``: null for a whole run, or ``index`` (1..count) and ``count``: this
+  report holds that shard's cells only (``harness report merge`` joins them)
+- ``merged_from`` (merged reports only): one object per shard: ``run_id``,
+  ``started``, ``seconds``, ``index``, ``count``
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ from typing import Any
 
 from harness.report.migration import migration_rows
 from harness.workload.cell import CellResult
+from harness.workload.program import describe_program
 
 SCHEMA = "tenant-harness/results"
 VERSION = 1
@@ -64,13 +74,12 @@ def evidence_steps(cell: CellResult) -> list[dict[str, Any]]:
 
 
 def cell_json(cell: CellResult) -> dict[str, Any]:
-    from harness.workload.generated import describe_program
-
+    """A cell as results.json (and cells.json) hold it: the one serialisation of a cell."""
     return {
         "id": cell_id(cell), "strategy": cell.strategy, "route": cell.route, "scenario": cell.scenario,
         "layout": cell.history.layout,
-        "verdict": cell.verdict.value, "verdict_reason": cell.verdict.reason,
-        "required": cell.required.verdict if cell.required else None,
+        "verdict": cell.verdict.value, "verdict_reason": cell.reason,
+        "required": cell.required.verdict.value if cell.required else None,
         "required_reason": cell.required.reason if cell.required else None,
         "as_required": cell.as_required,
         "findings": [dataclasses.asdict(f) for f in cell.findings],
@@ -82,14 +91,58 @@ def cell_json(cell: CellResult) -> dict[str, Any]:
 
 
 def results_json(run) -> dict[str, Any]:
+    cells = [cell_json(c) for c in run.cells]
+    shard = getattr(run, "shard", None)
     return {
         "schema": SCHEMA, "version": VERSION, "run_id": run.run_id, "started": run.started.isoformat(),
         "seconds": round(run.seconds, 1), "verdict": "pass" if run.ok else "fail",
         "exit_status": 0 if run.ok else 1, "builtin_self_check": run.builtin_self_check,
-        "strategies": run.strategies, "environment": run.environment,
-        "cells": [cell_json(c) for c in run.cells],
+        "strategies": run.strategies, "routes": list(run.routes or run.config.routes),
+        "scenarios": _planned_scenarios(run), "environment": run.environment,
+        "cells": cells,
         "not_run": list(getattr(run, "not_run", [])),
-        "migration": migration_rows(run.cells),
+        "migration": migration_rows(cells),
         "scan": None if run.scan is None else {
             "paths": run.scan_paths, "findings": [dataclasses.asdict(f) for f in run.scan]},
+        "plan": getattr(run, "plan", None) or None,  # a run that was given no plan says null, not ""
+        "shard": None if shard is None else {"index": int(shard["index"]), "count": int(shard["count"])},
     }
+
+
+def _planned_scenarios(run) -> list[str]:
+    """The scenarios of the whole plan, in run order, also for a shard that ran only some of them."""
+    planned = getattr(run, "scenarios", None) or run.config.scenarios
+    if not planned:
+        from harness.workload.scenarios import SCENARIOS  # the default set; late: the registry is heavy
+
+        planned = SCENARIOS
+    return list(planned)
+
+
+@dataclasses.dataclass(frozen=True)
+class Axes:
+    """The plan's dimensions in run order: the grid's rows and columns, and the order of the cells."""
+
+    deployments: tuple[str | None, ...]
+    strategies: tuple[str, ...]
+    routes: tuple[str, ...]
+    scenarios: tuple[str, ...]
+
+    def position(self, cell: dict[str, Any]) -> tuple[int, int, int, int]:
+        """Where the unsharded run puts this cell: deployment, strategy, route, scenario (outer to inner)."""
+        return (self.deployments.index(cell.get("deployment")), self.strategies.index(cell["strategy"]),
+                self.routes.index(cell["route"]), self.scenarios.index(cell["scenario"]))
+
+
+def axes(results: dict[str, Any]) -> Axes:
+    """The axes a results dict declares, completed by any value its cells show that they do not list
+    (an older results.json lists only strategies; then the cells' own order decides)."""
+    cells = results["cells"]
+
+    def axis(key: str, field: str) -> tuple:
+        return tuple(dict.fromkeys([*(results.get(key) or ()), *(c.get(field) for c in cells)]))
+
+    # Cells without a deployment key sit under the one deployment None: one grid, as today.
+    return Axes(deployments=axis("deployments", "deployment") or (None,),
+                strategies=axis("strategies", "strategy"), routes=axis("routes", "route"),
+                scenarios=axis("scenarios", "scenario"))

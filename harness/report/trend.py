@@ -23,6 +23,8 @@ def trend(report_dir: Path, current: dict[str, Any]) -> list[dict[str, Any]]:
             continue
         if data.get("schema") != SCHEMA or data.get("run_id") == current["run_id"]:
             continue
+        if data.get("shard"):  # a part of a run: its merged report is the run's row
+            continue
         rows.append(_row(data))
     rows.sort(key=lambda r: r["started"])
     return (rows + [_row(current)])[-MAX_RUNS:]

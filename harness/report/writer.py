@@ -1,4 +1,8 @@
-"""Writes reports/<run-id>/{index.html,results.json,junit.xml} and points reports/latest at it."""
+"""Writes reports/<run-id>/{index.html,results.json,junit.xml} and points reports/latest at it.
+
+Everything here reads the results dict only (never a run object), so that
+`harness verify` and `harness report merge` write the same folder from it.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 
 from harness.report.junit import junit_xml
 from harness.report.migration import COLUMNS
-from harness.report.results import results_json
+from harness.report.results import axes, results_json
 from harness.report.trend import trend
 
 _ENV = Environment(loader=PackageLoader("harness.report", "templates"), autoescape=select_autoescape(["html", "j2"]))
@@ -38,20 +42,35 @@ def _cells_sentence(results: dict[str, Any], cells: list, off: list) -> str:
     return f"{len(off)} of {len(cells)} cells did not pass"
 
 
+def route_letters(routes: tuple[str, ...]) -> dict[str, str]:
+    """The shortest prefix that tells each route apart: direct/session/transaction become d/s/t.
+
+    The grid shows one letter-sized mark per route inside each strategy x scenario cell, so
+    the marks must stay short and still say which route they are without a hover."""
+    letters: dict[str, str] = {}
+    for route in routes:
+        size = 1
+        while any(route[:size] == other[:size] for other in routes if other != route) and size < len(route):
+            size += 1
+        letters[route] = route[:size]
+    return letters
+
+
 def render_html(results: dict[str, Any], history: list[dict[str, Any]]) -> str:
-    cells = {(c["strategy"], c["scenario"], c["route"]): c for c in results["cells"]}
+    plan = axes(results)
+    cells = {(c.get("deployment"), c["strategy"], c["scenario"], c["route"]): c for c in results["cells"]}
+    measured = {key[:2] for key in cells}
     return _ENV.get_template("report.html.j2").render(
-        r=results, headline=headline(results), cells=cells,
-        strategies=list(dict.fromkeys(c["strategy"] for c in results["cells"])),
-        scenarios=list(dict.fromkeys(c["scenario"] for c in results["cells"])),
-        routes=list(dict.fromkeys(c["route"] for c in results["cells"])),
-        migration_columns=COLUMNS, trend=history)
+        r=results, headline=headline(results), cells=cells, axes=plan,
+        # A grid row shows only the strategies the deployment measured: a strategy that did not run
+        # on a stack (not_run) would otherwise be a row of empty marks.
+        rows={d: [s for s in plan.strategies if (d, s) in measured] for d in plan.deployments},
+        letters=route_letters(plan.routes), migration_columns=COLUMNS, trend=history)
 
 
-def write_report(run, report_dir: Path) -> Path:
-    """Write the run's three files; return the folder."""
-    results = results_json(run)
-    folder = report_dir / run.run_id
+def write_report_folder(results: dict[str, Any], report_dir: Path) -> Path:
+    """Write <report_dir>/<run_id>/ from a results dict and point <report_dir>/latest at it; return the folder."""
+    folder = report_dir / results["run_id"]
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "results.json").write_text(json.dumps(results, indent=1, ensure_ascii=False, default=str),
                                          encoding="utf-8")
@@ -61,6 +80,11 @@ def write_report(run, report_dir: Path) -> Path:
     tmp = report_dir / f".latest-{os.getpid()}"
     if tmp.is_symlink() or tmp.exists():
         tmp.unlink()
-    tmp.symlink_to(run.run_id, target_is_directory=True)
+    tmp.symlink_to(results["run_id"], target_is_directory=True)
     os.replace(tmp, latest)
     return folder
+
+
+def write_report(run, report_dir: Path) -> Path:
+    """Write the run's three files; return the folder."""
+    return write_report_folder(results_json(run), report_dir)

@@ -1,11 +1,12 @@
 """Processes: the stack (PostgreSQL + two PgBouncers) and how it starts and stops.
 
-Backends: ``native`` (local binaries, :mod:`harness.stack.stack`), ``docker``
+Backends: ``native`` (local binaries, :mod:`harness.stack.native`), ``docker``
 (images through testcontainers, :mod:`harness.stack.containers`) and
 ``external`` (servers someone else runs, :mod:`harness.stack.external`).
 """
 
-from harness.stack.stack import POOLED_ROUTES, ROUTES, Stack, start_native_stack
+from harness.stack.native import start_native_stack
+from harness.stack.stack import POOLED_ROUTES, ROUTES, Stack
 
 __all__ = ["POOLED_ROUTES", "ROUTES", "Stack", "choose_backend", "start_native_stack", "start_stack"]
 

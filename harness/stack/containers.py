@@ -21,19 +21,19 @@ image is already present: where it cannot be pulled, the labels suffice.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import secrets
-import socket
-import time
-import uuid
-from typing import Any, Callable
+from typing import Any
+
+import psycopg
 
 from harness.config import HarnessConfig
 from harness.errors import SetupError
-from harness.stack.pgbouncer import AdminConsole, render_config, render_userlist
+from harness.stack.pgbouncer import AdminConsole, render_config, render_userlist, wait_for_admin
 from harness.stack.postgres import APP_ROLE, DATABASE, SERVER_SETTINGS, SUPERUSER, bootstrap_roles
-from harness.stack.process import pid_alive
-from harness.stack.stack import _LIVE, _LIVE_LOCK, POOLED_ROUTES, ROUTES, Stack, _check_route, _url
+from harness.stack.process import owner_gone, run_owner
+from harness.stack.stack import POOLED_ROUTES, Stack, StackAssembly, conninfo, launch, route_url
 from harness.stack.wait import wait_until
 
 LABEL_RUN = "tenant-harness.run"
@@ -93,10 +93,6 @@ def docker_client():
                               "or use --backend native (make setup installs PostgreSQL and PgBouncer)"]) from exc
 
 
-def _owner() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
 def ensure_image(client, image: str) -> None:
     """The image is present, or is pulled now; otherwise a clear error (before anything starts)."""
     docker = _docker_module()
@@ -151,14 +147,13 @@ def remove_run(client, run_id: str) -> list[str]:
 
 def remove_abandoned_runs(client) -> list[str]:
     """Remove the containers and networks of runs whose harness process on this host is gone."""
-    host = socket.gethostname()
     runs: set[str] = set()
     labelled = [*client.containers.list(all=True, filters={"label": LABEL_OWNER}),
                 *client.networks.list(filters={"label": LABEL_OWNER})]
     for item in labelled:
         labels = item.attrs.get("Labels") or item.attrs.get("Config", {}).get("Labels") or {}
         owner_host, _, pid = labels.get(LABEL_OWNER, "").rpartition(":")
-        if owner_host == host and pid.isdigit() and not pid_alive(int(pid)) and labels.get(LABEL_RUN):
+        if owner_gone(owner_host, pid) and labels.get(LABEL_RUN):
             runs.add(labels[LABEL_RUN])
     removed = []
     for run_id in sorted(runs):
@@ -177,17 +172,70 @@ def _connect_host(client) -> tuple[str, str]:
     return DockerClient().host(), ""
 
 
-class ContainerServer:
-    """One container of the stack, seen like a native server process (name, logs, alive, stop)."""
 
-    def __init__(self, name: str, container):
+@dataclasses.dataclass
+class _DockerRun:
+    """What the containers of one docker stack share: the run's labels, its network and the host's addresses."""
+
+    run_id: str
+    labels: dict[str, str]
+    network: Any  # a testcontainers Network
+    #: the address clients connect to
+    host: str
+    #: the host address Docker binds mapped ports to ("" on a remote engine: every address)
+    bind: str
+
+    def container(self, part: str, image: str, container_port: int, **create: Any):
+        """A container of the run, made with testcontainers' public builder: named and labelled
+        after the run and the part, on the run's network, ``container_port`` mapped to the host.
+
+        ``create`` is passed on to Docker's create call (entrypoint, user...).
+        """
+        from testcontainers.core.container import DockerContainer
+
+        container = (DockerContainer(image)
+                     .with_name(f"tenant-harness-{self.run_id}-{part}")
+                     .with_network(self.network)
+                     .with_kwargs(labels={**self.labels, LABEL_PART: part}, **create))
+        if self.bind:
+            # with_bind_ports() takes a host port, not an address; docker-py reads a
+            # one-element tuple in the public ``ports`` mapping as "any free port on it".
+            container.ports[f"{container_port}/tcp"] = (self.bind,)
+        else:
+            container.with_exposed_ports(container_port)
+        return container
+
+
+class ContainerServer:
+    """One container of the stack, seen like a native server process (name, port, logs, alive, stop)."""
+
+    def __init__(self, name: str, container, container_port: int, host: str):
         self.name = name
         self.container = container  # a testcontainers DockerContainer
+        self.container_port = container_port
+        self.host = host
+        #: the port Docker mapped ``container_port`` to; known once the container started
+        self.port = 0
         self._pid: int | None = None
 
     @property
     def wrapped(self):
         return self.container.get_wrapped_container()
+
+    def start(self, image: str) -> None:
+        """Create, fill and start the container; an engine error becomes a SetupError naming the image.
+
+        No wait here: the harness waits itself, from the host, so that a
+        timeout names what it saw and shows the container's log.
+        """
+        docker = _docker_module()
+        try:
+            self.container.start()
+        except docker.errors.APIError as exc:
+            raise SetupError(f"Docker could not start a container from {image!r}.",
+                             checked=[str(exc).strip()[:600]],
+                             fix=["check the image (docker run --rm -it " + image + ")", BUILD_HINT]) from exc
+        self.port = int(self.container.get_exposed_port(self.container_port))
 
     @property
     def pid(self) -> int | None:
@@ -204,13 +252,13 @@ class ContainerServer:
         try:
             self.wrapped.reload()
             return self.wrapped.status in ("created", "running")
-        except Exception:  # noqa: BLE001 - gone
+        except Exception:  # noqa: BLE001 - gone, or never created
             return False
 
     def _logs(self) -> bytes:
         try:
             return self.wrapped.logs()
-        except Exception:  # noqa: BLE001 - removed
+        except Exception:  # noqa: BLE001 - removed, or never created
             return b""
 
     def log_size(self) -> int:
@@ -220,11 +268,18 @@ class ContainerServer:
         return self._logs()[offset:].decode("utf-8", "replace")
 
     def log_tail(self, lines: int = 30) -> str:
-        return "\n".join(self._logs().decode("utf-8", "replace").splitlines()[-lines:])
+        tail = "\n".join(self._logs().decode("utf-8", "replace").splitlines()[-lines:])
+        try:
+            source = self.wrapped.name
+        except Exception:  # noqa: BLE001 - never created
+            source = self.name
+        # Name the container, so that the reader of a wait's error knows where the whole log is.
+        return f"docker logs {source}:\n{tail}"
 
     def stop(self, timeout: float = 5.0) -> None:
+        """Remove the container with its anonymous volumes (the data directory)."""
         try:
-            self.wrapped.remove(force=True, v=True)
+            self.container.stop(force=True, delete_volume=True)
         except Exception:  # noqa: BLE001 - already gone; remove_run checks by label anyway
             pass
 
@@ -232,15 +287,25 @@ class ContainerServer:
 class ContainerBouncer(ContainerServer):
     """A PgBouncer container: its pool mode, its mapped port and its admin console."""
 
-    def __init__(self, name: str, container, pool_mode: str, host: str, port: int, admin_user: str,
-                 password: str):
-        super().__init__(name, container)
+    def __init__(self, container, pool_mode: str, host: str, admin_user: str, password: str):
+        super().__init__(f"pgbouncer-{pool_mode}", container, BOUNCER_PORT, host)
         self.pool_mode = pool_mode
-        self.port = port
-        self.admin = AdminConsole(host, port, admin_user, password)
+        self.admin_user = admin_user
+        self.password = password
+        self._console: AdminConsole | None = None
+
+    def start(self, image: str) -> None:
+        super().start(image)
+        self._console = AdminConsole(self.host, self.port, self.admin_user, self.password)
+
+    def admin(self, command: str) -> list[dict[str, Any]]:
+        if self._console is None:
+            raise RuntimeError(f"{self.name}: the container has not started; no admin console yet")
+        return self._console(command)
 
     def stop(self, timeout: float = 5.0) -> None:
-        self.admin.close()
+        if self._console is not None:
+            self._console.close()
         super().stop(timeout)
 
 
@@ -250,134 +315,78 @@ def start_docker_stack(config: HarnessConfig) -> Stack:
     Images and engine are checked before anything is created; a failure
     part-way removes every container and network of the run.
     """
-    started = time.monotonic()
+    return launch("docker", config, lambda assembly: _boot(assembly, config))
+
+
+def _boot(assembly: StackAssembly, config: HarnessConfig) -> None:
+    from testcontainers.core.network import Network
+
     client = docker_client()
+    assembly.on_close(client.close)
     for image in (config.postgres_image, config.pgbouncer_image):
         ensure_image(client, image)
     _configure_reaper(client)
     remove_abandoned_runs(client)
-    run_id = uuid.uuid4().hex[:10]
-    labels = {LABEL_RUN: run_id, LABEL_OWNER: _owner()}
-    processes: list[Any] = []
-    cleanup: list[Callable[[], None]] = [
-        client.close,
-        lambda: remove_run(client, run_id),
-        lambda: [p.stop() for p in reversed(processes)],
-    ]
-    stack = Stack(backend="docker", run_id=run_id, routes={}, superuser_url=_url(SUPERUSER, "", 0), bouncers={},
-                  versions={}, processes=processes, _cleanup=cleanup)
-    with _LIVE_LOCK:
-        _LIVE.add(stack)
-    try:
-        _boot(stack, config, client, labels, processes)
-    except BaseException:
-        stack.close()
-        raise
-    stack.timings["start"] = time.monotonic() - started
-    return stack
+    run_id = assembly.run_id
+    # Whatever a step below leaves behind carries the run's label: this finds it.
+    assembly.on_close(lambda: remove_run(client, run_id))
 
-
-def _container(image: str, config_labels: dict[str, str], part: str, run_id: str):
-    from testcontainers.core.container import DockerContainer
-
-    container = DockerContainer(image)
-    container.with_name(f"tenant-harness-{run_id}-{part}")
-    container._kwargs = {"labels": {**config_labels, LABEL_PART: part}}
-    return container
-
-
-def _wait_log_tail(server: ContainerServer) -> Callable[[], str]:
-    return lambda: f"docker logs {server.wrapped.name}:\n{server.log_tail()}"
-
-
-def _boot(stack: Stack, config: HarnessConfig, client, labels: dict[str, str], processes: list) -> None:
-    from testcontainers.community.postgres import PostgresContainer
-    from testcontainers.core.network import Network
-
-    run_id = stack.run_id
+    stack = assembly.stack
     stack.versions["postgres_image"] = config.postgres_image
     stack.versions["pgbouncer_image"] = config.pgbouncer_image
     host, bind = _connect_host(client)
     superuser_password = secrets.token_hex(12)
     app_password = secrets.token_hex(12)
 
+    labels = {LABEL_RUN: run_id, LABEL_OWNER: run_owner()}
     network = Network(docker_network_kw={"labels": labels})
     network.name = f"tenant-harness-{run_id}"
     network.create()
+    run = _DockerRun(run_id, labels, network, host, bind)
 
-    # PostgresContainer sets POSTGRES_USER/PASSWORD/DB; the harness waits itself,
-    # from the host, so that a timeout names what it saw and shows the logs.
-    postgres = PostgresContainer(config.postgres_image, username=SUPERUSER, password=superuser_password,
-                                 dbname=DATABASE, driver="psycopg")
-    postgres.ports = {f"{POSTGRES_PORT}/tcp": (bind,) if bind else None}
-    postgres.with_name(f"tenant-harness-{run_id}-postgres").with_network(network)
-    postgres.with_network_aliases(SERVER_ALIAS)
-    postgres.with_command(["postgres", *[f"-c{k}={v}" for k, v in CONTAINER_SETTINGS.items()]])
-    postgres._kwargs = {"labels": {**labels, LABEL_PART: "postgres"}}
-    postgres._connect = lambda: None
-    server = ContainerServer("postgres", postgres)
-    processes.append(server)
-    _start(postgres, config.postgres_image)
-    port = int(postgres.get_exposed_port(POSTGRES_PORT))
-    stack.superuser_url = _url(SUPERUSER, superuser_password, port, host)
+    # A plain container with the official image's variables: PostgresContainer.start()
+    # would wait with psql inside the container; the harness waits from the host instead.
+    container = (run.container("postgres", config.postgres_image, POSTGRES_PORT)
+                 .with_envs(POSTGRES_USER=SUPERUSER, POSTGRES_PASSWORD=superuser_password, POSTGRES_DB=DATABASE)
+                 .with_network_aliases(SERVER_ALIAS)
+                 .with_command(["postgres", *[f"-c{k}={v}" for k, v in CONTAINER_SETTINGS.items()]]))
+    server = ContainerServer("postgres", container, POSTGRES_PORT, host)
+    assembly.add_server(server)
+    server.start(config.postgres_image)
+    stack.superuser_url = route_url(SUPERUSER, superuser_password, server.port, host)
 
     def bootstrap() -> str:
-        import psycopg
-
-        with psycopg.connect(host=host, port=port, user=SUPERUSER, password=superuser_password,
-                             dbname=DATABASE, connect_timeout=2, autocommit=True) as conn:
+        with psycopg.connect(**conninfo(stack.superuser_url), connect_timeout=2, autocommit=True) as conn:
             return bootstrap_roles(conn, superuser_password, app_password)
 
     stack.versions["postgres"] = wait_until(
-        bootstrap, what=f"PostgreSQL container ({config.postgres_image}) on {host}:{port}",
-        timeout=config.start_timeout, interval=0.1, log_tail=_wait_log_tail(server), alive=server.alive)
-    stack.routes["direct"] = _url(APP_ROLE, app_password, port, host)
+        bootstrap, what=f"PostgreSQL container ({config.postgres_image}) on {host}:{server.port}",
+        timeout=config.start_timeout, interval=0.1, log_tail=server.log_tail, alive=server.alive)
+    assembly.add_route("direct", route_url(APP_ROLE, app_password, server.port, host))
 
     users = {SUPERUSER: superuser_password, APP_ROLE: app_password}
+    user = _bouncer_user(client, config.pgbouncer_image)
     for mode in POOLED_ROUTES:
         size = config.session_pool_size if mode == "session" else config.transaction_pool_size
         ini = render_config(pool_mode=mode, listen_addr="0.0.0.0", listen_port=BOUNCER_PORT,
                             server_host=SERVER_ALIAS, server_port=POSTGRES_PORT,
                             auth_file=f"{CONFIG_DIR}/userlist.txt", admin_user=SUPERUSER, pool_size=size)
-        container = _container(config.pgbouncer_image, labels, f"pgbouncer-{mode}", run_id)
-        container.with_network(network)
-        container.ports = {f"{BOUNCER_PORT}/tcp": (bind,) if bind else None}
-        container.with_command([f"{CONFIG_DIR}/pgbouncer.ini"])
-        container._kwargs.update(entrypoint=["pgbouncer"], user=_bouncer_user(client, config.pgbouncer_image))
-        container.with_copy_into_container(ini.encode(), f"{CONFIG_DIR}/pgbouncer.ini", 0o644)
-        container.with_copy_into_container(render_userlist(users).encode(), f"{CONFIG_DIR}/userlist.txt", 0o644)
-        _start(container, config.pgbouncer_image)
-        bouncer_port = int(container.get_exposed_port(BOUNCER_PORT))
-        bouncer = ContainerBouncer(f"pgbouncer-{mode}", container, mode, host, bouncer_port, SUPERUSER,
-                                   superuser_password)
-        processes.append(bouncer)
-        rows = wait_until(lambda b=bouncer: b.admin("SHOW VERSION"),
-                          what=f"PgBouncer container ({config.pgbouncer_image}, {mode}) on {host}:{bouncer_port}",
-                          timeout=config.start_timeout, interval=0.05, log_tail=_wait_log_tail(bouncer),
-                          alive=bouncer.alive)
-        stack.versions["pgbouncer"] = str(next(iter(rows[0].values()))).split()[-1]
-        stack.bouncers[mode] = bouncer
-        stack.routes[mode] = _url(APP_ROLE, app_password, bouncer_port, host)
-
-    for route in ROUTES:
-        part = stack.bouncers.get(route) or server
-        wait_until(lambda: _check_route(stack.routes[route]), what=f"route {route!r}",
-                   timeout=config.start_timeout, log_tail=_wait_log_tail(part), alive=part.alive)
-
-
-def _start(container, image: str) -> None:
-    """Create, fill and start one container; an engine error becomes a SetupError naming the image."""
-    docker = _docker_module()
-    try:
-        container.start()
-    except docker.errors.APIError as exc:
-        raise SetupError(f"Docker could not start a container from {image!r}.",
-                         checked=[str(exc).strip()[:600]],
-                         fix=["check the image (docker run --rm -it " + image + ")", BUILD_HINT]) from exc
+        container = (run.container(f"pgbouncer-{mode}", config.pgbouncer_image, BOUNCER_PORT,
+                                   entrypoint=["pgbouncer"], user=user)
+                     .with_command([f"{CONFIG_DIR}/pgbouncer.ini"])
+                     .with_copy_into_container(ini.encode(), f"{CONFIG_DIR}/pgbouncer.ini", 0o644)
+                     .with_copy_into_container(render_userlist(users).encode(), f"{CONFIG_DIR}/userlist.txt",
+                                               0o644))
+        bouncer = assembly.track(ContainerBouncer(container, mode, host, SUPERUSER, superuser_password))
+        bouncer.start(config.pgbouncer_image)
+        stack.versions["pgbouncer"] = wait_for_admin(
+            bouncer, what=f"PgBouncer container ({config.pgbouncer_image}, {mode}) on {host}:{bouncer.port}",
+            timeout=config.start_timeout, interval=0.05)
+        assembly.add_bouncer(bouncer)
+        assembly.add_route(mode, route_url(APP_ROLE, app_password, bouncer.port, host))
 
 
 def _bouncer_user(client, image: str) -> str:
     """PgBouncer refuses to run as root: keep the image's own user unless it is root."""
     user = (client.images.get(image).attrs.get("Config") or {}).get("User") or ""
     return user if user not in ("", "root", "0", "0:0") else "nobody"
-

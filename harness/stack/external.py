@@ -22,12 +22,8 @@ Safety, because the database is not the harness's:
 from __future__ import annotations
 
 import datetime as dt
-import os
 import re
-import socket
-import time
-import uuid
-from typing import Callable
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -35,9 +31,9 @@ from sqlalchemy.engine import URL, make_url
 
 from harness.config import HarnessConfig
 from harness.errors import SetupError, UsageError
-from harness.stack.pgbouncer import AdminConsole
-from harness.stack.process import pid_alive
-from harness.stack.stack import _LIVE, _LIVE_LOCK, POOLED_ROUTES, ROUTES, Stack
+from harness.stack.pgbouncer import AdminConsole, pgbouncer_version
+from harness.stack.process import owner_gone, run_owner
+from harness.stack.stack import POOLED_ROUTES, ROUTES, Stack, StackAssembly, conninfo, launch
 
 COMMENT_PREFIX = "tenant-harness run "
 # "tenant-harness run <run_id> owner <host>:<pid> started <iso time>"
@@ -64,9 +60,8 @@ def _url(text: str, option: str) -> URL:
     return url.set(drivername="postgresql+psycopg")
 
 
-def _connect(url: URL, **kwargs) -> psycopg.Connection:
-    return psycopg.connect(host=url.host or "127.0.0.1", port=url.port or 5432, user=url.username,
-                           password=url.password, dbname=url.database, connect_timeout=5, **kwargs)
+def _connect(url: URL, **kwargs: Any) -> psycopg.Connection:
+    return psycopg.connect(**conninfo(url), connect_timeout=5, **kwargs)
 
 
 def _show(url: URL) -> str:
@@ -97,10 +92,6 @@ def parse_routes(config: HarnessConfig) -> tuple[dict[str, URL], URL]:
     return routes, superuser
 
 
-def _owner() -> tuple[str, int]:
-    return socket.gethostname(), os.getpid()
-
-
 def harness_schemas(conn: psycopg.Connection) -> list[tuple[str, dict[str, str]]]:
     """Schemas carrying the harness's comment and the matching prefix: (name, parsed comment)."""
     rows = conn.execute(
@@ -122,7 +113,6 @@ def _drop(conn: psycopg.Connection, schemas: list[str]) -> None:
 
 def remove_abandoned_schemas(conn: psycopg.Connection, *, now: dt.datetime | None = None) -> list[str]:
     """Drop the schemas of harness runs that are over: their owner died (this host) or they are a day old."""
-    host = socket.gethostname()
     now = now or dt.datetime.now(dt.timezone.utc)
     abandoned = []
     for name, run in harness_schemas(conn):
@@ -130,8 +120,7 @@ def remove_abandoned_schemas(conn: psycopg.Connection, *, now: dt.datetime | Non
             started = dt.datetime.fromisoformat(run["started"])
         except ValueError:
             continue
-        dead = run["host"] == host and not pid_alive(int(run["pid"]))
-        if dead or now - started > ABANDONED_AFTER:
+        if owner_gone(run["host"], run["pid"]) or now - started > ABANDONED_AFTER:
             abandoned.append(name)
     _drop(conn, abandoned)
     return abandoned
@@ -167,28 +156,60 @@ def _admin_console(route: str, url: URL, superuser: URL) -> tuple[AdminConsole |
     return None, last
 
 
-class ExternalBouncer:
+class ExternalServer:
+    """A PostgreSQL the harness does not run: a port to reach, no pid, no log to read, nothing to stop."""
+
+    name: str = "postgres"
+    pid: int | None = None
+
+    def __init__(self, port: int):
+        self.port = port
+
+    def alive(self) -> bool:
+        # Someone else runs it: there is no process to watch, and a wait is bound by its deadline anyway.
+        return True
+
+    def log_size(self) -> int:
+        return 0
+
+    def log_since(self, offset: int) -> str:
+        return ""
+
+    def log_tail(self, lines: int = 30) -> str:
+        return "(an external server: its log is not visible to the harness)"
+
+    def stop(self, timeout: float = 5.0) -> None:
+        pass  # not the harness's to stop
+
+
+class ExternalBouncer(ExternalServer):
     """A PgBouncer the harness does not run: its pool mode, port and admin console."""
 
     def __init__(self, pool_mode: str, port: int, admin: AdminConsole):
+        super().__init__(port)
+        self.name = f"pgbouncer-{pool_mode}"
         self.pool_mode = pool_mode
-        self.port = port
         self.admin = admin
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self.admin.close()  # its console connection is the harness's; the PgBouncer is not
 
 
 def start_external_stack(config: HarnessConfig) -> Stack:
     """Check the DSNs and the database, clean up the harness's own leftovers, and describe the stack."""
-    started = time.monotonic()
+    return launch("external", config, lambda assembly: _boot(assembly, config))
+
+
+def _boot(assembly: StackAssembly, config: HarnessConfig) -> None:
     routes, superuser = parse_routes(config)
-    run_id = uuid.uuid4().hex[:10]
-    host, pid = _owner()
+    stack, run_id = assembly.stack, assembly.run_id
     stamp = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    cleanup: list[Callable[[], None]] = []
-    stack = Stack(backend="external", run_id=run_id, routes={}, superuser_url=superuser, bouncers={},
-                  versions={}, processes=[], _cleanup=cleanup, app_role=next(iter(routes.values())).username,
-                  tenant_prefix=schema_prefix(run_id),
-                  schema_comment=f"{COMMENT_PREFIX}{run_id} owner {host}:{pid} started {stamp}",
-                  layouts=("schema",), owns_public=False)
+    stack.superuser_url = superuser
+    stack.app_role = str(next(iter(routes.values())).username)  # parse_routes: one role, never None
+    stack.tenant_prefix = schema_prefix(run_id)
+    stack.schema_comment = f"{COMMENT_PREFIX}{run_id} owner {run_owner()} started {stamp}"
+    stack.layouts = ("schema",)
+    stack.owns_public = False
     for route in ROUTES:
         if route not in routes:
             stack.not_run[f"route {route}"] = f"no --{route}-dsn given"
@@ -219,34 +240,26 @@ def start_external_stack(config: HarnessConfig) -> Stack:
                 fix=["point the external backend at a database made for this (an empty one)",
                      "or, if the database is yours to test on, pass --i-own-this-database "
                      "(HARNESS_I_OWN_THIS_DATABASE=1); the harness still touches only its own schemas"])
-    with _LIVE_LOCK:
-        _LIVE.add(stack)
-    cleanup.append(lambda: _drop_run(superuser, run_id))
-    try:
-        for route, url in routes.items():
-            try:
-                with _connect(url) as probe:
-                    user = probe.execute("SELECT current_user").fetchone()[0]
-            except psycopg.Error as exc:
-                raise SetupError(f"Route {route}: could not connect to {_show(url)}.",
-                                 checked=[str(exc).strip()], fix=[f"check --{route}-dsn"]) from exc
-            stack.routes[route] = url
-            if route in POOLED_ROUTES:
-                console, why = _admin_console(route, url, superuser)
-                if console is None:
-                    stack.not_run[f"pgbouncer probe {route}"] = (
-                        f"the admin console of {url.host}:{url.port} did not open ({why}); pool checks are "
-                        f"inconclusive and the pool is emptied by terminating {user}'s backends")
-                    continue
-                cleanup.append(console.close)
-                stack.bouncers[route] = ExternalBouncer(route, url.port or 5432, console)
-                version = console("SHOW VERSION")
-                stack.versions["pgbouncer"] = str(next(iter(version[0].values()))).split()[-1]
-    except BaseException:
-        stack.close()
-        raise
-    stack.timings["start"] = time.monotonic() - started
-    return stack
+    # From here on the run may create schemas: teardown drops them (and only them).
+    assembly.on_close(lambda: _drop_run(superuser, run_id))
+    assembly.add_server(ExternalServer(superuser.port or 5432))
+    for route, url in routes.items():
+        try:
+            with _connect(url) as probe:
+                user = probe.execute("SELECT current_user").fetchone()[0]
+        except psycopg.Error as exc:
+            raise SetupError(f"Route {route}: could not connect to {_show(url)}.",
+                             checked=[str(exc).strip()], fix=[f"check --{route}-dsn"]) from exc
+        assembly.add_route(route, url)
+        if route in POOLED_ROUTES:
+            console, why = _admin_console(route, url, superuser)
+            if console is None:
+                stack.not_run[f"pgbouncer probe {route}"] = (
+                    f"the admin console of {url.host}:{url.port} did not open ({why}); pool checks are "
+                    f"inconclusive and the pool is emptied by terminating {user}'s backends")
+                continue
+            assembly.add_bouncer(ExternalBouncer(route, url.port or 5432, console))
+            stack.versions["pgbouncer"] = pgbouncer_version(console("SHOW VERSION"))
 
 
 def _drop_run(superuser: URL, run_id: str) -> None:

@@ -11,6 +11,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from harness.stack.account import Account
+from harness.stack.parts import BouncerPart
 from harness.stack.process import ServerProcess
 from harness.stack.wait import wait_until
 
@@ -99,6 +100,23 @@ class AdminConsole:
                 self._conn = None
 
 
+def pgbouncer_version(rows: list[dict[str, Any]]) -> str:
+    """The version number in the rows of ``SHOW VERSION`` ("PgBouncer 1.18.0" gives "1.18.0"); "" if none."""
+    words = str(next(iter(rows[0].values()))).split() if rows else []
+    return words[-1] if words else ""
+
+
+def wait_for_admin(bouncer: BouncerPart, *, what: str, timeout: float, interval: float = 0.02) -> str:
+    """Wait until the admin console of ``bouncer`` answers ``SHOW VERSION``; return the version number.
+
+    As in PgBouncer's own test suite, readiness is a real query on the admin
+    console: it answers once PgBouncer listens and has read its configuration.
+    """
+    rows = wait_until(lambda: bouncer.admin("SHOW VERSION"), what=what, timeout=timeout, interval=interval,
+                      log_tail=bouncer.log_tail, alive=bouncer.alive)
+    return pgbouncer_version(rows)
+
+
 class Bouncer(ServerProcess):
     """One native PgBouncer process with one ``pool_mode``."""
 
@@ -136,11 +154,10 @@ class Bouncer(ServerProcess):
         self.account.own(self.ini_path)
 
     def start(self, timeout: float) -> str:
+        """Start PgBouncer and wait for its admin console; return its version number ("" if it gave none)."""
         self.write_config()
         self.spawn([self.binary, self.ini_path], cwd=self.run_dir)
-        rows = wait_until(lambda: self.admin("SHOW VERSION"), what=f"{self.name} on port {self.port}",
-                          timeout=timeout, log_tail=self.log_tail, alive=self.alive)
-        return str(next(iter(rows[0].values())))
+        return wait_for_admin(self, what=f"{self.name} on port {self.port}", timeout=timeout)
 
     def stop(self, timeout: float = 5.0) -> None:
         self.admin.close()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -125,3 +126,17 @@ def pid_alive(pid: int) -> bool:
     except (FileNotFoundError, ProcessLookupError, IndexError):
         return False
     return state not in (b"Z", b"X")
+
+
+def run_owner() -> str:
+    """``<hostname>:<pid>`` of this harness process, as container labels and schema comments record it."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def owner_gone(host: str, pid: str | int) -> bool:
+    """True when a recorded owner is a process of this host that is gone: its run was abandoned.
+
+    The owner of another host cannot be checked from here, nor can a pid that is
+    not a number: both count as alive.
+    """
+    return host == socket.gethostname() and str(pid).isdigit() and not pid_alive(int(pid))

@@ -1,41 +1,37 @@
 """The stack: one throwaway PostgreSQL plus two PgBouncers (session, transaction).
 
 :class:`Stack` is what scenarios and tests see, whatever backend started it.
-:func:`start_native_stack` is the native backend: local binaries, loopback only.
+:func:`launch` is the one way a backend starts one: the backend says how to
+start its parts (a ``boot`` function filling a :class:`StackAssembly`);
+``launch`` registers the stack, tears down whatever was started when the boot
+fails or is interrupted, checks every route with a real query, and times it.
+The backends: :mod:`harness.stack.native`, :mod:`harness.stack.containers`
+(docker), :mod:`harness.stack.external`.
 """
 
 from __future__ import annotations
 
 import atexit
 import dataclasses
-import os
-import secrets
-import shutil
-import tempfile
+import functools
 import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 import psycopg
 from sqlalchemy.engine import URL
 
 from harness.config import HarnessConfig
-from harness.errors import SetupError, StartupTimeout
-from harness.stack.account import Account, server_account
-from harness.stack.binaries import find_binaries
-from harness.stack.pgbouncer import Bouncer
-from harness.stack.ports import PortLease, lease_port, port_in_use
-from harness.stack.postgres import APP_ROLE, DATABASE, SUPERUSER, PostgresServer, prepare_data_dir
-from harness.stack.process import ServerProcess, pid_alive
+from harness.stack.parts import BouncerPart, ServerPart
+from harness.stack.postgres import APP_ROLE, DATABASE, SUPERUSER
 from harness.stack.wait import wait_until
 
 ROUTES = ("direct", "session", "transaction")
 POOLED_ROUTES = ("session", "transaction")
-PORT_ATTEMPTS = 3
-RUN_DIR_PREFIX = "tenant-harness-"
-OWNER_FILE = "harness.pid"
+
+Part = TypeVar("Part", bound=ServerPart)
 
 
 @dataclasses.dataclass
@@ -46,9 +42,10 @@ class Stack:
     run_id: str
     routes: dict[str, URL]
     superuser_url: URL
-    bouncers: dict[str, Bouncer]
+    bouncers: dict[str, BouncerPart]
     versions: dict[str, str]
-    processes: list[ServerProcess]
+    #: every server part in start order (the external backend's too); stopped in reverse
+    processes: list[ServerPart]
     timings: dict[str, float] = dataclasses.field(default_factory=dict)
     run_dir: Path | None = None
     #: the login role of the code under test (``app`` on stacks the harness starts)
@@ -63,7 +60,9 @@ class Stack:
     owns_public: bool = True
     #: what this stack cannot run, and why: {"route session": "no --session-dsn given", ...}
     not_run: dict[str, str] = dataclasses.field(default_factory=dict)
-    _cleanup: list[Callable[[], None]] = dataclasses.field(default_factory=list, repr=False)
+    #: the PostgreSQL part (behind the direct route, and behind every PgBouncer)
+    server: ServerPart | None = None
+    _cleanup: list[Callable[[], object]] = dataclasses.field(default_factory=list, repr=False)
     _closed: bool = dataclasses.field(default=False, repr=False)
 
     def url(self, route: str) -> URL:
@@ -91,7 +90,7 @@ class Stack:
 
     @property
     def pids(self) -> list[int]:
-        return [p.pid for p in self.processes if p.pid is not None]
+        return [pid for pid in (p.pid for p in self.processes) if pid is not None]
 
     def log_offsets(self) -> dict[str, int]:
         return {p.name: p.log_size() for p in self.processes}
@@ -101,19 +100,25 @@ class Stack:
         return {p.name: p.log_since(offsets.get(p.name, 0)) for p in self.processes}
 
     def close(self) -> None:
-        """Stop every process and remove what the start created; safe to call twice."""
+        """Stop every server part, then undo what the start created; safe to call twice.
+
+        Every step runs even when one fails (the first error is raised at the
+        end), so that a broken server never keeps the others running.
+        """
         if self._closed:
             return
         self._closed = True
         started = time.monotonic()
         errors: list[BaseException] = []
-        for step in reversed(self._cleanup):
+        steps = [*(part.stop for part in reversed(self.processes)), *reversed(self._cleanup)]
+        for step in steps:
             try:
                 step()
             except BaseException as exc:  # noqa: BLE001 - keep tearing down
                 errors.append(exc)
         self.timings["teardown"] = time.monotonic() - started
-        _LIVE.discard(self)
+        with _LIVE_LOCK:
+            _LIVE.discard(self)
         if errors:
             raise errors[0]
 
@@ -143,92 +148,104 @@ _LIVE: set[Stack] = set()
 _LIVE_LOCK = threading.Lock()
 
 
+def register(stack: Stack) -> None:
+    """Count ``stack`` as running until it closes: it is closed at interpreter exit if its owner forgets."""
+    with _LIVE_LOCK:
+        _LIVE.add(stack)
+
+
+def live_stacks() -> list[Stack]:
+    """The stacks started in this process and not closed yet."""
+    with _LIVE_LOCK:
+        return list(_LIVE)
+
+
 @atexit.register
 def _close_leftovers() -> None:
-    for stack in list(_LIVE):
+    for stack in live_stacks():
         try:
             stack.close()
         except Exception:  # noqa: BLE001 - best effort at exit
             pass
 
 
-def remove_abandoned_run_dirs() -> list[Path]:
-    """Remove run folders whose harness process died without tearing down (SIGKILL).
-
-    Its servers died with it (see ``process._die_with_parent``); only the folder
-    is left. A folder whose owner is alive, or that names no owner, is kept.
-    """
-    removed = []
-    for folder in Path(tempfile.gettempdir()).glob(f"{RUN_DIR_PREFIX}*"):
-        try:
-            owner = int((folder / OWNER_FILE).read_text())
-        except (OSError, ValueError):
-            continue
-        if not pid_alive(owner):
-            shutil.rmtree(folder, ignore_errors=True)
-            removed.append(folder)
-    return removed
-
-
-def _url(user: str, password: str, port: int, host: str = "127.0.0.1") -> URL:
+def route_url(user: str, password: str, port: int, host: str = "127.0.0.1") -> URL:
+    """The SQLAlchemy URL of a route on a stack the harness started (its one database)."""
     return URL.create("postgresql+psycopg", username=user, password=password, host=host,
                       port=port, database=DATABASE)
 
 
-def _check_route(url: URL) -> None:
-    with psycopg.connect(host=url.host, port=url.port, user=url.username, password=url.password,
-                         dbname=url.database, connect_timeout=2) as conn:
+def conninfo(url: URL) -> dict[str, Any]:
+    """psycopg's connection arguments for ``url``; a URL without host or port means 127.0.0.1:5432."""
+    return {"host": url.host or "127.0.0.1", "port": url.port or 5432, "user": url.username,
+            "password": url.password, "dbname": url.database}
+
+
+def check_route(url: URL) -> None:
+    """A real query on a route, as the client under test will make it; raises when it does not answer."""
+    with psycopg.connect(**conninfo(url), connect_timeout=2) as conn:
         conn.execute("SELECT 1").fetchone()
 
 
-def _start_on_free_port(make: Callable[[int], ServerProcess], leases: list[PortLease],
-                        timeout: float, start: Callable[[ServerProcess], Any]) -> tuple[ServerProcess, Any]:
-    """Start a server on a leased port; a port taken by an outsider in between gets a retry."""
-    last: StartupTimeout | None = None
-    for _ in range(PORT_ATTEMPTS):
-        lease = lease_port()
-        leases.append(lease)
-        if port_in_use(lease.port):
-            continue
-        process = make(lease.port)
-        try:
-            return process, start(process)
-        except StartupTimeout as exc:
-            process.stop()
-            if "already in use" not in process.log_tail():
-                raise
-            last = exc
-    raise SetupError(f"Could not find a free loopback port in {PORT_ATTEMPTS} attempts.",
-                     checked=[str(last) if last else "every leased port was taken"],
-                     fix=["free some ports on 127.0.0.1, or stop other servers"])
+class StackAssembly:
+    """A stack being started: a backend's boot adds its parts, routes and clean-up steps here."""
+
+    def __init__(self, stack: Stack, config: HarnessConfig):
+        self.stack = stack
+        self.config = config
+
+    @property
+    def run_id(self) -> str:
+        return self.stack.run_id
+
+    def track(self, part: Part) -> Part:
+        """Stop ``part`` when the stack closes, and show its log.
+
+        Track a part before starting it: a start that fails or is interrupted
+        half-way is then stopped too.
+        """
+        if not any(known is part for known in self.stack.processes):
+            self.stack.processes.append(part)
+        return part
+
+    def add_server(self, server: ServerPart) -> None:
+        """The stack's PostgreSQL (tracked, if it is not yet)."""
+        self.stack.server = self.track(server)
+
+    def add_bouncer(self, bouncer: BouncerPart) -> None:
+        """The PgBouncer behind the route named by its pool mode (tracked, if it is not yet)."""
+        self.stack.bouncers[bouncer.pool_mode] = self.track(bouncer)
+
+    def add_route(self, route: str, url: URL) -> None:
+        """A route the stack serves; :func:`launch` checks it with a query before the stack is handed out."""
+        self.stack.routes[route] = url
+
+    def on_close(self, step: Callable[[], object]) -> None:
+        """Run ``step`` when the stack closes, after its parts stopped; the last one added runs first."""
+        self.stack._cleanup.append(step)
 
 
-def start_native_stack(config: HarnessConfig) -> Stack:
-    """Start PostgreSQL and two PgBouncers from local binaries.
+def new_run_id() -> str:
+    """A run id: ten hex digits, in folder names, container labels and schema comments."""
+    return uuid.uuid4().hex[:10]
 
-    Everything is checked before anything starts (binaries, account); a failure
-    part-way stops what was started and removes the temporary folder.
+
+def launch(backend: str, config: HarnessConfig, boot: Callable[[StackAssembly], None]) -> Stack:
+    """Start a stack: ``boot`` starts the backend's parts; everything else is the same for every backend.
+
+    The stack is registered before ``boot`` runs, so that whatever it started is
+    torn down at exit; when ``boot`` or the readiness check fails (also on
+    Ctrl-C or SIGTERM, see :mod:`harness.stack.signals`), the stack is closed and
+    the error raised. ``timings["start"]`` covers the checks ``boot`` makes before
+    it starts anything.
     """
     started = time.monotonic()
-    binaries = find_binaries(config.pg_bindir, config.pgbouncer)
-    account = server_account()
-    run_id = uuid.uuid4().hex[:10]
-    remove_abandoned_run_dirs()
-    run_dir = Path(tempfile.mkdtemp(prefix=f"{RUN_DIR_PREFIX}{run_id}-"))
-    (run_dir / OWNER_FILE).write_text(str(os.getpid()))
-    leases: list[PortLease] = []
-    processes: list[ServerProcess] = []
-    cleanup: list[Callable[[], None]] = [
-        lambda: shutil.rmtree(run_dir, ignore_errors=True) if not config.keep_tmp else None,
-        lambda: [lease.release() for lease in leases],
-        lambda: [p.stop() for p in reversed(processes)],
-    ]
-    stack = Stack(backend="native", run_id=run_id, routes={}, superuser_url=_url(SUPERUSER, "", 0),
-                  bouncers={}, versions={}, processes=processes, run_dir=run_dir, _cleanup=cleanup)
-    with _LIVE_LOCK:
-        _LIVE.add(stack)
+    stack = Stack(backend=backend, run_id=new_run_id(), routes={}, superuser_url=route_url(SUPERUSER, "", 0),
+                  bouncers={}, versions={}, processes=[])
+    register(stack)
     try:
-        _boot(stack, config, binaries, account, run_dir, leases, processes)
+        boot(StackAssembly(stack, config))
+        _wait_for_routes(stack, config.start_timeout)
     except BaseException:
         stack.close()
         raise
@@ -236,46 +253,11 @@ def start_native_stack(config: HarnessConfig) -> Stack:
     return stack
 
 
-def _boot(stack: Stack, config: HarnessConfig, binaries, account: Account, run_dir: Path,
-          leases: list[PortLease], processes: list[ServerProcess]) -> None:
-    account.own(run_dir)
-    os.chmod(run_dir, 0o700)
-    data_dir = run_dir / "data"
-    reused = prepare_data_dir(binaries, account, config.template_cache, run_dir, data_dir)
-    stack.timings["template_reused"] = float(reused)
-    superuser_password = secrets.token_hex(12)
-    app_password = secrets.token_hex(12)
-
-    def make_postgres(port: int) -> PostgresServer:
-        server = PostgresServer(binaries, account, data_dir, run_dir, port, run_dir / "postgres.log")
-        processes.append(server)
-        return server
-
-    postgres, _ = _start_on_free_port(make_postgres, leases, config.start_timeout,
-                                      lambda p: p.start(config.start_timeout))
-    assert isinstance(postgres, PostgresServer)
-    stack.versions["postgres"] = postgres.bootstrap(superuser_password, app_password)
-    stack.superuser_url = _url(SUPERUSER, superuser_password, postgres.port)
-    stack.routes["direct"] = _url(APP_ROLE, app_password, postgres.port)
-
-    users = {SUPERUSER: superuser_password, APP_ROLE: app_password}
-    for mode in POOLED_ROUTES:
-        size = config.session_pool_size if mode == "session" else config.transaction_pool_size
-
-        def make_bouncer(port: int, mode: str = mode, size: int = size) -> Bouncer:
-            bouncer = Bouncer(binaries.pgbouncer, account, mode, run_dir, port, postgres.port,
-                              users, SUPERUSER, size)
-            processes.append(bouncer)
-            return bouncer
-
-        bouncer, version = _start_on_free_port(make_bouncer, leases, config.start_timeout,
-                                               lambda b: b.start(config.start_timeout))
-        assert isinstance(bouncer, Bouncer)
-        stack.bouncers[mode] = bouncer
-        stack.versions["pgbouncer"] = version.split()[-1] if version else binaries.pgbouncer_version()
-        stack.routes[mode] = _url(APP_ROLE, app_password, bouncer.port)
-
-    for route in ROUTES:
-        process = stack.bouncers.get(route) or postgres
-        wait_until(lambda: _check_route(stack.routes[route]), what=f"route {route!r}",
-                   timeout=config.start_timeout, log_tail=process.log_tail, alive=process.alive)
+def _wait_for_routes(stack: Stack, timeout: float) -> None:
+    """Every route answers a query as the login role; a timeout shows the log of the server behind it."""
+    if stack.server is None:
+        raise AssertionError(f"the {stack.backend} backend's boot added no PostgreSQL part")
+    for route, url in stack.routes.items():
+        part = stack.bouncers.get(route) or stack.server
+        wait_until(functools.partial(check_route, url), what=f"route {route!r}", timeout=timeout,
+                   log_tail=part.log_tail, alive=part.alive)

@@ -19,34 +19,10 @@ from sqlalchemy.engine import Connection, Engine
 from harness.errors import StartupTimeout, UsageError
 from harness.stack import POOLED_ROUTES, Stack
 from harness.tenancy.models import model_set
+from harness.tenancy.seeds import LABELS, WRITTEN_TABLES, quote, seed_rows
 from harness.tenancy.tenants import HOSTILE_TENANTS, PUBLIC, validate_tenants
 
-SEED_ROWS = 8
 KILL_GRACE = 0.25  # seconds a backend may take to exit after PgBouncer's KILL
-SEED_SMALL = 3
-WRITTEN_TABLES = ("product", "marketplace_task")
-LABELS = {"product": "name", "marketplace_task": "state"}  # the column a write's label goes to
-
-
-def quote(conn: Connection, name: str) -> str:
-    return conn.dialect.identifier_preparer.quote_identifier(name)
-
-
-def seed_rows(owner: str) -> dict[str, list[dict[str, Any]]]:
-    """The rows every schema starts with; the same keys for every owner."""
-    small = range(1, SEED_SMALL + 1)
-    return {
-        "product": [{"id": i, "owner": owner, "name": f"{owner} product {i}", "price": i * 10} for i in
-                    range(1, SEED_ROWS + 1)],
-        "vinted_product": [{"id": i, "owner": owner, "product_id": i, "vinted_ref": f"v{i}"} for i in small],
-        "marketplace_job": [{"id": i, "owner": owner, "kind": "sync"} for i in small],
-        "marketplace_task": [{"id": i, "owner": owner, "job_id": i, "state": "seeded"} for i in small],
-        "publication_history": [{"id": i, "owner": owner, "product_id": i, "event": "seeded"} for i in small],
-        "attribute": [{"id": i, "owner": owner, "name": f"attr {i}"} for i in small],
-        "product_attribute": [{"product_id": 1, "attribute_id": 1, "owner": owner},
-                              {"product_id": 1, "attribute_id": 2, "owner": owner},
-                              {"product_id": 2, "attribute_id": 1, "owner": owner}],
-    }
 
 
 class Tenancy:
@@ -232,13 +208,3 @@ class Tenancy:
             if tenancy is not self:
                 tenancy.close()
         self.engine.dispose()
-
-    def drop(self) -> None:
-        """Remove every schema this object created (and the public decoys)."""
-        with self.engine.begin() as conn:
-            for schema in self.provisioned:
-                conn.execute(text(f"DROP SCHEMA IF EXISTS {quote(conn, schema)} CASCADE"))
-            if self.decoys:
-                for table in reversed(self._tables()):
-                    conn.execute(text(f"DROP TABLE IF EXISTS public.{quote(conn, table.name)}"))
-        self.provisioned.clear()

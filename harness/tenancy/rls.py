@@ -23,7 +23,7 @@ from sqlalchemy.engine import Connection, Engine
 from harness.errors import UsageError
 from harness.stack.postgres import APP_ROLE
 from harness.tenancy.models import SHARED, model_set
-from harness.tenancy.provisioning import LABELS, WRITTEN_TABLES, quote, seed_rows
+from harness.tenancy.seeds import LABELS, WRITTEN_TABLES, quote, seed_rows
 
 DATABASE = "tenant_rls"
 

@@ -57,17 +57,21 @@ class StrategySpec:
     name: str
     spec: str
     factory: Callable[[URL], Any]
+    #: the layout read off an instance, for a factory that does not declare it (read once, not per cell)
+    _layout_seen: dict[str, str] = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
     def layout(self, probe_url: URL) -> str:
-        """The strategy's layout: a class attribute of the factory, or read off one instance."""
+        """The strategy's layout: a class attribute of the factory, or read off one instance (once)."""
         declared = getattr(self.factory, "layout", None)
         if isinstance(declared, str):
             return declared
-        probe = self.create(probe_url)
-        try:
-            return probe.layout
-        finally:
-            probe.close()
+        if "layout" not in self._layout_seen:
+            probe = self.create(probe_url)
+            try:
+                self._layout_seen["layout"] = probe.layout
+            finally:
+                probe.close()
+        return self._layout_seen["layout"]
 
     def create(self, url: URL) -> "Strategy":
         try:

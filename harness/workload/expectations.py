@@ -6,7 +6,7 @@ import dataclasses
 import tomllib
 from pathlib import Path
 
-from harness.checks.verdict import VERDICTS
+from harness.checks.verdict import Verdict
 from harness.stack import ROUTES
 
 DEFAULT_PATH = Path(__file__).resolve().parents[1] / "tenancy" / "strategies" / "expectations.toml"
@@ -14,7 +14,7 @@ DEFAULT_PATH = Path(__file__).resolve().parents[1] / "tenancy" / "strategies" / 
 
 @dataclasses.dataclass(frozen=True)
 class Expectation:
-    verdict: str
+    verdict: Verdict
     reason: str
 
 
@@ -30,13 +30,13 @@ def load_expectations(path: Path = DEFAULT_PATH) -> dict[tuple[str, str, str], E
                 raise ValueError(f"{path}: {strategy}.{scenario} has no reason")
             for route in ROUTES:
                 value = entry.get(route, entry.get("verdict"))
-                if value not in VERDICTS:
+                if value not in tuple(Verdict):
                     raise ValueError(f"{path}: {strategy}.{scenario} has no valid verdict for {route}: {value!r}")
-                table[(strategy, scenario, route)] = Expectation(value, reason)
+                table[(strategy, scenario, route)] = Expectation(Verdict(value), reason)
     return table
 
 
-USER_REQUIREMENT = Expectation("pass", "a gated strategy must pass every scenario on every route it runs on")
+USER_REQUIREMENT = Expectation(Verdict.PASS, "a gated strategy must pass every scenario on every route it runs on")
 _TABLE: dict[tuple[str, str, str], Expectation] | None = None
 
 

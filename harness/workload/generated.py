@@ -22,15 +22,15 @@ from hypothesis import HealthCheck, Phase, Verbosity, given, seed as hypothesis_
 from hypothesis.database import DirectoryBasedExampleDatabase
 from hypothesis.errors import Flaky
 
-from harness.checks import Coverage, Verdict
-from harness.checks.verdict import FAIL, INCONCLUSIVE, PASS
+from harness.checks import Coverage, Judgement, Verdict
+from harness.checks.steps import drawable
 from harness.stack import Stack
 from harness.tenancy.provisioning import Tenancy
 from harness.tenancy.strategy import StrategySpec
 from harness.workload.cell import CellResult, run_cell
-from harness.workload.program import CONTROL_STEPS, DATA_STEPS, Program, Request
+from harness.workload.program import Program, Request, step_count
 
-GENERATED_STEPS = tuple(DATA_STEPS) + CONTROL_STEPS
+GENERATED_STEPS = drawable()
 MAX_CLIENTS = 6
 MAX_REQUESTS = 2
 MAX_STEPS = 4
@@ -78,22 +78,6 @@ def programs(draw: Any, tenants: tuple[str, ...], probe: str = "end") -> Program
     return Program(clients, tuple(schedule), probe=probe)
 
 
-def step_count(program: Program) -> int:
-    """Steps of a program, not counting the open/end_request that frame every request."""
-    return sum(len(r.steps) for requests in program.clients for r in requests)
-
-
-def describe_program(program: Program) -> str:
-    """The program as a person reads it: requests per client, then the interleaving."""
-    lines = []
-    for c, requests in enumerate(program.clients):
-        for r, request in enumerate(requests):
-            lines.append(f"client {c} request {r} for {request.tenant!r}: "
-                         + ", ".join(("open",) + request.steps + ("end_request",)))
-    lines.append(f"interleaving (client per action): {list(program.order())}")
-    return "\n".join(lines)
-
-
 class _Counterexample(AssertionError):
     """A generated program broke isolation; raised for Hypothesis to shrink."""
 
@@ -136,13 +120,13 @@ def explore(stack: Stack, tenancy: Tenancy, spec: StrategySpec, route: str, prof
         seen.shared_backends += result.coverage.shared_backends
         seen.probed += result.coverage.probed_connections
         seen.errors += sum(1 for f in result.findings if f.kind == "error" and f.gating)
-        if result.verdict.value == FAIL:
+        if result.verdict is Verdict.FAIL:
             if seen.seconds_to_first_failure is None:
                 seen.seconds_to_first_failure = time.monotonic() - started
                 seen.examples_to_first_failure = seen.examples
             seen.last_failure = result
             seen.failing_program = program
-            raise _Counterexample(result.verdict.reason)
+            raise _Counterexample(result.reason)
 
     # One example-database key per strategy x route: otherwise a sound cell replays
     # (and deletes) the failures an unsound one saved.
@@ -162,16 +146,17 @@ def explore(stack: Stack, tenancy: Tenancy, spec: StrategySpec, route: str, prof
                    tenants=len(tenancy.tenants), probed_connections=seen.probed)
     if failed and seen.last_failure is not None:
         final = seen.last_failure
-        reason = (f"{final.verdict.reason}; shrunk to {step_count(seen.failing_program)} step(s) "
+        reason = (f"{final.reason}; shrunk to {step_count(seen.failing_program)} step(s) "
                   f"after {seen.examples} example(s)" + (" (flaky on replay)" if flaky else ""))
-        verdict_ = Verdict(FAIL, reason)
+        judged = Judgement(Verdict.FAIL, reason)
     elif seen.errors:
-        final, verdict_ = seen.last, Verdict(INCONCLUSIVE, f"{seen.errors} error(s) in {seen.examples} examples")
+        final, judged = seen.last, Judgement(Verdict.INCONCLUSIVE, f"{seen.errors} error(s) in {seen.examples} examples")
     elif not cov.exercised:
-        final, verdict_ = seen.last, Verdict(INCONCLUSIVE, f"no backend served two tenants in {seen.examples} examples")
+        final, judged = seen.last, Judgement(Verdict.INCONCLUSIVE, f"no backend served two tenants in {seen.examples} examples")
     else:
-        final, verdict_ = seen.last, Verdict(PASS, f"{seen.examples} examples; {cov.describe()}")
+        final, judged = seen.last, Judgement(Verdict.PASS, f"{seen.examples} examples; {cov.describe()}")
     assert final is not None
-    result = CellResult(spec.name, route, scenario, final.history, final.findings, cov, verdict_, seconds)
+    result = CellResult(spec.name, route, scenario, final.history, final.findings, cov, judged.verdict,
+                        judged.reason, seconds)
     result.program = seen.failing_program if failed else None
     return result, seen

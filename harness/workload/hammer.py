@@ -17,25 +17,19 @@ from pathlib import Path
 
 from sqlalchemy import event
 
-from harness.checks import Coverage, Finding, verdict
-from harness.checks.coverage import CoverageCounter
-from harness.checks.isolation import (check_context_lost, check_cross_tenant_reads, check_errors,
-                                      check_unsafe_identifiers)
-from harness.checks.pool import check_pool_pollution
-from harness.checks.writes import WriteLedger, check_writes
+from harness.checks import check_history_file, verdict
+from harness.checks.history import StepRecord, step_to_json
+from harness.checks.steps import drawable
 from harness.errors import UsageError
 from harness.stack import Stack
-from harness.tenancy.provisioning import SEED_ROWS, SEED_SMALL, Tenancy
+from harness.tenancy.provisioning import Tenancy
 from harness.tenancy.strategy import StrategySpec
-from harness.workload.cell import CellResult
-from harness.workload.history import History, StepRecord, step_from_json, step_to_json
-from harness.workload.program import CONTROL_STEPS, DATA_STEPS, Request
-from harness.workload.runner import Client, Runner
+from harness.workload.cell import CellResult, CellSetup
+from harness.workload.program import Request
+from harness.workload.runner import Client
 
-# The scheduler pass walks every tenant: too heavy for a request of a web worker.
-HAMMER_STEPS = tuple(DATA_STEPS) + tuple(s for s in CONTROL_STEPS if s != "scheduler_pass")
-KEEP_FLAGGED_STEPS = 200
-CHUNK = 2000
+HAMMER_STEPS = drawable(hammer=True)
+STUCK_GRACE = 60.0  # seconds past the duration bound before a thread is called stuck
 
 
 @dataclasses.dataclass
@@ -81,14 +75,9 @@ def hammer(stack: Stack, tenancy: Tenancy, spec: StrategySpec, route: str, *, th
                          fix=["give max_requests and max_seconds, both above zero"])
     if threads < 1:
         raise UsageError(f"The hammer needs at least one thread, not {threads}.")
-    target = tenancy.for_layout(spec.layout(stack.url(route)))
-    target.reset()
-    strategy = spec.create(target.url(route))
-    if target is not tenancy:
-        target.prepare(strategy)
-    runner = Runner(stack, route, strategy, tenants=tenancy.tenants, lean=True,
-                    models=target.models if target is not tenancy else None, url=target.url(route))
     history_path.parent.mkdir(parents=True, exist_ok=True)
+    cell = CellSetup(stack, tenancy, spec, route, lean=True)
+    runner, strategy = cell.runner, cell.strategy
     out = _HistoryFile(history_path)
     checkouts = [0]
     if strategy.engine is not None:
@@ -101,13 +90,8 @@ def hammer(stack: Stack, tenancy: Tenancy, spec: StrategySpec, route: str, *, th
 
     def worker(index: int) -> None:
         rng = random.Random(seed * 1000 + index)
-        mine = runner
-        if strategy.is_async:
-            # An async layer gets an event loop per thread (several loops on threads), and so
-            # an instance per thread: an AsyncEngine's connections belong to the loop that made them.
-            mine = Runner(stack, route, spec.create(target.url(route)), tenants=tenancy.tenants, lean=True,
-                          models=runner.models, url=runner.url)
-            mine.ids, mine.seq = runner.ids, runner.seq
+        # An async layer gets an event loop per thread (several loops on threads), and so an instance per thread.
+        mine = cell.runner_for_thread() if strategy.is_async else runner
         client = Client(index, loop=mine.loop() if strategy.is_async else None)
         try:
             while True:
@@ -131,13 +115,13 @@ def hammer(stack: Stack, tenancy: Tenancy, spec: StrategySpec, route: str, *, th
     for thread in workers:
         thread.start()
     for thread in workers:
-        thread.join(max_seconds + 60)
+        thread.join(max_seconds + STUCK_GRACE)
     stuck = [t.name for t in workers if t.is_alive()]
     seconds = time.monotonic() - started
     if stuck:
         runner.close_strategy()
         out.close()
-        raise RuntimeError(f"hammer threads {', '.join(stuck)} did not finish within {max_seconds + 60:.0f}s "
+        raise RuntimeError(f"hammer threads {', '.join(stuck)} did not finish within {max_seconds + STUCK_GRACE:.0f}s "
                            "(a step hangs: a lock wait or a pool exhausted); no verdict is given for this cell")
     try:
         probes = runner.probe(after_step=0)
@@ -147,48 +131,11 @@ def hammer(stack: Stack, tenancy: Tenancy, spec: StrategySpec, route: str, *, th
     if failures:
         raise failures[0]
 
-    gating = ("orm", "control") + tuple(f"raw_{s}" for s in strategy.raw_sql)
-    history = History(strategy=spec.name, route=route, tenants=tenancy.tenants, schemas=tuple(target.schemas),
-                      seed_ids={"product": tuple(range(1, SEED_ROWS + 1)),
-                                "marketplace_task": tuple(range(1, SEED_SMALL + 1))},
-                      gating_styles=gating, probes=probes, layout=strategy.layout)
-    history.final_state = target.snapshot()
+    history = cell.history(probes=probes)
+    cell.read_back(history)
     findings, flagged, cov = check_history_file(history, history_path)
     history.steps = flagged
     run = HammerRun(threads, issued[0], seconds, checkouts[0], history_path)
-    result = CellResult(spec.name, route, scenario, history, findings, cov, verdict(findings, cov), seconds)
+    result = cell.result(scenario, history, findings, cov, verdict(findings, cov))
+    result.seconds = seconds
     return result, run
-
-
-def check_history_file(history: History, path: Path) -> tuple[list[Finding], list[StepRecord], Coverage]:
-    """Stream a JSON-lines history through the checks; keep only the steps findings point at."""
-    ledger = WriteLedger()
-    counter = CoverageCounter()
-    findings: list[Finding] = []
-    flagged: list[StepRecord] = []
-
-    def check_chunk(chunk: list[StepRecord]) -> None:
-        part = dataclasses.replace(history, steps=chunk, probes=[], final_state=None)
-        found = [*check_cross_tenant_reads(part), *check_context_lost(part), *check_unsafe_identifiers(part),
-                 *check_errors(part)]
-        findings.extend(found)
-        seqs = {s for f in found for s in f.steps}
-        flagged.extend(step for step in chunk if step.seq in seqs and len(flagged) < KEEP_FLAGGED_STEPS)
-
-    chunk: list[StepRecord] = []
-    with path.open(encoding="utf-8") as handle:
-        for line in handle:
-            step = step_from_json(json.loads(line))
-            ledger.feed(step)
-            counter.feed(step)
-            chunk.append(step)
-            if len(chunk) >= CHUNK:
-                check_chunk(chunk)
-                chunk = []
-    if chunk:
-        check_chunk(chunk)
-    findings.extend(check_writes(dataclasses.replace(history, steps=[]), ledger))
-    findings.extend(check_pool_pollution(history))
-    counter.probed = sum(len(p.states) for p in history.probes)
-    findings.sort(key=lambda f: (min(f.steps, default=0), f.kind))
-    return findings, flagged, counter.result()

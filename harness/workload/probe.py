@@ -23,7 +23,7 @@ from psycopg import sql
 from sqlalchemy.engine import URL, Engine
 
 from harness.stack import Stack
-from harness.workload.history import ConnectionState
+from harness.checks.history import ConnectionState
 
 COMMON_SETTINGS = ("app.tenant", "app.tenant_id", "app.current_tenant", "app.schema")
 IDLE_SERVER_STATES = {"idle", "used", "tested"}

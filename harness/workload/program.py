@@ -5,29 +5,8 @@ from __future__ import annotations
 import dataclasses
 import itertools
 
+from harness.checks.steps import REQUEST_STEPS
 from harness.errors import UsageError
-
-# Steps a request can take. "open" and "end_request" frame every request.
-DATA_STEPS = {
-    # step: style
-    "orm_select_all": "orm",
-    "orm_select_pk": "orm",
-    "orm_insert": "orm",
-    "orm_update": "orm",
-    "orm_delete": "orm",
-    "job_read": "orm",
-    "task_insert": "orm",
-    "task_read": "orm",
-    "raw_select_unqualified": "raw_unqualified",
-    "raw_insert_unqualified": "raw_unqualified",
-    "raw_select_qualified": "raw_qualified",
-    "raw_insert_qualified": "raw_qualified",
-}
-CONTROL_STEPS = ("commit", "rollback", "fail_and_rollback", "savepoint", "rollback_to_savepoint",
-                 "scheduler_pass")
-FRAME_STEPS = ("open", "end_request")
-STEP_STYLES = {**DATA_STEPS, **{s: "control" for s in CONTROL_STEPS + FRAME_STEPS}}
-
 
 @dataclasses.dataclass(frozen=True)
 class Request:
@@ -37,10 +16,9 @@ class Request:
     steps: tuple[str, ...]
 
     def __post_init__(self) -> None:
-        unknown = [s for s in self.steps if s not in DATA_STEPS and s not in CONTROL_STEPS]
+        unknown = [s for s in self.steps if s not in REQUEST_STEPS]
         if unknown:
-            raise UsageError(f"Unknown step(s) {unknown}.",
-                             fix=[f"use: {', '.join(sorted(DATA_STEPS) + list(CONTROL_STEPS))}"])
+            raise UsageError(f"Unknown step(s) {unknown}.", fix=[f"use: {', '.join(REQUEST_STEPS)}"])
 
     def actions(self) -> tuple[str, ...]:
         return ("open", *self.steps, "end_request")
@@ -96,3 +74,19 @@ class Program:
             for request in requests:
                 seen.setdefault(request.tenant)
         return tuple(seen)
+
+
+def step_count(program: Program) -> int:
+    """Steps of a program, not counting the open/end_request that frame every request."""
+    return sum(len(r.steps) for requests in program.clients for r in requests)
+
+
+def describe_program(program: Program) -> str:
+    """The program as a person reads it: requests per client, then the interleaving."""
+    lines = []
+    for c, requests in enumerate(program.clients):
+        for r, request in enumerate(requests):
+            lines.append(f"client {c} request {r} for {request.tenant!r}: "
+                         + ", ".join(("open",) + request.steps + ("end_request",)))
+    lines.append(f"interleaving (client per action): {list(program.order())}")
+    return "\n".join(lines)

@@ -16,6 +16,7 @@ from harness.tenancy.tenants import DEFAULT_TENANTS
 from harness.tenancy.strategy import BUILTINS, load_strategy
 from harness.workload.expectations import required_verdict
 from harness.workload.generated import PROFILES, explore, step_count
+from harness.report.explain import explain
 
 SEEDS = range(1, 11)
 SOUND_SEEDS = range(1, 4)
@@ -40,9 +41,9 @@ def quality_cell(harness_config):
 @pytest.mark.parametrize("strategy_name,route", FAILING, ids=[f"{s}-{r}" for s, r in FAILING])
 def test_ci_profile_finds_every_expected_failure(quality_cell, strategy_name, route, seed):
     result, seen = explore(*quality_cell, load_strategy(strategy_name), route, PROFILES["ci"], seed=seed)
-    assert result.verdict.value == "fail", result.explain()
+    assert result.verdict.value == "fail", explain(result)
     steps = step_count(result.program)
-    assert steps <= MAX_COUNTEREXAMPLE_STEPS, f"counterexample has {steps} steps\n" + result.explain()
+    assert steps <= MAX_COUNTEREXAMPLE_STEPS, f"counterexample has {steps} steps\n" + explain(result)
     assert seen.examples_to_first_failure is not None
 
 
@@ -50,5 +51,5 @@ def test_ci_profile_finds_every_expected_failure(quality_cell, strategy_name, ro
 @pytest.mark.parametrize("strategy_name,route", PASSING, ids=[f"{s}-{r}" for s, r in PASSING])
 def test_ci_profile_raises_no_false_alarm(quality_cell, strategy_name, route, seed):
     result, _ = explore(*quality_cell, load_strategy(strategy_name), route, PROFILES["ci"], seed=seed)
-    assert result.verdict.value == "pass", result.explain()
+    assert result.verdict.value == "pass", explain(result)
     assert not [f for f in result.findings if f.isolation and f.gating]

@@ -20,6 +20,7 @@ from harness.tenancy.strategies.rls import GUC
 
 
 class _AsyncStrategy:
+    layout = "schema"  # declared on the class: read without creating an instance
     models = "placeholder"
     raw_sql = ("unqualified",)
 

@@ -26,6 +26,7 @@ def _quoted(engine: Engine, schema: str) -> str:
 
 
 class _EngineStrategy:
+    layout = "schema"  # declared on the class: read without creating an instance
     models = "placeholder"
     raw_sql = ("unqualified",)
 

@@ -7,7 +7,9 @@ read back, and checked again; checks never talk to a database.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+import json
+from pathlib import Path
+from typing import Any, Iterator
 
 DEFAULT_SEARCH_PATH = '"$user", public'
 
@@ -124,6 +126,18 @@ def step_from_json(d: dict[str, Any]) -> StepRecord:
                          "error": ErrorSeen(**d["error"]) if d["error"] else None})
 
 
+class HistoryFileSteps:
+    """The steps of a JSON-lines history file, read afresh each time they are iterated (never held)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __iter__(self) -> Iterator[StepRecord]:
+        with self.path.open(encoding="utf-8") as handle:
+            for line in handle:
+                yield step_from_json(json.loads(line))
+
+
 Snapshot = dict[str, dict[str, list[tuple[int, str, str]]]]
 
 
@@ -135,6 +149,7 @@ class History:
     route: str
     tenants: tuple[str, ...]
     schemas: tuple[str, ...]
+    #: a list while recording; any re-iterable of steps for a check (a history file's steps)
     steps: list[StepRecord] = dataclasses.field(default_factory=list)
     probes: list[ProbeRecord] = dataclasses.field(default_factory=list)
     final_state: Snapshot | None = None

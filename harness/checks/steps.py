@@ -1,0 +1,109 @@
+"""Step kinds: every step a program can take, declared once with the properties others derive from.
+
+A declaration says what a step *is*; its implementation (what it runs on a
+session) lives in :mod:`harness.workload.actions`, registered under the same
+name. From these declarations:
+
+- the runner knows when to read the backend pid (``pid``);
+- the generator and the hammer know which steps they may draw (``generated``,
+  ``hammer``, ``layouts``);
+- the checks know which steps read a whole table (``reads_all``) and how a step
+  changes a client's pending writes (``effect``).
+
+Adding a step kind: one :class:`StepKind` here, one implementation there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+
+
+class Style(enum.StrEnum):
+    """How a step reaches the database: what ``raw_sql`` a strategy declares decides which styles gate."""
+
+    ORM = "orm"
+    RAW_UNQUALIFIED = "raw_unqualified"
+    RAW_QUALIFIED = "raw_qualified"
+    CONTROL = "control"
+
+
+class Effect(enum.StrEnum):
+    """What a successful step does to the writes its client has not committed yet."""
+
+    KEEP = "keep"  # pending writes stay pending (and the step's own writes join them)
+    COMMIT = "commit"  # pending writes become durable
+    DISCARD = "discard"  # pending writes are gone (rollback, end of request, new request)
+    MARK = "mark"  # a savepoint: writes after it can be undone alone
+    TO_MARK = "to_mark"  # back to the last savepoint: writes after it are gone
+
+
+class PidTiming(enum.StrEnum):
+    """When the runner reads the step's backend pid, search_path and role."""
+
+    AFTER = "after"  # after the step, in the transaction it ran in
+    BEFORE = "before"  # before it: the step ends the transaction (commit, rollback)
+    NONE = "none"  # not at all (the transaction may be aborted, or there is none)
+
+
+LAYOUTS = ("schema", "rls")
+
+
+@dataclasses.dataclass(frozen=True)
+class StepKind:
+    name: str
+    style: Style = Style.ORM
+    reads_all: bool = False  # reads a whole table in which every tenant has seeded rows
+    writes: bool = False  # records a Write (a row the step inserted, updated or deleted)
+    raw: bool = False  # plain text() SQL: schema_translate_map does not apply
+    effect: Effect = Effect.KEEP
+    pid: PidTiming = PidTiming.AFTER
+    layouts: tuple[str, ...] = LAYOUTS  # layouts whose programs may use it
+    generated: bool = True  # drawn by generated programs
+    hammer: bool = True  # drawn by the hammer (a web worker's request)
+    frame: bool = False  # opens or ends a request; never drawn
+    composite: bool = False  # runs requests of its own, recorded as their steps (not as itself)
+
+
+_ORM, _UNQ, _QUAL, _CTL = Style.ORM, Style.RAW_UNQUALIFIED, Style.RAW_QUALIFIED, Style.CONTROL
+
+STEP_KINDS: dict[str, StepKind] = {kind.name: kind for kind in (
+    StepKind("orm_select_all", reads_all=True),
+    StepKind("orm_select_pk"),
+    StepKind("orm_insert", writes=True),
+    StepKind("orm_update", writes=True),
+    StepKind("orm_delete", writes=True),
+    StepKind("job_read", reads_all=True),
+    StepKind("task_insert", writes=True),
+    StepKind("task_read", reads_all=True),
+    StepKind("raw_select_unqualified", _UNQ, reads_all=True, raw=True),
+    StepKind("raw_insert_unqualified", _UNQ, writes=True, raw=True),
+    StepKind("raw_select_qualified", _QUAL, reads_all=True, raw=True),
+    StepKind("raw_insert_qualified", _QUAL, writes=True, raw=True),
+    StepKind("commit", _CTL, effect=Effect.COMMIT, pid=PidTiming.BEFORE),
+    StepKind("rollback", _CTL, effect=Effect.DISCARD, pid=PidTiming.BEFORE),
+    StepKind("fail_and_rollback", _CTL, effect=Effect.DISCARD, pid=PidTiming.BEFORE),
+    StepKind("savepoint", _CTL, effect=Effect.MARK),
+    StepKind("rollback_to_savepoint", _CTL, effect=Effect.TO_MARK, pid=PidTiming.NONE),
+    # A background job inside a request: one session per tenant over every tenant; too heavy for
+    # a web worker's request, so the hammer does not draw it.
+    StepKind("scheduler_pass", _CTL, hammer=False, composite=True),
+    StepKind("open", _CTL, effect=Effect.DISCARD, frame=True, generated=False, hammer=False),
+    StepKind("end_request", _CTL, effect=Effect.DISCARD, pid=PidTiming.NONE, frame=True, generated=False,
+             hammer=False),
+)}
+
+#: Steps a request may list between its open and its end_request.
+REQUEST_STEPS = tuple(name for name, kind in STEP_KINDS.items() if not kind.frame)
+
+
+def step_kind(name: str) -> StepKind:
+    """The declaration of a step; a name no declaration knows (a history from elsewhere) reads as a plain step."""
+    kind = STEP_KINDS.get(name)
+    return kind if kind is not None else StepKind(name)
+
+
+def drawable(*, hammer: bool = False, layout: str | None = None) -> tuple[str, ...]:
+    """The steps generated programs (or the hammer) draw from, in declaration order."""
+    return tuple(name for name, kind in STEP_KINDS.items()
+                 if (kind.hammer if hammer else kind.generated) and (layout is None or layout in kind.layouts))

@@ -1,0 +1,274 @@
+"""Cells on one stack, or on N stacks at once (``--jobs N``).
+
+A :class:`StackCells` owns one stack and its tenant schemas and runs planned
+cells on it, one at a time. With one job it runs in this process. With N jobs,
+N worker processes each start a stack of their own and take cells from one
+queue, the longest kinds first; results come back in whatever order they
+finish and are put back into plan order by the caller. A cell's verdict does
+not depend on which stack ran it: every cell starts from a reset (schemas
+reseeded, pools emptied) and its programs come from the run's seed.
+
+Workers are separate processes (spawned, not forked: no inherited locks or
+signal handlers), because the workload is Python-bound and threads would share
+one interpreter lock. A worker stops its stack on SIGTERM, on Ctrl-C, and when
+its parent is gone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing
+import os
+import platform
+import queue
+import sys
+import traceback
+from typing import Any, Callable, Iterator
+
+import psycopg
+import sqlalchemy
+
+from harness.config import HarnessConfig
+from harness.errors import HarnessError, UsageError
+from harness.stack import Stack, signals, start_stack
+from harness.tenancy.models import load_user_metadata
+from harness.tenancy.provisioning import Tenancy
+from harness.tenancy.strategy import StrategySpec, load_strategy
+from harness.tenancy.tenants import HOSTILE_TENANTS, default_tenants
+from harness.workload.cell import CellResult
+from harness.workload.scenarios import GENERATED, HAMMER, CellContext, run_scenario
+from harness.workload.generated import Profile
+
+#: scenarios that take longest: queued first, so the last cells to finish are short ones
+LONG_SCENARIOS = (GENERATED, HAMMER)
+WORKER_POLL = 1.0  # seconds between checks that the parent and the workers are still there
+STOP_GRACE = 30.0  # seconds a stopped worker has to tear its stack down before it is killed
+
+
+@dataclasses.dataclass(frozen=True)
+class PlannedCell:
+    """One cell of a run's plan; ``index`` is its place in the whole (unsharded) plan."""
+
+    index: int
+    strategy: str  # the strategy's full spec (package.module:attr)
+    route: str
+    scenario: str
+
+
+@dataclasses.dataclass
+class StackInfo:
+    """What a stack can run, as the report tells it."""
+
+    routes: list[str]
+    runnable: list[str]  # specs whose layout this stack provides
+    not_run: list[dict[str, str]]
+    environment: dict[str, str]
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def environment(stack: Stack, config: HarnessConfig, seed: int, decoys: bool) -> dict[str, str]:
+    return {
+        "postgresql": stack.versions.get("postgres", "?"),
+        "pgbouncer": stack.versions.get("pgbouncer", "?"),
+        "sqlalchemy": sqlalchemy.__version__,
+        "psycopg": psycopg.__version__,
+        "python": platform.python_version(),
+        "backend": stack.backend,
+        **{key: stack.versions[key] for key in ("postgres_image", "pgbouncer_image") if key in stack.versions},
+        "profile": config.profile,
+        "seed": "derandomized" if config.derandomize else str(seed),
+        "session_pool_size": str(config.session_pool_size),
+        "transaction_pool_size": str(config.transaction_pool_size),
+        "tenants": str(config.tenants),
+        "decoys": "on" if decoys else ("off" if stack.owns_public else "off (the harness does not write to public here)"),
+    }
+
+
+def verify_replay(config: HarnessConfig, seed: int) -> Callable[[StrategySpec, str, Profile], str]:
+    """The `harness verify` command that replays a generated cell."""
+    seed_option = "--derandomize" if config.derandomize else f"--seed {seed}"
+
+    def replay(spec: StrategySpec, route: str, profile: Profile) -> str:
+        return f"harness verify --strategy {spec.spec} --routes {route} --profile {profile.name} {seed_option}"
+    return replay
+
+
+def _not_run(stack: Stack, config: HarnessConfig, specs: list[StrategySpec],
+             layouts: dict[str, str]) -> list[dict[str, str]]:
+    """Routes, strategies and checks this stack cannot run, each with its reason."""
+    items = [{"what": f"route {route}", "reason": stack.not_run.get(f"route {route}", "the stack has no such route")}
+             for route in config.routes if route not in stack.routes]
+    items += [{"what": f"strategy {spec.name}",
+               "reason": stack.not_run.get(f"layout {layouts[spec.spec]}",
+                                           f"the {layouts[spec.spec]} layout cannot run here")}
+              for spec in specs if spec.spec in layouts and layouts[spec.spec] not in stack.layouts]
+    items += [{"what": what, "reason": reason} for what, reason in stack.not_run.items()
+              if not what.startswith(("route ", "layout "))]
+    return items
+
+
+class StackCells:
+    """One stack with its tenant schemas, running planned cells (a context manager)."""
+
+    def __init__(self, config: HarnessConfig, specs: list[StrategySpec], seed: int, *, gate: bool):
+        self.config, self.seed, self.gate = config, seed, gate
+        self.specs = {spec.spec: spec for spec in specs}
+        self.extra = load_user_metadata(config.models) if config.models else None
+        self._stack: Stack | None = None
+        self.tenancy: Tenancy | None = None
+        self.info: StackInfo | None = None
+        self.context: CellContext | None = None
+
+    def __enter__(self) -> "StackCells":
+        config = self.config
+        self._stack = stack = start_stack(config)
+        try:
+            routes = [r for r in config.routes if r in stack.routes]
+            layouts = {s.spec: s.layout(stack.url(routes[0])) for s in self.specs.values()} if routes else {}
+            runnable = [s for s in self.specs if layouts.get(s) in stack.layouts]
+            not_run = _not_run(stack, config, list(self.specs.values()), layouts)
+            if not routes or not runnable:
+                raise UsageError("Nothing can run on this stack.",
+                                 checked=[f"{item['what']}: {item['reason']}" for item in not_run],
+                                 fix=["give the routes' DSNs, or use the native or docker backend"])
+            self.tenancy = Tenancy(stack, default_tenants(config.tenants), decoys=config.decoys,
+                                   extra_metadata=self.extra)
+            self.info = StackInfo(routes, runnable, not_run,
+                                  environment(stack, config, self.seed, self.tenancy.decoys))
+            self.tenancy.provision()
+            self.tenancy.provision(HOSTILE_TENANTS)
+            self.context = CellContext(stack, self.tenancy, config, self.seed, self.gate,
+                                       verify_replay(config, self.seed))
+        except BaseException:
+            self.__exit__(*sys.exc_info())
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        try:
+            if self.tenancy is not None:
+                self.tenancy.close()
+        finally:
+            if self._stack is not None:
+                self._stack.close()
+
+    def runs(self, cell: PlannedCell) -> bool:
+        assert self.info is not None
+        return cell.route in self.info.routes and cell.strategy in self.info.runnable
+
+    def run(self, cell: PlannedCell) -> CellResult:
+        assert self.context is not None
+        return run_scenario(self.context, self.specs[cell.strategy], cell.route, cell.scenario)
+
+
+def queue_order(cells: list[PlannedCell]) -> list[PlannedCell]:
+    """The longest kinds of cell first, each kind in plan order."""
+    return sorted(cells, key=lambda c: (c.scenario not in LONG_SCENARIOS, c.index))
+
+
+def run_cells(config: HarnessConfig, specs: list[StrategySpec], cells: list[PlannedCell], seed: int, *,
+              gate: bool, jobs: int, on_info: Callable[[StackInfo], None],
+              on_result: Callable[[PlannedCell, CellResult], None]) -> None:
+    """Run ``cells`` on ``jobs`` stacks; ``on_info`` once the first stack is up, ``on_result`` per cell."""
+    if jobs <= 1:
+        with StackCells(config, specs, seed, gate=gate) as here:
+            assert here.info is not None
+            on_info(here.info)
+            for cell in cells:
+                if here.runs(cell):
+                    on_result(cell, here.run(cell))
+        return
+    _run_in_workers(config, specs, cells, seed, gate=gate, jobs=jobs, on_info=on_info, on_result=on_result)
+
+
+# -- worker processes ------------------------------------------------------------------------
+def _worker(config: HarnessConfig, spec_names: list[str], seed: int, gate: bool, tasks: Any, results: Any,
+            parent: int) -> None:
+    """A worker's whole life: a stack, then cells from the queue until it is empty or the parent is gone."""
+    signals.install()
+    try:
+        specs = [load_strategy(name) for name in spec_names]
+        with StackCells(config, specs, seed, gate=gate) as here:
+            results.put(("info", here.info))
+            while os.getppid() == parent:
+                try:
+                    cell = tasks.get(timeout=WORKER_POLL)
+                except queue.Empty:
+                    continue
+                if cell is None:
+                    break
+                results.put(("cell", cell, here.run(cell) if here.runs(cell) else None))
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent, which raises it
+        if isinstance(exc, (HarnessError, KeyboardInterrupt)):
+            results.put(("error", exc))
+        else:
+            results.put(("error", RuntimeError(f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}")))
+    results.put(("done", os.getpid()))
+
+
+def _run_in_workers(config: HarnessConfig, specs: list[StrategySpec], cells: list[PlannedCell], seed: int, *,
+                    gate: bool, jobs: int, on_info: Callable[[StackInfo], None],
+                    on_result: Callable[[PlannedCell, CellResult], None]) -> None:
+    context = multiprocessing.get_context("spawn")
+    tasks, results = context.Queue(), context.Queue()
+    for cell in queue_order(cells):
+        tasks.put(cell)
+    for _ in range(jobs):
+        tasks.put(None)
+    workers = [context.Process(target=_worker, name=f"harness-job-{i + 1}",
+                               args=(config, [s.spec for s in specs], seed, gate, tasks, results, os.getpid()))
+               for i in range(jobs)]
+    for worker in workers:
+        worker.start()
+    completed = False
+    try:
+        informed = False
+        running = len(workers)
+        for message in _messages(results, workers):
+            kind = message[0]
+            if kind == "info" and not informed:
+                informed = True
+                on_info(message[1])
+            elif kind == "cell" and message[2] is not None:
+                on_result(message[1], message[2])
+            elif kind == "error":
+                raise message[1]
+            elif kind == "done":
+                running -= 1
+                if not running:
+                    break
+        completed = True
+    finally:
+        _stop(workers, ask=not completed)
+
+
+def _messages(results: Any, workers: list[Any]) -> Iterator[tuple]:
+    """Messages from the workers; an error when one died without a word (killed, out of memory)."""
+    while True:
+        try:
+            yield results.get(timeout=WORKER_POLL)
+        except queue.Empty:
+            dead = [w for w in workers if not w.is_alive() and w.exitcode not in (0, None)]
+            if dead:
+                raise RuntimeError(f"worker {dead[0].name} died with exit code {dead[0].exitcode} "
+                                   "without reporting; its stack is torn down by the kernel (servers die "
+                                   "with their parent)")
+
+
+def _stop(workers: list[Any], *, ask: bool) -> None:
+    """Wait for the workers to exit; with ``ask``, first tell those still running to stop (SIGTERM: each
+    tears its stack down). A worker still there after the grace is killed (its servers die with it)."""
+    for worker in workers:
+        if ask and worker.is_alive():
+            worker.terminate()
+    for worker in workers:
+        worker.join(STOP_GRACE)
+        if worker.is_alive():
+            worker.kill()
+            worker.join(5)

@@ -1,0 +1,125 @@
+"""The native backend: PostgreSQL and two PgBouncers from local binaries, on loopback ports.
+
+Every server runs from a temporary run folder (data directory, configuration,
+logs) owned by the unprivileged server account; the folder names the harness
+process that owns it, so a run killed outright is swept by the next start.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable, TypeVar
+
+from harness.config import HarnessConfig
+from harness.errors import SetupError, StartupTimeout
+from harness.stack.account import server_account
+from harness.stack.binaries import find_binaries
+from harness.stack.pgbouncer import Bouncer
+from harness.stack.ports import PortLease, lease_port, port_in_use
+from harness.stack.postgres import APP_ROLE, SUPERUSER, PostgresServer, prepare_data_dir
+from harness.stack.parts import ServerPart
+from harness.stack.process import pid_alive
+from harness.stack.stack import POOLED_ROUTES, Stack, StackAssembly, launch, route_url
+
+PORT_ATTEMPTS = 3
+RUN_DIR_PREFIX = "tenant-harness-"
+OWNER_FILE = "harness.pid"
+
+Process = TypeVar("Process", bound=ServerPart)
+
+
+def remove_abandoned_run_dirs() -> list[Path]:
+    """Remove run folders whose harness process died without tearing down (SIGKILL).
+
+    Its servers died with it (see ``process._die_with_parent``); only the folder
+    is left. A folder whose owner is alive, or that names no owner, is kept.
+    """
+    removed = []
+    for folder in Path(tempfile.gettempdir()).glob(f"{RUN_DIR_PREFIX}*"):
+        try:
+            owner = int((folder / OWNER_FILE).read_text())
+        except (OSError, ValueError):
+            continue
+        if not pid_alive(owner):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
+def _start_on_free_port(assembly: StackAssembly, make: Callable[[int], Process],
+                        start: Callable[[Process], str | None]) -> tuple[Process, str | None]:
+    """Start a server on a leased port; a port taken by an outsider in between gets a retry.
+
+    Each lease is released when the stack closes, and each server is tracked
+    before it starts, so an interrupted start leaves neither behind.
+    """
+    last: StartupTimeout | None = None
+    for _ in range(PORT_ATTEMPTS):
+        lease: PortLease = lease_port()
+        assembly.on_close(lease.release)
+        if port_in_use(lease.port):
+            continue
+        process = assembly.track(make(lease.port))
+        try:
+            return process, start(process)
+        except StartupTimeout as exc:
+            process.stop()
+            if "already in use" not in process.log_tail():
+                raise
+            last = exc
+    raise SetupError(f"Could not find a free loopback port in {PORT_ATTEMPTS} attempts.",
+                     checked=[str(last) if last else "every leased port was taken"],
+                     fix=["free some ports on 127.0.0.1, or stop other servers"])
+
+
+def start_native_stack(config: HarnessConfig) -> Stack:
+    """Start PostgreSQL and two PgBouncers from local binaries.
+
+    Everything is checked before anything starts (binaries, account); a failure
+    part-way stops what was started and removes the temporary folder.
+    """
+    return launch("native", config, lambda assembly: _boot(assembly, config))
+
+
+def _boot(assembly: StackAssembly, config: HarnessConfig) -> None:
+    binaries = find_binaries(config.pg_bindir, config.pgbouncer)
+    account = server_account()
+    remove_abandoned_run_dirs()
+    stack = assembly.stack
+    run_dir = Path(tempfile.mkdtemp(prefix=f"{RUN_DIR_PREFIX}{assembly.run_id}-"))
+    stack.run_dir = run_dir
+    if not config.keep_tmp:
+        assembly.on_close(lambda: shutil.rmtree(run_dir, ignore_errors=True))
+    (run_dir / OWNER_FILE).write_text(str(os.getpid()))
+    account.own(run_dir)
+    os.chmod(run_dir, 0o700)
+    data_dir = run_dir / "data"
+    reused = prepare_data_dir(binaries, account, config.template_cache, run_dir, data_dir)
+    stack.timings["template_reused"] = float(reused)
+    superuser_password = secrets.token_hex(12)
+    app_password = secrets.token_hex(12)
+
+    postgres, _ = _start_on_free_port(
+        assembly,
+        lambda port: PostgresServer(binaries, account, data_dir, run_dir, port, run_dir / "postgres.log"),
+        lambda server: server.start(config.start_timeout))
+    assembly.add_server(postgres)
+    stack.versions["postgres"] = postgres.bootstrap(superuser_password, app_password)
+    stack.superuser_url = route_url(SUPERUSER, superuser_password, postgres.port)
+    assembly.add_route("direct", route_url(APP_ROLE, app_password, postgres.port))
+
+    users = {SUPERUSER: superuser_password, APP_ROLE: app_password}
+    for mode in POOLED_ROUTES:
+        size = config.session_pool_size if mode == "session" else config.transaction_pool_size
+        bouncer, version = _start_on_free_port(
+            assembly,
+            lambda port, mode=mode, size=size: Bouncer(binaries.pgbouncer, account, mode, run_dir, port,
+                                                       postgres.port, users, SUPERUSER, size),
+            lambda bouncer: bouncer.start(config.start_timeout))
+        assembly.add_bouncer(bouncer)
+        stack.versions["pgbouncer"] = version or binaries.pgbouncer_version()
+        assembly.add_route(mode, route_url(APP_ROLE, app_password, bouncer.port))

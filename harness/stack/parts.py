@@ -1,0 +1,64 @@
+"""The parts of a stack, as every backend provides them: one PostgreSQL server and its PgBouncers.
+
+The native backend's processes, the docker backend's containers and the
+external backend's servers (run by someone else) look alike to
+:class:`~harness.stack.stack.Stack`, so that it tears them down, reads their
+logs and waits for them in one way whatever started them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+
+class ServerPart(Protocol):
+    """One server of a stack (PostgreSQL or a PgBouncer), whoever runs it.
+
+    A part the harness cannot look into (an external server) has no pid and an
+    empty log, and its ``stop()`` leaves the server running: it is not the
+    harness's to stop.
+    """
+
+    #: the name its log lines are shown under ("postgres", "pgbouncer-session", ...)
+    name: str
+
+    @property
+    def port(self) -> int:
+        """The port clients connect to (on a docker stack, the port Docker mapped)."""
+        ...
+
+    @property
+    def pid(self) -> int | None:
+        """The server's process id on this machine or the engine's host, if the harness can see it."""
+        ...
+
+    def alive(self) -> bool:
+        """False once the server is gone, so that a wait for it stops at once."""
+        ...
+
+    def log_size(self) -> int:
+        """An offset into the log: what :meth:`log_since` reads from."""
+        ...
+
+    def log_since(self, offset: int) -> str:
+        """The log written since ``offset`` (from :meth:`log_size`)."""
+        ...
+
+    def log_tail(self, lines: int = 30) -> str:
+        """The last lines of the log, for an error that says what the server said."""
+        ...
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the server (or, when the harness does not own it, let go of it); safe to call twice."""
+        ...
+
+
+class BouncerPart(ServerPart, Protocol):
+    """A PgBouncer of a stack: the server part behind a pooled route."""
+
+    #: ``session`` or ``transaction``: the route it serves
+    pool_mode: str
+
+    def admin(self, command: str) -> list[dict[str, Any]]:
+        """Run one admin console command (``SHOW POOLS``, ``RECONNECT``...) and return its rows."""
+        ...
