@@ -38,6 +38,8 @@ class VerifyRun:
     builtin_self_check: bool
     seed: int
     cells: list[CellResult] = dataclasses.field(default_factory=list)
+    #: the plan's scenarios, in run order
+    scenarios: list[str] = dataclasses.field(default_factory=list)
     scan: list[ScanFinding] | None = None
     scan_paths: list[str] = dataclasses.field(default_factory=list)
     #: what did not run on this stack, and why: [{"what": "route session", "reason": ...}]
@@ -109,9 +111,13 @@ def run_verify(config: HarnessConfig, *, seed: int, scan: list[Path] | None = No
     specs: list[StrategySpec] = [load_strategy(n) for n in names]
     if config.models:
         load_user_metadata(config.models)  # a broken --models fails here, before any server starts
+    scenarios = list(config.scenarios) or list(SCENARIOS)
+    unknown = [s for s in scenarios if s not in SCENARIOS]
+    if unknown:
+        raise UsageError(f"Unknown scenario(s) {', '.join(unknown)}.", fix=[f"use some of: {', '.join(SCENARIOS)}"])
     run = VerifyRun(run_id=dt.datetime.now().strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6],
                     started=dt.datetime.now(dt.timezone.utc), config=config, strategies=[s.name for s in specs],
-                    builtin_self_check=not config.strategies, seed=seed)
+                    scenarios=scenarios, builtin_self_check=not config.strategies, seed=seed)
     started = time.monotonic()
     if scan:
         run.scan_paths = [str(p) for p in scan]
@@ -119,10 +125,6 @@ def run_verify(config: HarnessConfig, *, seed: int, scan: list[Path] | None = No
         if not any(p.is_file() or any(p.rglob("*.py")) for p in scan):
             raise UsageError(f"--scan {', '.join(run.scan_paths)}: no Python file to scan.",
                              fix=["give the folder of your application code"])
-    scenarios = list(config.scenarios) or list(SCENARIOS)
-    unknown = [s for s in scenarios if s not in SCENARIOS]
-    if unknown:
-        raise UsageError(f"Unknown scenario(s) {', '.join(unknown)}.", fix=[f"use some of: {', '.join(SCENARIOS)}"])
     run.plan = plan_id(config, specs, scenarios, seed)
     cells = shard_of(plan_cells(specs, config.routes, scenarios), config.shard)
     if config.shard is not None:

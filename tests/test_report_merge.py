@@ -18,7 +18,7 @@ from harness.config import resolve_config
 from harness.errors import UsageError
 from harness.report.merge import Shard, load_shard, merge_results
 from harness.report.results import results_json
-from harness.report.writer import write_report
+from harness.report.writer import write_report, write_report_folder
 from harness.scan.scanner import ScanFinding
 from harness.verify import VerifyRun
 from harness.workload.expectations import Expectation
@@ -260,3 +260,10 @@ def test_cli_refusals_exit_2_with_the_remedy(tmp_path, capsys, case):
     err = capsys.readouterr().err
     assert expected in err and "To fix this" in err
     assert not out.exists(), "a refused merge writes nothing"
+
+
+def test_the_page_says_whether_it_is_a_shard_or_a_merge(tmp_path):
+    shard_page = (write_report(fake_run(tmp_path, shard=(2, 3)), tmp_path / "one") / "index.html").read_text()
+    assert "shard 2 of 3</strong> of plan 5e1f5e1f5e1f" in shard_page
+    merged_page = (write_report_folder(merge_results(shards(tmp_path)), tmp_path / "all") / "index.html").read_text()
+    assert "merged from 3 shards of plan 5e1f5e1f5e1f" in merged_page

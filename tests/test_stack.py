@@ -18,8 +18,8 @@ import pytest
 
 from harness.config import resolve_config
 from harness.stack import ROUTES, start_stack
-from harness.stack.process import pid_alive
 from harness.stack.native import RUN_DIR_PREFIX, remove_abandoned_run_dirs
+from harness.stack.process import pid_alive
 
 MARKER = "leak_marker_schema"
 PROBES = 20

@@ -1,5 +1,5 @@
 """The isolation report of a run: results.json, junit.xml and one self-contained index.html."""
 
-from harness.report.writer import write_report
+from harness.report.writer import write_report, write_report_folder
 
-__all__ = ["write_report"]
+__all__ = ["write_report", "write_report_folder"]

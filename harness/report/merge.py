@@ -66,7 +66,7 @@ class Shard:
 def load_shard(path: Path) -> Shard:
     """Read a shard's report folder (or its results.json); refuse anything that is not one."""
     file = path / "results.json" if path.is_dir() else path
-    fix = [f"give the report folder that `harness verify --shard K/N` wrote (it holds results.json)",
+    fix = ["give the report folder that `harness verify --shard K/N` wrote (it holds results.json)",
            "download every shard's report artifact before merging"]
     if not file.is_file():
         raise UsageError(f"{path}: no results.json there.", checked=[str(file)], fix=fix)
@@ -143,7 +143,7 @@ def _refuse_mismatches(shards: list[Shard]) -> None:
     # The plan hashes the seed, the settings and the axes; each is compared on its own first so
     # that the refusal names what differs, and the plan last for whatever else it covers.
     _refuse_disagreement(shards, "the seed", lambda s: s.seed)
-    for key in dict.fromkeys(k for s in shards for k in s.results.get("environment") or {}):
+    for key in dict.fromkeys(k for s in shards for k in _environment(s)):
         if key not in PER_SHARD:
             _refuse_disagreement(shards, f"the environment's {key}", lambda s: _environment(s).get(key))
     for key in AGREED:

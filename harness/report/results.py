@@ -3,9 +3,10 @@
 Schema ``tenant-harness/results``, version 1 (additions keep the version; a
 removal or a change of meaning bumps it):
 
-- ``schema``, ``version``, ``run_id``, ``started`` (ISO 8601 UTC), ``seconds``
+- ``schema``, ``version``, ``run_id``, ``started`` (ISO 8601 UTC), ``seconds`` (of a merged
+  report: the longest shard's, as shards run side by side)
 - ``verdict``: ``"pass"`` when every cell measured its required verdict, else ``"fail"``
-- ``exit_status``: what ``harness verify`` exits with (0 or 1)
+- ``exit_status``: what ``harness verify`` (or ``harness report merge``) exits with (0 or 1)
 - ``builtin_self_check``: true when the built-ins ran against their expectation table
 - ``environment``: versions (postgresql, pgbouncer, sqlalchemy, psycopg, python),
   backend, profile, seed, pool sizes, tenants, decoys

@@ -19,7 +19,7 @@ from sqlalchemy.engine import Connection, Engine
 from harness.errors import StartupTimeout, UsageError
 from harness.stack import POOLED_ROUTES, Stack
 from harness.tenancy.models import model_set
-from harness.tenancy.seeds import LABELS, WRITTEN_TABLES, quote, seed_rows
+from harness.tenancy.seeds import LABELS, WRITTEN_TABLES, quote, reseed_script
 from harness.tenancy.tenants import HOSTILE_TENANTS, PUBLIC, validate_tenants
 
 KILL_GRACE = 0.25  # seconds a backend may take to exit after PgBouncer's KILL
@@ -116,19 +116,17 @@ class Tenancy:
         tables that reference them) restores every row the workload can touch.
         """
         with self.engine.begin() as conn:
-            # Unchanged since the last reseed (most shrinking examples commit nothing):
-            # a fingerprint of the written tables proves it, and the reseed is skipped.
-            if not (reseed_only_written and self._seed_fingerprint
-                    and self._fingerprint(conn) == self._seed_fingerprint):
-                tables = self._reset_tables() if reseed_only_written else self._tables()
-                names = [f"{quote(conn, s)}.{quote(conn, t.name)}" for s in self.schemas for t in tables]
-                conn.execute(text(f"TRUNCATE {', '.join(names)}"))
-                for schema in self.schemas:
-                    mapped = conn.execution_options(schema_translate_map={"tenant": schema})
-                    rows = seed_rows(schema)
-                    for table in tables:
-                        mapped.execute(table.insert(), rows[table.name])
-                self._seed_fingerprint = self._fingerprint(conn)
+            # Only the schemas whose written tables changed since the last reseed are reseeded (most
+            # examples commit little or nothing): a fingerprint per schema and table proves which.
+            seen = self._fingerprint(conn) if reseed_only_written and self._seed_fingerprint else None
+            changed = [s for i, s in enumerate(self.schemas)
+                       if seen is None or {r for r in seen if r[0] == i} != {r for r in self._seed_fingerprint if r[0] == i}]
+            if changed:
+                tables = tuple(self._reset_tables() if reseed_only_written else self._tables())
+                script = ";\n".join(reseed_script(conn.dialect, tables, schema, (schema,)) for schema in changed)
+                conn.connection.driver_connection.execute(script)  # no parameters: one simple-protocol round trip
+                if seen is None:  # after a reseed of changed schemas only, the fingerprint is the seed's again
+                    self._seed_fingerprint = self._fingerprint(conn)
         if reconnect:
             self.drop_server_connections(timeout)
 

@@ -23,7 +23,7 @@ from sqlalchemy.engine import Connection, Engine
 from harness.errors import UsageError
 from harness.stack.postgres import APP_ROLE
 from harness.tenancy.models import SHARED, model_set
-from harness.tenancy.seeds import LABELS, WRITTEN_TABLES, quote, seed_rows
+from harness.tenancy.seeds import LABELS, WRITTEN_TABLES, quote, reseed_script
 
 DATABASE = "tenant_rls"
 
@@ -99,12 +99,8 @@ class RlsTenancy:
         assert self.engine is not None
         with self.engine.begin() as conn:
             if full or not self._seed_fingerprint or self._fingerprint(conn) != self._seed_fingerprint:
-                tables = self.models.metadata.sorted_tables
-                conn.execute(text("TRUNCATE " + ", ".join(quote(conn, t.name) for t in tables)))
-                for tenant in self.seeded:
-                    rows = seed_rows(tenant)
-                    for table in tables:
-                        conn.execute(table.insert(), rows[table.name])
+                script = reseed_script(conn.dialect, tuple(self.models.metadata.sorted_tables), None, tuple(self.seeded))
+                conn.connection.driver_connection.execute(script)  # no parameters: one simple-protocol round trip
                 self._seed_fingerprint = self._fingerprint(conn)
         if reconnect:
             self.parent.drop_server_connections(timeout)

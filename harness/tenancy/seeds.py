@@ -7,9 +7,11 @@ as rows of the wrong owner. Checks learn which ids were seeded from
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
-from sqlalchemy.engine import Connection
+from sqlalchemy import Table
+from sqlalchemy.engine import Connection, Dialect
 
 SEED_ROWS = 8
 SEED_SMALL = 3
@@ -41,3 +43,28 @@ def seed_rows(owner: str) -> dict[str, list[dict[str, Any]]]:
 def seed_ids() -> dict[str, tuple[int, ...]]:
     """The seeded primary keys of the tables the workload writes, as a history records them."""
     return {"product": tuple(range(1, SEED_ROWS + 1)), "marketplace_task": tuple(range(1, SEED_SMALL + 1))}
+
+
+@functools.lru_cache(maxsize=512)
+def reseed_script(dialect: Dialect, tables: tuple[Table, ...], schema: str | None, owners: tuple[str, ...]) -> str:
+    """One script that empties ``tables`` (in dependency order) and puts back the seed rows of ``owners``.
+
+    ``schema`` is what the models' ``tenant`` placeholder stands for (None for
+    tables without a schema). Values are rendered as SQL literals by
+    SQLAlchemy, so the whole reseed is a single round trip, whatever the
+    tenant names hold; the script is rendered once and kept. DELETE, not
+    TRUNCATE: these tables hold a handful of rows, and TRUNCATE's new files
+    cost tens of milliseconds per reseed.
+    """
+    quote_name = dialect.identifier_preparer.quote_identifier
+    prefix = f"{quote_name(schema)}." if schema is not None else ""
+    translate = {"tenant": schema} if schema is not None else None
+    statements = [f"DELETE FROM {prefix}{quote_name(t.name)}" for t in reversed(tables)]
+    seeds = [seed_rows(owner) for owner in owners]
+    for table in tables:
+        rows = [row for seed in seeds for row in seed[table.name]]
+        if rows:
+            statements.append(str(table.insert().values(rows).compile(
+                dialect=dialect, schema_translate_map=translate, render_schema_translate=translate is not None,
+                compile_kwargs={"literal_binds": True})))
+    return ";\n".join(statements)
