@@ -10,6 +10,7 @@ to the step that wrote it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 from typing import Any, Callable, NamedTuple
 
@@ -118,16 +119,6 @@ def _raw_select(ctx: Context, session: Session, qualified: bool) -> Outcome:
     return Outcome(tuple(RowSeen("product", row.id, row.owner) for row in rows))
 
 
-@action("raw_select_unqualified")
-def raw_select_unqualified(ctx: Context, session: Session) -> Outcome:
-    return _raw_select(ctx, session, qualified=False)
-
-
-@action("raw_select_qualified")
-def raw_select_qualified(ctx: Context, session: Session) -> Outcome:
-    return _raw_select(ctx, session, qualified=True)
-
-
 @action("job_read")
 def job_read(ctx: Context, session: Session) -> Outcome:
     jobs = session.scalars(select(ctx.models.MarketplaceJob), execution_options=FRESH)
@@ -162,14 +153,15 @@ def _raw_insert(ctx: Context, session: Session, qualified: bool) -> Outcome:
     return _inserted(ctx, new_id, f"ins:{new_id}")
 
 
-@action("raw_insert_unqualified")
-def raw_insert_unqualified(ctx: Context, session: Session) -> Outcome:
-    return _raw_insert(ctx, session, qualified=False)
+def _in_both_raw_styles(operation: str, run: Callable[[Context, Session, bool], Outcome]) -> None:
+    """raw_<operation>_unqualified (``... FROM product``) and raw_<operation>_qualified (``tenant.product``)."""
+    for qualified in (False, True):
+        style = "qualified" if qualified else "unqualified"
+        action(f"raw_{operation}_{style}")(functools.partial(run, qualified=qualified))
 
 
-@action("raw_insert_qualified")
-def raw_insert_qualified(ctx: Context, session: Session) -> Outcome:
-    return _raw_insert(ctx, session, qualified=True)
+_in_both_raw_styles("select", _raw_select)
+_in_both_raw_styles("insert", _raw_insert)
 
 
 @action("orm_update")
