@@ -16,6 +16,7 @@ from typing import Any, Iterable
 from sqlalchemy import MetaData, create_engine, text
 from sqlalchemy.engine import Connection, Engine
 
+from harness.checks.history import Snapshot
 from harness.errors import StartupTimeout, UsageError
 from harness.stack import POOLED_ROUTES, Stack
 from harness.tenancy.models import model_set
@@ -40,7 +41,9 @@ class Tenancy:
         self.engine: Engine = create_engine(stack.superuser_url, connect_args={"prepare_threshold": None},
                                             poolclass=None, pool_size=2)
         self.provisioned: list[str] = []
-        self._seed_fingerprint: list[tuple] | None = None
+        self._seed_state: Snapshot | None = None  # the written tables right after a full seed
+        self._last_state: Snapshot | None = None  # read back by the last cell, after its strategy closed
+        self._state_sql: str | None = None
         # Databases the code under test connects to (other layouts add theirs).
         self.databases: list[str] = [stack.database]
         self._layouts: dict[str, Any] = {"schema": self}
@@ -82,6 +85,7 @@ class Tenancy:
             for tenant in new:
                 self._create_tables(conn, tenant, create_schema=True)
         self.provisioned.extend(new)
+        self._state_sql = None  # more schemas to read back
         self.reset(reconnect=False, reseed_only_written=False)
 
     def _create_tables(self, conn: Connection, schema: str, *, create_schema: bool) -> None:
@@ -110,25 +114,28 @@ class Tenancy:
                 if t in written or any(fk.column.table in written for fk in t.foreign_keys)]
 
     def reset(self, *, reconnect: bool = True, timeout: float = 10.0, reseed_only_written: bool = True) -> None:
-        """Truncate and reseed every schema; then leave no server connection of the login role.
+        """Leave no server connection of the login role, then reseed the schemas the last run changed.
 
-        The workload writes only ``WRITTEN_TABLES``; truncating those (and the
-        tables that reference them) restores every row the workload can touch.
+        The workload writes only ``WRITTEN_TABLES``; emptying those (and the
+        tables that reference them) and seeding them again restores every row
+        the workload can touch. Which schemas changed is read off the state the
+        last cell read back (:meth:`snapshot`, taken after its strategy was
+        closed), or read now when there is none; most examples commit little or
+        nothing, and an unchanged schema is left alone.
         """
+        if reconnect:  # first: no connection of the code under test writes while the reseed runs
+            self.drop_server_connections(timeout)
+        last, self._last_state = self._last_state, None
         with self.engine.begin() as conn:
-            # Only the schemas whose written tables changed since the last reseed are reseeded (most
-            # examples commit little or nothing): a fingerprint per schema and table proves which.
-            seen = self._fingerprint(conn) if reseed_only_written and self._seed_fingerprint else None
-            changed = [s for i, s in enumerate(self.schemas)
-                       if seen is None or {r for r in seen if r[0] == i} != {r for r in self._seed_fingerprint if r[0] == i}]
+            full = not reseed_only_written or self._seed_state is None
+            state = None if full else (last or self._read_state(conn))
+            changed = [s for s in self.schemas if full or state.get(s) != self._seed_state.get(s)]
             if changed:
-                tables = tuple(self._reset_tables() if reseed_only_written else self._tables())
+                tables = tuple(self._tables() if full else self._reset_tables())
                 script = ";\n".join(reseed_script(conn.dialect, tables, schema, (schema,)) for schema in changed)
                 conn.connection.driver_connection.execute(script)  # no parameters: one simple-protocol round trip
-                if seen is None:  # after a reseed of changed schemas only, the fingerprint is the seed's again
-                    self._seed_fingerprint = self._fingerprint(conn)
-        if reconnect:
-            self.drop_server_connections(timeout)
+            if full:
+                self._seed_state = self._read_state(conn)
 
     def drop_server_connections(self, timeout: float = 10.0) -> None:
         """Drop both PgBouncer pools' server connections and wait until the login role has no backend left.
@@ -177,29 +184,25 @@ class Tenancy:
                 time.sleep(0.002)
 
     # -- reading back ---------------------------------------------------------------
-    def _written_rows_sql(self, conn: Connection, select: str) -> str:
-        """One UNION ALL over the written tables of every schema: (schema index, table, <select>)."""
-        parts = []
-        for i, schema in enumerate(self.schemas):
-            for table in WRITTEN_TABLES:
-                parts.append(f"SELECT {i} AS s, '{table}' AS t, {select.format(label=LABELS[table])} "
-                             f"FROM {quote(conn, schema)}.{quote(conn, table)}")
-        return " UNION ALL ".join(parts)
-
-    def _fingerprint(self, conn: Connection) -> list[tuple]:
-        sql = self._written_rows_sql(
-            conn, "md5(coalesce(string_agg(id || ':' || owner || ':' || {label}, ',' ORDER BY id), ''))")
-        return [tuple(row) for row in conn.execute(text(sql))]
-
-    def snapshot(self) -> dict[str, dict[str, list[tuple[int, str, str]]]]:
+    def _read_state(self, conn: Connection) -> Snapshot:
         """Rows of the written tables in every schema: {schema: {table: [(id, owner, label)]}}."""
-        out: dict[str, dict[str, list[tuple[int, str, str]]]] = {
-            schema: {table: [] for table in WRITTEN_TABLES} for schema in self.schemas}
-        with self.engine.connect() as conn:
-            sql = self._written_rows_sql(conn, "id, owner, {label} AS label") + " ORDER BY 1, 2, 3"
-            for s_index, table, row_id, owner, label in conn.execute(text(sql)):
-                out[self.schemas[s_index]][table].append((row_id, owner, label))
+        if self._state_sql is None:
+            parts = [f"SELECT {i} AS s, '{table}' AS t, id, owner, {LABELS[table]} AS label "
+                     f"FROM {quote(conn, schema)}.{quote(conn, table)}"
+                     for i, schema in enumerate(self.schemas) for table in WRITTEN_TABLES]
+            self._state_sql = " UNION ALL ".join(parts) + " ORDER BY 1, 2, 3"
+        out: Snapshot = {schema: {table: [] for table in WRITTEN_TABLES} for schema in self.schemas}
+        # Prepared: the same query after every cell, planned once per connection.
+        for s_index, table, row_id, owner, label in conn.connection.driver_connection.execute(
+                self._state_sql, prepare=True):
+            out[self.schemas[s_index]][table].append((row_id, owner, label))
         return out
+
+    def snapshot(self) -> Snapshot:
+        """The superuser's read-back of every schema, for the write checks (and the next reset)."""
+        with self.engine.begin() as conn:
+            self._last_state = self._read_state(conn)
+        return self._last_state
 
     def close(self) -> None:
         for layout, tenancy in self._layouts.items():
