@@ -30,7 +30,6 @@ from harness.tenancy.strategy import StrategySpec
 from harness.workload.cell import CellResult, run_cell
 from harness.workload.program import Program, Request, step_count
 
-GENERATED_STEPS = drawable()
 MAX_CLIENTS = 6
 MAX_REQUESTS = 2
 MAX_STEPS = 4
@@ -53,20 +52,20 @@ PROFILES = {p.name: p for p in (
 )}
 
 
-def requests_of(tenants: tuple[str, ...]) -> st.SearchStrategy[Request]:
+def requests_of(tenants: tuple[str, ...], steps: tuple[str, ...]) -> st.SearchStrategy[Request]:
     return st.builds(Request, st.sampled_from(tenants),
-                     st.lists(st.sampled_from(GENERATED_STEPS), max_size=MAX_STEPS).map(tuple))
+                     st.lists(st.sampled_from(steps), max_size=MAX_STEPS).map(tuple))
 
 
 @st.composite
-def programs(draw: Any, tenants: tuple[str, ...], probe: str = "end") -> Program:
+def programs(draw: Any, tenants: tuple[str, ...], probe: str = "end", layout: str | None = None) -> Program:
     """2 to 6 clients, each with up to 3 requests for tenants of the set, and an interleaving.
 
     The interleaving is drawn as "which of the clients that still have actions
     goes next", an index that shrinks towards 0: towards running the clients
     one after the other.
     """
-    clients = draw(st.lists(st.lists(requests_of(tenants), max_size=MAX_REQUESTS).map(tuple),
+    clients = draw(st.lists(st.lists(requests_of(tenants, drawable(layout=layout)), max_size=MAX_REQUESTS).map(tuple),
                             min_size=2, max_size=MAX_CLIENTS).map(tuple))
     remaining = [sum(len(r.actions()) for r in requests) for requests in clients]
     schedule: list[int] = []
@@ -110,7 +109,7 @@ def explore(stack: Stack, tenancy: Tenancy, spec: StrategySpec, route: str, prof
               database=DirectoryBasedExampleDatabase(str(database_dir)) if database_dir and not derandomize else None,
               suppress_health_check=list(HealthCheck), verbosity=Verbosity.quiet, report_multiple_bugs=False,
               phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink])
-    @given(programs(tenancy.tenants))
+    @given(programs(tenancy.tenants, layout=spec.layout(stack.url(route))))
     def isolation_holds(program: Program) -> None:
         result = run_cell(stack, tenancy, spec, route, scenario, program)
         seen.examples += 1

@@ -28,7 +28,6 @@ from harness.workload.cell import CellResult, CellSetup
 from harness.workload.program import Request
 from harness.workload.runner import Client
 
-HAMMER_STEPS = drawable(hammer=True)
 STUCK_GRACE = 60.0  # seconds past the duration bound before a thread is called stuck
 
 
@@ -62,8 +61,10 @@ class _HistoryFile:
         self.handle.close()
 
 
-def random_request(rng: random.Random, tenants: tuple[str, ...]) -> Request:
-    return Request(rng.choice(tenants), tuple(rng.choice(HAMMER_STEPS) for _ in range(rng.randint(1, 6))))
+def random_request(rng: random.Random, tenants: tuple[str, ...], steps: tuple[str, ...] | None = None) -> Request:
+    """A web worker's request: a tenant and 1 to 6 steps the hammer may draw (``steps``: for the layout)."""
+    steps = steps or drawable(hammer=True)
+    return Request(rng.choice(tenants), tuple(rng.choice(steps) for _ in range(rng.randint(1, 6))))
 
 
 def hammer(stack: Stack, tenancy: Tenancy, spec: StrategySpec, route: str, *, threads: int = 8,
@@ -78,6 +79,7 @@ def hammer(stack: Stack, tenancy: Tenancy, spec: StrategySpec, route: str, *, th
     history_path.parent.mkdir(parents=True, exist_ok=True)
     cell = CellSetup(stack, tenancy, spec, route, lean=True)
     runner, strategy = cell.runner, cell.strategy
+    steps = drawable(hammer=True, layout=strategy.layout)
     out = _HistoryFile(history_path)
     checkouts = [0]
     if strategy.engine is not None:
@@ -100,7 +102,7 @@ def hammer(stack: Stack, tenancy: Tenancy, spec: StrategySpec, route: str, *, th
                         return
                     issued[0] += 1
                     number = issued[0]
-                request = random_request(rng, tenancy.tenants)
+                request = random_request(rng, tenancy.tenants, steps)
                 for action in request.actions():
                     out.write(mine.act(client, number, request, action))
         except BaseException as exc:  # noqa: BLE001 - reported after the run
