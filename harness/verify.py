@@ -21,6 +21,7 @@ from harness.config import HarnessConfig
 from harness.errors import UsageError
 from harness.jobs import PlannedCell, StackInfo, available_cores, run_cells
 from harness.scan.scanner import ScanFinding, scan_path
+from harness.stack import choose_backend
 from harness.tenancy.models import load_user_metadata
 from harness.tenancy.strategy import BUILTINS, StrategySpec, load_strategy
 from harness.workload.cell import CellResult
@@ -130,6 +131,10 @@ def run_verify(config: HarnessConfig, *, seed: int, scan: list[Path] | None = No
     if config.shard is not None:
         run.shard = {"index": config.shard[0], "count": config.shard[1]}
     run.jobs = max(1, min(config.jobs or available_cores(), len(cells)))
+    if choose_backend(config) == "external":
+        # Every stack of the external backend is the same database and the same PgBouncers: stacks at once
+        # would reset (KILL, RESUME) each other's pools.
+        run.jobs = 1
     results: dict[int, CellResult] = {}
     progress = Progress(len(cells), progress_out)
 

@@ -20,13 +20,13 @@ import pytest
 
 from harness.config import resolve_config
 from harness.errors import SetupError, UsageError
+from harness.report.explain import explain
 from harness.stack import start_stack
 from harness.stack.external import COMMENT_PREFIX, harness_schemas
 from harness.tenancy.provisioning import Tenancy
 from harness.tenancy.strategy import BUILTIN_SPECS
 from harness.tenancy.tenants import DEFAULT_TENANTS
 from harness.workload.named import NAMED_SCENARIOS
-from harness.report.explain import explain
 
 pytestmark = pytest.mark.external
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,5 +1,6 @@
 """The native stack on real servers: routes answer, PgBouncers pool as configured,
-teardown leaves nothing behind (also on SIGTERM), two stacks coexist."""
+teardown leaves nothing behind (also on SIGTERM), two stacks coexist. First, with
+stand-in parts and no server, what every backend gets from the one launch path."""
 
 from __future__ import annotations
 
@@ -17,12 +18,83 @@ import psycopg
 import pytest
 
 from harness.config import resolve_config
+from harness.errors import StartupTimeout
 from harness.stack import ROUTES, start_stack
+from harness.stack.external import ExternalServer
 from harness.stack.native import RUN_DIR_PREFIX, remove_abandoned_run_dirs
+from harness.stack.ports import lease_port
 from harness.stack.process import pid_alive
+from harness.stack.stack import StackAssembly, launch, live_stacks, route_url
 
 MARKER = "leak_marker_schema"
 PROBES = 20
+
+
+class StandInPart(ExternalServer):
+    """A server part that runs nothing, like an external server's; it records when it is stopped."""
+
+    def __init__(self, name: str, stopped: list[str], pool_mode: str = ""):
+        super().__init__(port=1)
+        self.name = name
+        self.pool_mode = pool_mode
+        self.stopped = stopped
+
+    def log_tail(self, lines: int = 30) -> str:
+        return f"{self.name}: the last words of its log"
+
+    def admin(self, command: str) -> list[dict]:
+        return []
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self.stopped.append(self.name)
+
+
+def test_an_interrupted_boot_stops_its_parts_undoes_its_steps_and_raises(tmp_path):
+    done: list[str] = []
+    launched: list[StackAssembly] = []
+
+    def boot(assembly: StackAssembly) -> None:
+        launched.append(assembly)
+        assembly.on_close(lambda: done.append("first step"))
+        assembly.add_server(StandInPart("postgres", done))
+        assembly.on_close(lambda: done.append("second step"))
+        assembly.add_bouncer(StandInPart("pgbouncer-session", done, "session"))
+        raise KeyboardInterrupt  # Ctrl-C half-way
+
+    with pytest.raises(KeyboardInterrupt):
+        launch("stand-in", resolve_config({}, cwd=tmp_path), boot)
+    assert done == ["pgbouncer-session", "postgres", "second step", "first step"]
+    assert launched[0].stack not in live_stacks() and "start" not in launched[0].stack.timings
+
+
+def test_every_route_is_checked_with_a_query_and_a_timeout_shows_its_servers_log(tmp_path):
+    lease = lease_port()  # a port nothing listens on
+    stopped: list[str] = []
+
+    def boot(assembly: StackAssembly) -> None:
+        assembly.add_server(StandInPart("postgres", stopped))
+        assembly.add_route("direct", route_url("app", "secret", lease.port))
+
+    try:
+        with pytest.raises(StartupTimeout) as caught:
+            launch("stand-in", resolve_config({"start_timeout": 0.2}, cwd=tmp_path), boot)
+    finally:
+        lease.release()
+    message = str(caught.value)
+    assert "route 'direct' was not ready" in message and "postgres: the last words of its log" in message
+    assert stopped == ["postgres"]
+
+
+def test_a_started_stack_is_live_until_it_closes_and_its_start_is_timed(tmp_path):
+    stopped: list[str] = []
+    stack = launch("stand-in", resolve_config({}, cwd=tmp_path),
+                   lambda assembly: assembly.add_server(StandInPart("postgres", stopped)))
+    assert stack in live_stacks() and stack.timings["start"] >= 0
+    with stack:
+        assert stack.processes == [stack.server] and stack.pids == []
+    assert stack not in live_stacks() and stopped == ["postgres"]
+    stack.close()  # twice is harmless
+    assert stopped == ["postgres"]
 
 
 def connect(url):

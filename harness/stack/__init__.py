@@ -3,6 +3,10 @@
 Backends: ``native`` (local binaries, :mod:`harness.stack.native`), ``docker``
 (images through testcontainers, :mod:`harness.stack.containers`) and
 ``external`` (servers someone else runs, :mod:`harness.stack.external`).
+Each says only how to start its parts (:mod:`harness.stack.parts`: a PostgreSQL
+server and its PgBouncers); :func:`harness.stack.stack.launch` does the rest
+the same way for all three: registration, teardown on failure, the readiness
+check of every route, the timings.
 """
 
 from harness.stack.native import start_native_stack

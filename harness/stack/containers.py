@@ -23,18 +23,21 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import secrets
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 
 from harness.config import HarnessConfig
 from harness.errors import SetupError
-from harness.stack.pgbouncer import AdminConsole, render_config, render_userlist, wait_for_admin
-from harness.stack.postgres import APP_ROLE, DATABASE, SERVER_SETTINGS, SUPERUSER, bootstrap_roles
+from harness.stack.pgbouncer import AdminConsole, pool_size, render_config, render_userlist, wait_for_admin
+from harness.stack.postgres import APP_ROLE, DATABASE, SERVER_SETTINGS, SUPERUSER, Logins, bootstrap_roles
 from harness.stack.process import owner_gone, run_owner
 from harness.stack.stack import POOLED_ROUTES, Stack, StackAssembly, conninfo, launch, route_url
 from harness.stack.wait import wait_until
+
+if TYPE_CHECKING:  # testcontainers is imported only when the docker backend runs
+    from testcontainers.core.container import DockerContainer
+    from testcontainers.core.network import Network
 
 LABEL_RUN = "tenant-harness.run"
 LABEL_OWNER = "tenant-harness.owner"  # "<hostname>:<pid>" of the harness process
@@ -172,20 +175,19 @@ def _connect_host(client) -> tuple[str, str]:
     return DockerClient().host(), ""
 
 
-
 @dataclasses.dataclass
 class _DockerRun:
     """What the containers of one docker stack share: the run's labels, its network and the host's addresses."""
 
     run_id: str
     labels: dict[str, str]
-    network: Any  # a testcontainers Network
+    network: Network
     #: the address clients connect to
     host: str
     #: the host address Docker binds mapped ports to ("" on a remote engine: every address)
     bind: str
 
-    def container(self, part: str, image: str, container_port: int, **create: Any):
+    def container(self, part: str, image: str, container_port: int, **create: Any) -> DockerContainer:
         """A container of the run, made with testcontainers' public builder: named and labelled
         after the run and the part, on the run's network, ``container_port`` mapped to the host.
 
@@ -209,9 +211,9 @@ class _DockerRun:
 class ContainerServer:
     """One container of the stack, seen like a native server process (name, port, logs, alive, stop)."""
 
-    def __init__(self, name: str, container, container_port: int, host: str):
+    def __init__(self, name: str, container: DockerContainer, container_port: int, host: str):
         self.name = name
-        self.container = container  # a testcontainers DockerContainer
+        self.container = container
         self.container_port = container_port
         self.host = host
         #: the port Docker mapped ``container_port`` to; known once the container started
@@ -287,7 +289,7 @@ class ContainerServer:
 class ContainerBouncer(ContainerServer):
     """A PgBouncer container: its pool mode, its mapped port and its admin console."""
 
-    def __init__(self, container, pool_mode: str, host: str, admin_user: str, password: str):
+    def __init__(self, container: DockerContainer, pool_mode: str, host: str, admin_user: str, password: str):
         super().__init__(f"pgbouncer-{pool_mode}", container, BOUNCER_PORT, host)
         self.pool_mode = pool_mode
         self.admin_user = admin_user
@@ -315,12 +317,13 @@ def start_docker_stack(config: HarnessConfig) -> Stack:
     Images and engine are checked before anything is created; a failure
     part-way removes every container and network of the run.
     """
-    return launch("docker", config, lambda assembly: _boot(assembly, config))
+    return launch("docker", config, _boot)
 
 
-def _boot(assembly: StackAssembly, config: HarnessConfig) -> None:
+def _boot(assembly: StackAssembly) -> None:
     from testcontainers.core.network import Network
 
+    config = assembly.config
     client = docker_client()
     assembly.on_close(client.close)
     for image in (config.postgres_image, config.pgbouncer_image):
@@ -335,8 +338,7 @@ def _boot(assembly: StackAssembly, config: HarnessConfig) -> None:
     stack.versions["postgres_image"] = config.postgres_image
     stack.versions["pgbouncer_image"] = config.pgbouncer_image
     host, bind = _connect_host(client)
-    superuser_password = secrets.token_hex(12)
-    app_password = secrets.token_hex(12)
+    logins = Logins()
 
     labels = {LABEL_RUN: run_id, LABEL_OWNER: run_owner()}
     network = Network(docker_network_kw={"labels": labels})
@@ -347,43 +349,42 @@ def _boot(assembly: StackAssembly, config: HarnessConfig) -> None:
     # A plain container with the official image's variables: PostgresContainer.start()
     # would wait with psql inside the container; the harness waits from the host instead.
     container = (run.container("postgres", config.postgres_image, POSTGRES_PORT)
-                 .with_envs(POSTGRES_USER=SUPERUSER, POSTGRES_PASSWORD=superuser_password, POSTGRES_DB=DATABASE)
+                 .with_envs(POSTGRES_USER=SUPERUSER, POSTGRES_PASSWORD=logins.superuser, POSTGRES_DB=DATABASE)
                  .with_network_aliases(SERVER_ALIAS)
                  .with_command(["postgres", *[f"-c{k}={v}" for k, v in CONTAINER_SETTINGS.items()]]))
     server = ContainerServer("postgres", container, POSTGRES_PORT, host)
     assembly.add_server(server)
     server.start(config.postgres_image)
-    stack.superuser_url = route_url(SUPERUSER, superuser_password, server.port, host)
+    stack.superuser_url = route_url(SUPERUSER, logins.superuser, server.port, host)
 
     def bootstrap() -> str:
         with psycopg.connect(**conninfo(stack.superuser_url), connect_timeout=2, autocommit=True) as conn:
-            return bootstrap_roles(conn, superuser_password, app_password)
+            return bootstrap_roles(conn, logins)
 
     stack.versions["postgres"] = wait_until(
         bootstrap, what=f"PostgreSQL container ({config.postgres_image}) on {host}:{server.port}",
         timeout=config.start_timeout, interval=0.1, log_tail=server.log_tail, alive=server.alive)
-    assembly.add_route("direct", route_url(APP_ROLE, app_password, server.port, host))
+    assembly.add_route("direct", route_url(APP_ROLE, logins.app, server.port, host))
 
-    users = {SUPERUSER: superuser_password, APP_ROLE: app_password}
     user = _bouncer_user(client, config.pgbouncer_image)
     for mode in POOLED_ROUTES:
-        size = config.session_pool_size if mode == "session" else config.transaction_pool_size
         ini = render_config(pool_mode=mode, listen_addr="0.0.0.0", listen_port=BOUNCER_PORT,
                             server_host=SERVER_ALIAS, server_port=POSTGRES_PORT,
-                            auth_file=f"{CONFIG_DIR}/userlist.txt", admin_user=SUPERUSER, pool_size=size)
+                            auth_file=f"{CONFIG_DIR}/userlist.txt", admin_user=SUPERUSER,
+                            pool_size=pool_size(config, mode))
         container = (run.container(f"pgbouncer-{mode}", config.pgbouncer_image, BOUNCER_PORT,
                                    entrypoint=["pgbouncer"], user=user)
                      .with_command([f"{CONFIG_DIR}/pgbouncer.ini"])
                      .with_copy_into_container(ini.encode(), f"{CONFIG_DIR}/pgbouncer.ini", 0o644)
-                     .with_copy_into_container(render_userlist(users).encode(), f"{CONFIG_DIR}/userlist.txt",
+                     .with_copy_into_container(render_userlist(logins.users).encode(), f"{CONFIG_DIR}/userlist.txt",
                                                0o644))
-        bouncer = assembly.track(ContainerBouncer(container, mode, host, SUPERUSER, superuser_password))
+        bouncer = assembly.track(ContainerBouncer(container, mode, host, SUPERUSER, logins.superuser))
         bouncer.start(config.pgbouncer_image)
         stack.versions["pgbouncer"] = wait_for_admin(
             bouncer, what=f"PgBouncer container ({config.pgbouncer_image}, {mode}) on {host}:{bouncer.port}",
             timeout=config.start_timeout, interval=0.05)
         assembly.add_bouncer(bouncer)
-        assembly.add_route(mode, route_url(APP_ROLE, app_password, bouncer.port, host))
+        assembly.add_route(mode, route_url(APP_ROLE, logins.app, bouncer.port, host))
 
 
 def _bouncer_user(client, image: str) -> str:

@@ -197,10 +197,11 @@ class ExternalBouncer(ExternalServer):
 
 def start_external_stack(config: HarnessConfig) -> Stack:
     """Check the DSNs and the database, clean up the harness's own leftovers, and describe the stack."""
-    return launch("external", config, lambda assembly: _boot(assembly, config))
+    return launch("external", config, _boot)
 
 
-def _boot(assembly: StackAssembly, config: HarnessConfig) -> None:
+def _boot(assembly: StackAssembly) -> None:
+    config = assembly.config
     routes, superuser = parse_routes(config)
     stack, run_id = assembly.stack, assembly.run_id
     stamp = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")

@@ -8,7 +8,6 @@ process that owns it, so a run killed outright is swept by the next start.
 from __future__ import annotations
 
 import os
-import secrets
 import shutil
 import tempfile
 from pathlib import Path
@@ -18,9 +17,9 @@ from harness.config import HarnessConfig
 from harness.errors import SetupError, StartupTimeout
 from harness.stack.account import server_account
 from harness.stack.binaries import find_binaries
-from harness.stack.pgbouncer import Bouncer
+from harness.stack.pgbouncer import Bouncer, pool_size
 from harness.stack.ports import PortLease, lease_port, port_in_use
-from harness.stack.postgres import APP_ROLE, SUPERUSER, PostgresServer, prepare_data_dir
+from harness.stack.postgres import APP_ROLE, SUPERUSER, Logins, PostgresServer, prepare_data_dir
 from harness.stack.parts import ServerPart
 from harness.stack.process import pid_alive
 from harness.stack.stack import POOLED_ROUTES, Stack, StackAssembly, launch, route_url
@@ -82,10 +81,11 @@ def start_native_stack(config: HarnessConfig) -> Stack:
     Everything is checked before anything starts (binaries, account); a failure
     part-way stops what was started and removes the temporary folder.
     """
-    return launch("native", config, lambda assembly: _boot(assembly, config))
+    return launch("native", config, _boot)
 
 
-def _boot(assembly: StackAssembly, config: HarnessConfig) -> None:
+def _boot(assembly: StackAssembly) -> None:
+    config = assembly.config
     binaries = find_binaries(config.pg_bindir, config.pgbouncer)
     account = server_account()
     remove_abandoned_run_dirs()
@@ -100,26 +100,23 @@ def _boot(assembly: StackAssembly, config: HarnessConfig) -> None:
     data_dir = run_dir / "data"
     reused = prepare_data_dir(binaries, account, config.template_cache, run_dir, data_dir)
     stack.timings["template_reused"] = float(reused)
-    superuser_password = secrets.token_hex(12)
-    app_password = secrets.token_hex(12)
+    logins = Logins()
 
     postgres, _ = _start_on_free_port(
         assembly,
         lambda port: PostgresServer(binaries, account, data_dir, run_dir, port, run_dir / "postgres.log"),
         lambda server: server.start(config.start_timeout))
     assembly.add_server(postgres)
-    stack.versions["postgres"] = postgres.bootstrap(superuser_password, app_password)
-    stack.superuser_url = route_url(SUPERUSER, superuser_password, postgres.port)
-    assembly.add_route("direct", route_url(APP_ROLE, app_password, postgres.port))
+    stack.versions["postgres"] = postgres.bootstrap(logins)
+    stack.superuser_url = route_url(SUPERUSER, logins.superuser, postgres.port)
+    assembly.add_route("direct", route_url(APP_ROLE, logins.app, postgres.port))
 
-    users = {SUPERUSER: superuser_password, APP_ROLE: app_password}
     for mode in POOLED_ROUTES:
-        size = config.session_pool_size if mode == "session" else config.transaction_pool_size
         bouncer, version = _start_on_free_port(
             assembly,
-            lambda port, mode=mode, size=size: Bouncer(binaries.pgbouncer, account, mode, run_dir, port,
-                                                       postgres.port, users, SUPERUSER, size),
+            lambda port, mode=mode: Bouncer(binaries.pgbouncer, account, mode, run_dir, port, postgres.port,
+                                            logins.users, SUPERUSER, pool_size(config, mode)),
             lambda bouncer: bouncer.start(config.start_timeout))
         assembly.add_bouncer(bouncer)
         stack.versions["pgbouncer"] = version or binaries.pgbouncer_version()
-        assembly.add_route(mode, route_url(APP_ROLE, app_password, bouncer.port))
+        assembly.add_route(mode, route_url(APP_ROLE, logins.app, bouncer.port))

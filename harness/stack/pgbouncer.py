@@ -10,12 +10,22 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
+from harness.config import HarnessConfig
 from harness.stack.account import Account
 from harness.stack.parts import BouncerPart
 from harness.stack.process import ServerProcess
 from harness.stack.wait import wait_until
 
 ADMIN_DATABASE = "pgbouncer"
+
+
+def pool_size(config: HarnessConfig, pool_mode: str) -> int:
+    """The ``default_pool_size`` of the PgBouncer with ``pool_mode``.
+
+    The session pool is sized above the largest client pool: a smaller one ends
+    in ``query_wait_timeout`` (see DESIGN.md).
+    """
+    return config.session_pool_size if pool_mode == "session" else config.transaction_pool_size
 
 
 def _quote(text: str) -> str:

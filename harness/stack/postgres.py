@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import base64
+import dataclasses
+import functools
+import hashlib
+import hmac
 import os
+import secrets
 import shutil
 import signal
 import uuid
@@ -33,6 +39,48 @@ SERVER_SETTINGS = {
     "logging_collector": "off",
     "password_encryption": "scram-sha-256",
 }
+
+
+# Iterations of the SCRAM-SHA-256 secrets the harness stores. Every client login computes PBKDF2 with this
+# count on both sides (libpq, and PostgreSQL or PgBouncer); at PostgreSQL's default of 4096 a login cost about
+# 4 ms of CPU on each side here, and the harness logs in thousands of times per run (every example gets a fresh
+# engine and fresh probe clients). Authentication is still scram-sha-256; its cost is not what is tested.
+SCRAM_ITERATIONS = 1
+
+
+def _password() -> str:
+    return secrets.token_hex(12)
+
+
+def scram_secret(password: str, iterations: int = SCRAM_ITERATIONS) -> str:
+    """A SCRAM-SHA-256 secret as PostgreSQL stores it (RFC 5803), which ``PASSWORD '...'`` accepts as is."""
+    salt = os.urandom(16)
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
+    server_key = hmac.new(salted, b"Server Key", hashlib.sha256).digest()
+    b64 = lambda raw: base64.b64encode(raw).decode()  # noqa: E731
+    return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(hashlib.sha256(client_key).digest())}:{b64(server_key)}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Logins:
+    """The passwords of the two roles on a stack the harness starts, fresh for every stack, and their secrets."""
+
+    superuser: str = dataclasses.field(default_factory=_password)
+    app: str = dataclasses.field(default_factory=_password)
+
+    @functools.cached_property
+    def scram(self) -> dict[str, str]:
+        """Role -> SCRAM secret: the same one in PostgreSQL and in PgBouncer's auth_file, so PgBouncer can
+        log in to the server with the key its client proved (it has no password to do it with)."""
+        return {SUPERUSER: scram_secret(self.superuser), APP_ROLE: scram_secret(self.app)}
+
+    @property
+    def users(self) -> dict[str, str]:
+        """Role -> what PgBouncer's auth_file lists: the login role's secret; the superuser's password,
+        since PgBouncer refuses a SCRAM secret for its admin console (and never logs in to the server as it)."""
+        return {SUPERUSER: self.superuser, APP_ROLE: self.scram[APP_ROLE]}
+
 
 HBA = """\
 # Written by the harness: the socket folder is private, TCP needs a password.
@@ -108,19 +156,19 @@ class PostgresServer(ServerProcess):
                              dbname=DATABASE, connect_timeout=2, autocommit=True) as conn:
             return conn.execute(sql).fetchall()
 
-    def bootstrap(self, superuser_password: str, app_password: str) -> str:
+    def bootstrap(self, logins: Logins) -> str:
         """Set the passwords and create the login role for the code under test."""
         with psycopg.connect(host=str(self.socket_dir), port=self.port, user=SUPERUSER,
                              dbname=DATABASE, autocommit=True) as conn:
-            return bootstrap_roles(conn, superuser_password, app_password)
+            return bootstrap_roles(conn, logins)
 
 
-def bootstrap_roles(conn: psycopg.Connection, superuser_password: str, app_password: str) -> str:
+def bootstrap_roles(conn: psycopg.Connection, logins: Logins) -> str:
     """On a fresh server: the superuser's password, the login role ``app``; returns the server version."""
     conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(
-        sql.Identifier(SUPERUSER), sql.Literal(superuser_password)))
+        sql.Identifier(SUPERUSER), sql.Literal(logins.scram[SUPERUSER])))
     conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
-        sql.Identifier(APP_ROLE), sql.Literal(app_password)))
+        sql.Identifier(APP_ROLE), sql.Literal(logins.scram[APP_ROLE])))
     conn.execute(sql.SQL("GRANT CREATE, CONNECT ON DATABASE {} TO {}").format(
         sql.Identifier(DATABASE), sql.Identifier(APP_ROLE)))
     return conn.execute("SHOW server_version").fetchone()[0]
