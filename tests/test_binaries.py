@@ -4,12 +4,12 @@ import glob
 import os
 import subprocess
 import sys
-import tempfile
 
 import pytest
 
 from harness.errors import SetupError
 from harness.stack.binaries import find_pg_bindir, find_pgbouncer
+from harness.stack.native import run_root
 
 
 def test_bad_pg_bindir_names_the_variable_and_what_is_missing(tmp_path):
@@ -38,7 +38,7 @@ def test_missing_binaries_name_the_debian_packages(monkeypatch, tmp_path):
 
 
 def _leftover_run_dirs() -> set[str]:
-    return set(glob.glob(os.path.join(tempfile.gettempdir(), "tenant-harness-*-*")))
+    return set(glob.glob(os.path.join(run_root(), "tenant-harness-*-*")))
 
 
 @pytest.mark.parametrize("variable", ["HARNESS_PG_BINDIR", "HARNESS_PGBOUNCER"])

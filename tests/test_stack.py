@@ -9,7 +9,6 @@ import re
 import signal
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ from harness.config import resolve_config
 from harness.errors import StartupTimeout
 from harness.stack import ROUTES, start_stack
 from harness.stack.external import ExternalServer
-from harness.stack.native import RUN_DIR_PREFIX, remove_abandoned_run_dirs
+from harness.stack.native import RUN_DIR_PREFIX, remove_abandoned_run_dirs, run_root
 from harness.stack.ports import lease_port
 from harness.stack.process import pid_alive
 from harness.stack.stack import StackAssembly, launch, live_stacks, route_url
@@ -242,7 +241,7 @@ def test_sigterm_to_a_pytest_run_leaves_no_server_behind(tmp_path):
 
 def test_sigkill_of_the_harness_still_stops_its_servers_and_the_next_run_cleans_up():
     proc, routes, pids = start_harness_up()
-    run_dirs_before = set(Path(tempfile.gettempdir()).glob(RUN_DIR_PREFIX + "*"))
+    run_dirs_before = set(run_root().glob(RUN_DIR_PREFIX + "*"))
     proc.kill()
     proc.wait(timeout=10)
     deadline = time.monotonic() + 10

@@ -31,6 +31,25 @@ OWNER_FILE = "harness.pid"
 Process = TypeVar("Process", bound=ServerPart)
 
 
+SHM = Path("/dev/shm")
+SHM_NEEDED = 512 * 1024 * 1024  # bytes free in /dev/shm before run folders go there
+
+
+def run_root() -> Path:
+    """Where run folders go: /dev/shm (memory) when it is there, writable and roomy, else the temp folder.
+
+    The cluster is throwaway, so its files need no disk; in memory, copying the
+    initdb template takes a tenth of the time and every CREATE, DELETE and
+    INSERT of provisioning and reset skips the filesystem.
+    """
+    try:
+        if SHM.is_dir() and os.access(SHM, os.W_OK | os.X_OK) and shutil.disk_usage(SHM).free >= SHM_NEEDED:
+            return SHM
+    except OSError:
+        pass
+    return Path(tempfile.gettempdir())
+
+
 def remove_abandoned_run_dirs() -> list[Path]:
     """Remove run folders whose harness process died without tearing down (SIGKILL).
 
@@ -38,7 +57,8 @@ def remove_abandoned_run_dirs() -> list[Path]:
     is left. A folder whose owner is alive, or that names no owner, is kept.
     """
     removed = []
-    for folder in Path(tempfile.gettempdir()).glob(f"{RUN_DIR_PREFIX}*"):
+    roots = dict.fromkeys((run_root(), Path(tempfile.gettempdir())))
+    for folder in (f for root in roots for f in root.glob(f"{RUN_DIR_PREFIX}*")):
         try:
             owner = int((folder / OWNER_FILE).read_text())
         except (OSError, ValueError):
@@ -90,7 +110,7 @@ def _boot(assembly: StackAssembly) -> None:
     account = server_account()
     remove_abandoned_run_dirs()
     stack = assembly.stack
-    run_dir = Path(tempfile.mkdtemp(prefix=f"{RUN_DIR_PREFIX}{assembly.run_id}-"))
+    run_dir = Path(tempfile.mkdtemp(prefix=f"{RUN_DIR_PREFIX}{assembly.run_id}-", dir=run_root()))
     stack.run_dir = run_dir
     if not config.keep_tmp:
         assembly.on_close(lambda: shutil.rmtree(run_dir, ignore_errors=True))

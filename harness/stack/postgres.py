@@ -113,6 +113,12 @@ def prepare_data_dir(binaries: Binaries, account: Account, cache: Path, scratch:
         built = scratch / f"template-{uuid.uuid4().hex}"
         _initdb(binaries, account, built)
         cache.mkdir(parents=True, exist_ok=True)
+        if built.stat().st_dev != cache.stat().st_dev:
+            # The run folder is on another filesystem (/dev/shm): copy next to the cache, then rename there.
+            staged = cache / f".template-{uuid.uuid4().hex}"
+            shutil.copytree(built, staged, symlinks=True)
+            shutil.rmtree(built, ignore_errors=True)
+            built = staged
         try:
             os.rename(built, template)
         except OSError:
