@@ -8,10 +8,11 @@ finish and are put back into plan order by the caller. A cell's verdict does
 not depend on which stack ran it: every cell starts from a reset (schemas
 reseeded, pools emptied) and its programs come from the run's seed.
 
-Workers are separate processes (spawned, not forked: no inherited locks or
-signal handlers), because the workload is Python-bound and threads would share
-one interpreter lock. A worker stops its stack on SIGTERM, on Ctrl-C, and when
-its parent is gone.
+Workers are separate processes, because the workload is Python-bound and
+threads would share one interpreter lock. They are forked where the platform
+can (the parent has started no thread and no connection by then, and a forked
+worker skips a second of imports), spawned elsewhere. A worker stops its stack
+on SIGTERM, on Ctrl-C, and when its parent is gone.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import multiprocessing
 import os
 import platform
 import queue
+import signal
 import sys
 import traceback
 from typing import Any, Callable, Iterator
@@ -191,7 +193,10 @@ def run_cells(config: HarnessConfig, specs: list[StrategySpec], cells: list[Plan
 def _worker(config: HarnessConfig, spec_names: list[str], seed: int, gate: bool, tasks: Any, results: Any,
             parent: int) -> None:
     """A worker's whole life: a stack, then cells from the queue until it is empty or the parent is gone."""
-    signals.install()
+    # Ctrl-C reaches the worker and its parent (one process group), and the parent then sends SIGTERM:
+    # the first signal starts the teardown, later ones must not interrupt it.
+    for signum in (signal.SIGINT, *signals.HANDLED):
+        signal.signal(signum, _stop_once)
     try:
         specs = [load_strategy(name) for name in spec_names]
         with StackCells(config, specs, seed, gate=gate) as here:
@@ -212,10 +217,16 @@ def _worker(config: HarnessConfig, spec_names: list[str], seed: int, gate: bool,
     results.put(("done", os.getpid()))
 
 
+def _stop_once(signum: int, frame: object) -> None:
+    for ignored in (signal.SIGINT, *signals.HANDLED):
+        signal.signal(ignored, signal.SIG_IGN)
+    raise signals.Terminated(signum)
+
+
 def _run_in_workers(config: HarnessConfig, specs: list[StrategySpec], cells: list[PlannedCell], seed: int, *,
                     gate: bool, jobs: int, on_info: Callable[[StackInfo], None],
                     on_result: Callable[[PlannedCell, CellResult], None]) -> None:
-    context = multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
     tasks, results = context.Queue(), context.Queue()
     for cell in queue_order(cells):
         tasks.put(cell)
