@@ -1,105 +1,135 @@
-"""Workload figures, one JSON line each (`make bench`).
+"""Workload figures, one JSON line each (`make bench`), before (this issue's starting commit,
+bench/baseline.py) and after (this tree), measured back to back in the same run.
 
-- generated-program examples per second, per route (a sound cell, so every example runs);
-- hammer requests/s through the transaction route next to a bare loop running the same
-  request shapes without the harness's bookkeeping, in the same run (goal: ratio >= 0.9);
-- seconds and examples to the first failure for each failing built-in cell (goal: median < 2 s).
+- ``generated_examples_per_second`` per route: a sound cell, so every example runs;
+- ``hammer_requests_per_second``: the hammer through the transaction route next to a bare
+  loop running the same request shapes (same generator, seeds and threads, same strategy)
+  with no history, pids or bookkeeping, alternating in rounds in one process (goal:
+  hammer/bare loop >= 0.9 in this tree);
+- ``first_failure`` for each failing built-in cell (seconds and examples to the first
+  failure, first seed) and their ``first_failure_median`` (goal: median < 2 s);
+- ``quality_detection_rate``: for each built-in cell whose required verdict for
+  ``generated`` is ``fail``, over K seeds (env BENCH_QUALITY_SEEDS, default 3), the share
+  of runs that found the failure with a counterexample of at most 6 steps (goal: 1.0, as
+  tests/quality/test_detection_power.py requires of every run); before: the starting
+  commit's rate over its first BENCH_QUALITY_BEFORE_SEEDS seeds (default 1).
+
+Each side runs bench/workload_worker.py in a child process with PYTHONPATH set to its tree;
+``ratio`` is after/before unless ``ratio_of`` says otherwise.
 """
 
 from __future__ import annotations
 
 import json
-import random
+import os
 import statistics
+import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 
-from harness.config import resolve_config
-from harness.stack import ROUTES, start_stack
-from harness.tenancy.provisioning import Tenancy
-from harness.tenancy.strategy import BUILTINS, load_strategy
-from harness.tenancy.tenants import DEFAULT_TENANTS
-from harness.workload.expectations import required_verdict
-from harness.workload.generated import PROFILES, Profile, explore
-from harness.workload.hammer import hammer, random_request
-from harness.workload.runner import Client, Runner
+from baseline import BASELINE, ROOT, baseline_tree, emit, progress, ratio, run_bounded, stop_on_sigterm
 
-THREADS = 8
-HAMMER_REQUESTS = 2000
-HAMMER_SECONDS = 60.0
-SOUND = "translate_map_pinned"
+WORKER = Path(__file__).resolve().with_name("workload_worker.py")
+QUALITY_SEEDS = int(os.environ.get("BENCH_QUALITY_SEEDS", "3"))
+# The starting commit's rate is a reference, not the goal: its first seed only (its first-failure figures),
+# which keeps `make bench` within its time budget.
+QUALITY_BEFORE_SEEDS = int(os.environ.get("BENCH_QUALITY_BEFORE_SEEDS", "1"))
+FIRST_SEED = 11  # the first-failure figures have used seed 11 from the start
+HAMMER_ROUNDS = int(os.environ.get("BENCH_HAMMER_ROUNDS", "5"))
+EXAMPLES = 60
 
 
-def emit(**figure) -> None:
-    print(json.dumps(figure), flush=True)
+def side(tree: Path | None, label: str, what: str, *args: str, timeout: float) -> list[dict]:
+    """Run one worker measurement with ``tree``'s harness; its JSON lines (none when skipped or failed)."""
+    if tree is None:
+        return []
+    progress(f"workload {what} {label} ...")
+    with tempfile.TemporaryFile("w+") as out:
+        status, seconds = run_bounded([sys.executable, str(WORKER), what, *args], tree=tree, timeout=timeout,
+                                      stdout=out)
+        out.seek(0)
+        lines = [json.loads(line) for line in out if line.startswith("{")]
+    progress(f"workload {what} {label}: {'timed out' if status is None else f'exit {status}'} in {seconds:.0f}s")
+    if status != 0:
+        emit(figure="bench_error", step=f"workload {what} {label}", exit=status, seconds=round(seconds, 1))
+    return lines
 
 
-def bare_loop(stack, tenancy, route: str, requests: int, seed: int) -> float:
-    """The hammer's request shapes through the same strategy, with no records, pids or history."""
-    tenancy.reset()
-    strategy = load_strategy(SOUND).create(stack.url(route))
-    runner = Runner(stack, route, strategy, tenants=tenancy.tenants, lean=True)
-    issued = [0]
-    lock = threading.Lock()
+def examples_figures(before_tree: Path | None) -> None:
+    runs = {label: {r["route"]: r for r in side(tree, label, "examples", "--examples", str(EXAMPLES), timeout=900)}
+            for label, tree in (("before", before_tree), ("after", ROOT))}
+    for route in runs["after"] or runs["before"]:
+        per = {label: (round(r[route]["examples"] / r[route]["seconds"], 2) if route in r else None)
+               for label, r in runs.items()}
+        emit(figure="generated_examples_per_second", route=route, strategy="translate_map_pinned",
+             examples=runs["after"].get(route, {}).get("examples"), before=per["before"], after=per["after"],
+             ratio=ratio(per["after"], per["before"]), ratio_of="after/before", goal=None)
 
-    def worker(index: int) -> None:
-        rng = random.Random(seed * 1000 + index)
-        client = Client(index)
-        while True:
-            with lock:
-                if issued[0] >= requests:
-                    return
-                issued[0] += 1
-            request = random_request(rng, tenancy.tenants)
-            client.tenant = request.tenant
-            with strategy.session(request.tenant) as session:
-                client.session, client.savepoints, client.inserted = session, [], []
-                for step in request.steps:
-                    try:
-                        runner._do(client, session, step)
-                    except Exception:  # noqa: BLE001 - the same recovery as the runner, nothing recorded
-                        session.rollback()
-                        client.savepoints.clear()
 
-    started = time.monotonic()
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(THREADS)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    seconds = time.monotonic() - started
-    strategy.close()
-    return issued[0] / seconds
+def hammer_figure(before_tree: Path | None) -> None:
+    figures = {}
+    for label, tree in (("before", before_tree), ("after", ROOT)):
+        rounds = side(tree, label, "hammer", "--rounds", str(HAMMER_ROUNDS), timeout=900)
+        if not rounds:
+            figures[label] = None
+            continue
+        hammer = sum(r["hammer_requests"] for r in rounds) / sum(r["hammer_seconds"] for r in rounds)
+        bare = sum(r["bare_requests"] for r in rounds) / sum(r["bare_seconds"] for r in rounds)
+        figures[label] = {"hammer": round(hammer, 1), "bare_loop": round(bare, 1), "ratio": round(hammer / bare, 3),
+                          "requests": sum(r["hammer_requests"] for r in rounds),
+                          "verdicts": sorted({r["verdict"] for r in rounds})}
+    before, after = figures["before"], figures["after"]
+    emit(figure="hammer_requests_per_second", route="transaction", threads=8, rounds=HAMMER_ROUNDS,
+         before=before and before["ratio"], after=after and after["ratio"], ratio=after and after["ratio"],
+         ratio_of="hammer/bare_loop requests per second, this tree", goal=">= 0.9",
+         hammer_before=before and before["hammer"], bare_loop_before=before and before["bare_loop"],
+         hammer_after=after and after["hammer"], bare_loop_after=after and after["bare_loop"],
+         requests_after=after and after["requests"], hammer_verdicts_after=after and after["verdicts"])
+
+
+def detection_figures(before_tree: Path | None) -> None:
+    seeds = {label: ",".join(str(FIRST_SEED + i) for i in range(max(1, count)))
+             for label, count in (("before", QUALITY_BEFORE_SEEDS), ("after", QUALITY_SEEDS))}
+    runs = {label: side(tree, label, "detection", "--seeds", seeds[label],
+                        timeout=400 * (seeds[label].count(",") + 1))
+            for label, tree in (("before", before_tree), ("after", ROOT))}
+    firsts = {label: {(r["strategy"], r["route"]): r for r in found if r["seed"] == FIRST_SEED}
+              for label, found in runs.items()}
+    for key, r in firsts["after"].items():
+        b = firsts["before"].get(key)
+        emit(figure="first_failure", strategy=key[0], route=key[1], seed=FIRST_SEED,
+             seconds=round(r["seconds_to_first_failure"] or -1, 3), examples=r["examples_to_first_failure"],
+             before_seconds=b and round(b["seconds_to_first_failure"] or -1, 3),
+             before_examples=b and b["examples_to_first_failure"])
+    medians = {}
+    for label, cells in firsts.items():
+        times = [r["seconds_to_first_failure"] if r["seconds_to_first_failure"] is not None else float("inf")
+                 for r in cells.values()]
+        medians[label] = round(statistics.median(times), 3) if times else None
+    emit(figure="first_failure_median", cells=len(firsts["after"]), seed=FIRST_SEED, before=medians["before"],
+         after=medians["after"], ratio=ratio(medians["after"], medians["before"]), ratio_of="after/before",
+         goal="after < 2 s")
+    rates = {}
+    for label, found in runs.items():
+        rates[label] = round(sum(r["small"] for r in found) / len(found), 3) if found else None
+    after = runs["after"]
+    missed = [{"strategy": r["strategy"], "route": r["route"], "seed": r["seed"], "verdict": r["verdict"],
+               "steps": r["steps"]} for r in after if not r["small"]]
+    emit(figure="quality_detection_rate", profile="ci", seeds=seeds["after"], seeds_before=seeds["before"],
+         max_steps=6, cells=len({(r["strategy"], r["route"]) for r in after}), runs=len(after),
+         found=sum(r["found"] for r in after), found_small=sum(r["small"] for r in after),
+         before=rates["before"], after=rates["after"], ratio=ratio(rates["after"], rates["before"]),
+         ratio_of="after/before", goal="after = 1.0", missed=missed[:20])
 
 
 def main() -> None:
-    with start_stack(resolve_config()) as stack:
-        tenancy = Tenancy(stack, DEFAULT_TENANTS)
-        tenancy.provision()
-        sound = load_strategy(SOUND)
-        for route in ROUTES:
-            result, seen = explore(stack, tenancy, sound, route, Profile("bench", 60, 0, 0), seed=7)
-            emit(figure="generated_examples_per_second", route=route, strategy=SOUND, examples=seen.examples,
-                 per_second=round(seen.examples / result.seconds, 2))
-        with tempfile.TemporaryDirectory() as scratch:
-            _, run = hammer(stack, tenancy, sound, "transaction", threads=THREADS, max_requests=HAMMER_REQUESTS,
-                            max_seconds=HAMMER_SECONDS, seed=3, history_path=Path(scratch) / "h.jsonl")
-        bare = bare_loop(stack, tenancy, "transaction", HAMMER_REQUESTS, seed=3)
-        emit(figure="hammer_requests_per_second", route="transaction", threads=THREADS, requests=run.requests,
-             hammer=round(run.requests_per_second, 1), bare_loop=round(bare, 1),
-             ratio=round(run.requests_per_second / bare, 3))
-        firsts = []
-        for strategy in BUILTINS:
-            for route in ROUTES:
-                if required_verdict(strategy, "generated", route).verdict != "fail":
-                    continue
-                _, seen = explore(stack, tenancy, load_strategy(strategy), route, PROFILES["ci"], seed=11)
-                firsts.append(seen.seconds_to_first_failure or float("inf"))
-                emit(figure="first_failure", strategy=strategy, route=route,
-                     seconds=round(seen.seconds_to_first_failure or -1, 3), examples=seen.examples_to_first_failure)
-        emit(figure="first_failure_median", cells=len(firsts), median_s=round(statistics.median(firsts), 3))
+    stop_on_sigterm()
+    with baseline_tree() as before_tree:
+        if before_tree is not None:
+            progress(f"workload: before = {BASELINE} (exported to {before_tree}), after = {ROOT}")
+        examples_figures(before_tree)
+        hammer_figure(before_tree)
+        detection_figures(before_tree)
 
 
 if __name__ == "__main__":
