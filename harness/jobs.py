@@ -32,7 +32,7 @@ import sqlalchemy
 
 from harness.config import HarnessConfig
 from harness.errors import HarnessError, UsageError
-from harness.stack import Stack, signals, start_stack
+from harness.stack import Missing, Stack, signals, start_stack
 from harness.tenancy.models import load_user_metadata
 from harness.tenancy.provisioning import Tenancy
 from harness.tenancy.strategy import StrategySpec, load_strategy
@@ -104,14 +104,13 @@ def verify_replay(config: HarnessConfig, seed: int) -> Callable[[StrategySpec, s
 def _not_run(stack: Stack, config: HarnessConfig, specs: list[StrategySpec],
              layouts: dict[str, str]) -> list[dict[str, str]]:
     """Routes, strategies and checks this stack cannot run, each with its reason."""
-    items = [{"what": f"route {route}", "reason": stack.not_run.get(f"route {route}", "the stack has no such route")}
+    items = [{"what": f"route {route}", "reason": stack.why_not(Missing.ROUTE, route, "the stack has no such route")}
              for route in config.routes if route not in stack.routes]
     items += [{"what": f"strategy {spec.name}",
-               "reason": stack.not_run.get(f"layout {layouts[spec.spec]}",
-                                           f"the {layouts[spec.spec]} layout cannot run here")}
+               "reason": stack.why_not(Missing.LAYOUT, layouts[spec.spec],
+                                       f"the {layouts[spec.spec]} layout cannot run here")}
               for spec in specs if spec.spec in layouts and layouts[spec.spec] not in stack.layouts]
-    items += [{"what": what, "reason": reason} for what, reason in stack.not_run.items()
-              if not what.startswith(("route ", "layout "))]
+    items += [{"what": what, "reason": reason} for what, reason in stack.missing(Missing.CHECK).items()]
     return items
 
 

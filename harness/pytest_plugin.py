@@ -12,7 +12,7 @@ from typing import Iterator
 import pytest
 
 from harness.config import SETTINGS, HarnessConfig, resolve_config
-from harness.stack import Stack, signals, start_stack
+from harness.stack import Missing, Stack, signals, start_stack
 from harness.tenancy.models import load_user_metadata
 from harness.tenancy.provisioning import Tenancy
 from harness.tenancy.strategy import BUILTINS, StrategySpec, load_strategy, resolve_spec, short_name
@@ -173,7 +173,7 @@ def _route_on_this_stack(request: pytest.FixtureRequest) -> None:
     if "route" in request.fixturenames and "stack" in request.fixturenames:
         route, running = request.getfixturevalue("route"), request.getfixturevalue("stack")
         if isinstance(route, str) and route not in running.routes:
-            pytest.skip(f"not run: route {route}: {running.not_run.get(f'route {route}', 'not on this stack')}")
+            pytest.skip(f"not run: route {route}: {running.why_not(Missing.ROUTE, route, 'not on this stack')}")
 
 
 @pytest.hookimpl(wrapper=True)

@@ -22,6 +22,7 @@ import json
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from harness.checks.verdict import Verdict
 from harness.errors import UsageError
 from harness.report.migration import migration_rows
 from harness.report.results import SCHEMA, VERSION, Axes, axes
@@ -106,7 +107,7 @@ def merge_results(shards: list[Shard]) -> dict[str, Any]:
         # Named after the run's start and plan, so merging the same shards again rewrites one folder.
         "run_id": f"{stamp}-merged-{first['plan'][:6]}", "started": started,
         "seconds": max(s.results["seconds"] for s in ordered),
-        "verdict": "pass" if ok else "fail", "exit_status": 0 if ok else 1,
+        "verdict": Verdict.PASS if ok else Verdict.FAIL, "exit_status": 0 if ok else 1,
         "environment": {**first["environment"], **{
             key: ", ".join(dict.fromkeys(str(_environment(s)[key]) for s in ordered if key in _environment(s)))
             for key in PER_SHARD if key in first["environment"]}},

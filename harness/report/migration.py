@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from harness.checks.verdict import Verdict
+
 COLUMNS = (
     ("survives_commit", "survives COMMIT"),
     ("survives_rollback", "survives ROLLBACK"),
@@ -27,7 +29,7 @@ COLUMNS = (
 def _judge(cells: list[dict[str, Any]]) -> dict[str, Any]:
     if not cells:
         return {"value": "?", "detail": "not measured"}
-    failing = [c for c in cells if c["verdict"] != "pass"]
+    failing = [c for c in cells if c["verdict"] != Verdict.PASS]
     if not failing:
         return {"value": "yes", "detail": f"{len(cells)} cell(s) passed"}
     where = ", ".join(sorted({f"{c['scenario']}@{c['route']}" for c in failing})[:6])

@@ -39,6 +39,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from harness.checks.verdict import Verdict
 from harness.report.migration import migration_rows
 from harness.workload.cell import CellResult
 from harness.workload.program import describe_program
@@ -96,7 +97,7 @@ def results_json(run) -> dict[str, Any]:
     shard = getattr(run, "shard", None)
     return {
         "schema": SCHEMA, "version": VERSION, "run_id": run.run_id, "started": run.started.isoformat(),
-        "seconds": round(run.seconds, 1), "verdict": "pass" if run.ok else "fail",
+        "seconds": round(run.seconds, 1), "verdict": Verdict.PASS if run.ok else Verdict.FAIL,
         "exit_status": 0 if run.ok else 1, "builtin_self_check": run.builtin_self_check,
         "strategies": run.strategies, "routes": list(run.routes or run.config.routes),
         "scenarios": _planned_scenarios(run), "environment": run.environment,

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from harness.checks.verdict import Verdict
 from harness.report.results import SCHEMA
 
 MAX_RUNS = 30
@@ -36,8 +37,6 @@ def _row(data: dict[str, Any]) -> dict[str, Any]:
         "run_id": data.get("run_id"), "started": data.get("started", ""), "verdict": data.get("verdict"),
         "seconds": data.get("seconds"), "profile": data.get("environment", {}).get("profile", "?"),
         "cells": len(cells),
-        "pass": sum(1 for c in cells if c.get("verdict") == "pass"),
-        "fail": sum(1 for c in cells if c.get("verdict") == "fail"),
-        "inconclusive": sum(1 for c in cells if c.get("verdict") == "inconclusive"),
+        **{v.value: sum(1 for c in cells if c.get("verdict") == v) for v in Verdict},
         "not_as_required": sum(1 for c in cells if not c.get("as_required", True)),
     }

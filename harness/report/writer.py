@@ -13,6 +13,7 @@ from typing import Any
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 
+from harness.checks.verdict import Verdict
 from harness.report.junit import junit_xml
 from harness.report.migration import COLUMNS
 from harness.report.results import axes, results_json
@@ -27,15 +28,15 @@ def headline(results: dict[str, Any]) -> str:
     scan = results.get("scan") or {}
     leftovers = len(scan.get("findings", []))
     tail = f"; the static scan found {leftovers} search_path leftover(s)" if leftovers else ""
-    return ("PASS: " if results["verdict"] == "pass" else "FAIL: ") + _cells_sentence(results, cells, off) + tail
+    return ("PASS: " if results["verdict"] == Verdict.PASS else "FAIL: ") + _cells_sentence(results, cells, off) + tail
 
 
 def _cells_sentence(results: dict[str, Any], cells: list, off: list) -> str:
     if results["builtin_self_check"]:
         if not off:
             return (f"all {len(cells)} cells measured the verdict the expectation table requires "
-                    f"({sum(c['verdict'] == 'fail' for c in cells)} known leaks found, "
-                    f"{sum(c['verdict'] == 'pass' for c in cells)} sound cells passed)")
+                    f"({sum(c['verdict'] == Verdict.FAIL for c in cells)} known leaks found, "
+                    f"{sum(c['verdict'] == Verdict.PASS for c in cells)} sound cells passed)")
         return f"{len(off)} of {len(cells)} cells differ from the expectation table"
     if not off:
         return f"{', '.join(results['strategies'])} passed all {len(cells)} cells"

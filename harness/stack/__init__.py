@@ -10,9 +10,9 @@ check of every route, the timings.
 """
 
 from harness.stack.native import start_native_stack
-from harness.stack.stack import POOLED_ROUTES, ROUTES, Stack
+from harness.stack.stack import POOLED_ROUTES, ROUTES, Missing, Stack
 
-__all__ = ["POOLED_ROUTES", "ROUTES", "Stack", "choose_backend", "start_native_stack", "start_stack"]
+__all__ = ["POOLED_ROUTES", "ROUTES", "Missing", "Stack", "choose_backend", "start_native_stack", "start_stack"]
 
 
 def choose_backend(config) -> str:

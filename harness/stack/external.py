@@ -33,7 +33,7 @@ from harness.config import HarnessConfig
 from harness.errors import SetupError, UsageError
 from harness.stack.pgbouncer import AdminConsole, pgbouncer_version
 from harness.stack.process import owner_gone, run_owner
-from harness.stack.stack import POOLED_ROUTES, ROUTES, Stack, StackAssembly, conninfo, launch
+from harness.stack.stack import POOLED_ROUTES, ROUTES, Missing, Stack, StackAssembly, conninfo, launch
 
 COMMENT_PREFIX = "tenant-harness run "
 # "tenant-harness run <run_id> owner <host>:<pid> started <iso time>"
@@ -213,8 +213,8 @@ def _boot(assembly: StackAssembly) -> None:
     stack.owns_public = False
     for route in ROUTES:
         if route not in routes:
-            stack.not_run[f"route {route}"] = f"no --{route}-dsn given"
-    stack.not_run["layout rls"] = ("the rls layout needs a database of its own; the external backend creates "
+            stack.not_run[Missing.ROUTE, route] = f"no --{route}-dsn given"
+    stack.not_run[Missing.LAYOUT, "rls"] = ("the rls layout needs a database of its own; the external backend creates "
                                    "only schemas")
     try:
         conn = _connect(superuser, autocommit=True)
@@ -255,7 +255,7 @@ def _boot(assembly: StackAssembly) -> None:
         if route in POOLED_ROUTES:
             console, why = _admin_console(route, url, superuser)
             if console is None:
-                stack.not_run[f"pgbouncer probe {route}"] = (
+                stack.not_run[Missing.CHECK, f"pgbouncer probe {route}"] = (
                     f"the admin console of {url.host}:{url.port} did not open ({why}); pool checks are "
                     f"inconclusive and the pool is emptied by terminating {user}'s backends")
                 continue

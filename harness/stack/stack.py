@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import atexit
 import dataclasses
+import enum
 import functools
 import threading
 import time
@@ -32,6 +33,14 @@ ROUTES = ("direct", "session", "transaction")
 POOLED_ROUTES = ("session", "transaction")
 
 Part = TypeVar("Part", bound=ServerPart)
+
+
+class Missing(enum.StrEnum):
+    """Kinds of thing a stack may lack: a route, a layout, or a check (the pool probe of a route)."""
+
+    ROUTE = "route"
+    LAYOUT = "layout"
+    CHECK = "check"
 
 
 @dataclasses.dataclass
@@ -58,12 +67,20 @@ class Stack:
     layouts: tuple[str, ...] = ("schema", "rls")
     #: may the harness put decoy tables into public (not on someone else's database)
     owns_public: bool = True
-    #: what this stack cannot run, and why: {"route session": "no --session-dsn given", ...}
-    not_run: dict[str, str] = dataclasses.field(default_factory=dict)
+    #: what this stack cannot run, and why: {(Missing.ROUTE, "session"): "no --session-dsn given", ...}
+    not_run: dict[tuple["Missing", str], str] = dataclasses.field(default_factory=dict)
     #: the PostgreSQL part (behind the direct route, and behind every PgBouncer)
     server: ServerPart | None = None
     _cleanup: list[Callable[[], object]] = dataclasses.field(default_factory=list, repr=False)
     _closed: bool = dataclasses.field(default=False, repr=False)
+
+    def why_not(self, kind: Missing, name: str, default: str = "") -> str:
+        """Why this stack cannot run a route, a layout or a check (``default`` when it does not say)."""
+        return self.not_run.get((kind, name), default)
+
+    def missing(self, kind: Missing) -> dict[str, str]:
+        """Name -> reason, for every missing thing of one kind."""
+        return {name: reason for (what, name), reason in self.not_run.items() if what is kind}
 
     def url(self, route: str) -> URL:
         """SQLAlchemy URL (``postgresql+psycopg``) of a route, as the login role of the code under test."""

@@ -18,7 +18,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from harness.checks.history import Snapshot
 from harness.errors import StartupTimeout, UsageError
-from harness.stack import POOLED_ROUTES, Stack
+from harness.stack import POOLED_ROUTES, Missing, Stack
 from harness.tenancy.models import model_set
 from harness.tenancy.seeds import LABELS, WRITTEN_TABLES, quote, reseed_script
 from harness.tenancy.tenants import HOSTILE_TENANTS, PUBLIC, validate_tenants
@@ -57,7 +57,7 @@ class Tenancy:
                 raise UsageError(f"Unknown layout {layout!r}.", fix=["use 'schema' or 'rls'"])
             if layout not in self.stack.layouts:
                 raise UsageError(f"The {layout} layout cannot run on the {self.stack.backend} backend.",
-                                 checked=[self.stack.not_run.get(f"layout {layout}", "")],
+                                 checked=[self.stack.why_not(Missing.LAYOUT, layout)],
                                  fix=["use the native or the docker backend for it"])
             companion = RlsTenancy(self, self.tenants + tuple(t for t in self.provisioned if t not in self.tenants))
             companion.provision()
