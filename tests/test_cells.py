@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from harness.config import resolve_config
+from harness.report.explain import explain
 from harness.stack import start_stack
 from harness.tenancy.provisioning import Tenancy
 from harness.tenancy.strategy import load_strategy
@@ -12,7 +13,6 @@ from harness.tenancy.tenants import DEFAULT_TENANTS
 from harness.workload.cell import run_cell
 from harness.workload.named import NAMED_SCENARIOS
 from harness.workload.program import Program, Request
-from harness.report.explain import explain
 
 
 @pytest.fixture(scope="module")

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from sqlalchemy import text
 
+from harness.report.explain import explain
 from harness.tenancy.strategy import load_strategy
 from harness.workload.cell import run_cell
 from harness.workload.generated import PROFILES, explore
 from harness.workload.named import NAMED_SCENARIOS
-from harness.report.explain import explain
 
 
 def run(stack, tenancy, spec: str, route: str, scenario: str):
@@ -18,6 +18,7 @@ def run(stack, tenancy, spec: str, route: str, scenario: str):
 
 def test_rls_tables_are_shared_owned_by_the_login_role_and_hold_every_tenant(stack, tenancy):
     rls = tenancy.for_layout("rls")
+    rls.reset()  # the seeds, whatever cells ran before
     with rls.engine.connect() as conn:
         owners = dict(conn.execute(text("SELECT tablename, tableowner FROM pg_tables WHERE schemaname = 'public'")).all())
         assert owners and set(owners.values()) == {"app"}

@@ -47,15 +47,25 @@ class HammerRun:
 
 
 class _HistoryFile:
+    """The history as JSON lines; each thread buffers its lines and writes them a batch at a time."""
+
+    BATCH = 64
+
     def __init__(self, path: Path):
         self.path = path
         self.handle = path.open("w", encoding="utf-8")
         self.lock = threading.Lock()
 
-    def write(self, record: StepRecord) -> None:
-        line = json.dumps(step_to_json(record), ensure_ascii=False)
-        with self.lock:
-            self.handle.write(line + "\n")
+    def write(self, buffer: list[str], record: StepRecord) -> None:
+        buffer.append(json.dumps(step_to_json(record), ensure_ascii=False))
+        if len(buffer) >= self.BATCH:
+            self.flush(buffer)
+
+    def flush(self, buffer: list[str]) -> None:
+        if buffer:
+            with self.lock:
+                self.handle.write("\n".join(buffer) + "\n")
+            buffer.clear()
 
     def close(self) -> None:
         self.handle.close()
@@ -95,6 +105,7 @@ def hammer(stack: Stack, tenancy: Tenancy, spec: StrategySpec, route: str, *, th
         # An async layer gets an event loop per thread (several loops on threads), and so an instance per thread.
         mine = cell.runner_for_thread() if strategy.is_async else runner
         client = Client(index, loop=mine.loop() if strategy.is_async else None)
+        lines: list[str] = []
         try:
             while True:
                 with lock:
@@ -104,10 +115,11 @@ def hammer(stack: Stack, tenancy: Tenancy, spec: StrategySpec, route: str, *, th
                     number = issued[0]
                 request = random_request(rng, tenancy.tenants, steps)
                 for action in request.actions():
-                    out.write(mine.act(client, number, request, action))
+                    out.write(lines, mine.act(client, number, request, action))
         except BaseException as exc:  # noqa: BLE001 - reported after the run
             failures.append(exc)
         finally:
+            out.flush(lines)
             mine._end(client)
             if mine is not runner:
                 mine.close_strategy()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import itertools
 from typing import Any, Callable, TypeVar
 
@@ -122,12 +123,12 @@ class Runner:
         implementation = ACTIONS[action]
         context = Context(self.models, self.ids, self.lean, client)
         try:
-            if kind.pid is PidTiming.BEFORE:
+            if kind.pid is PidTiming.BEFORE and not self.lean:
                 pid_info = self._call(client, self._where)
             client.lean_pid = {}
-            rows, writes, note = self._call(client, lambda session: implementation(context, session))
+            rows, writes, note = self._call(client, functools.partial(implementation, context))
             if kind.pid is PidTiming.AFTER:
-                pid_info = self._call(client, self._where) or client.lean_pid
+                pid_info = client.lean_pid if self.lean else self._call(client, self._where)
             return StepRecord(**base, **pid_info, rows=rows, writes=writes, note=note)
         except Exception as exc:  # noqa: BLE001 - every failure is recorded, not raised
             error = error_seen(exc)
