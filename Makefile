@@ -25,7 +25,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e .
 	touch $(STAMP)
 
-# The test-only extras: selenium and PyYAML, and Debian's chromium with its
+# The test-only extras: selenium, PyYAML and pytest-xdist (the quality group runs on one stack per
+# core), and Debian's chromium with its
 # driver (the report is checked in a real headless browser).
 test-setup: setup $(TEST_STAMP)
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
@@ -49,7 +50,7 @@ test: test-setup
 	$(BIN)/pytest tests scenarios -m "not quality and not docker" $(PYTEST_ARGS)
 	@if docker info >/dev/null 2>&1; then $(MAKE) --no-print-directory test-docker; \
 	else echo "make test: no Docker engine answers, so the docker-backend tests (make test-docker) did not run" >&2; fi
-	HARNESS_QUALITY_SEEDS=$(QUALITY_SEEDS) $(BIN)/pytest tests -m quality $(PYTEST_ARGS)
+	HARNESS_QUALITY_SEEDS=$(QUALITY_SEEDS) $(BIN)/pytest tests -m quality -n auto $(PYTEST_ARGS)
 
 # The docker backend's tests, against images built here from Debian's packages
 # (scripts/build-images reuses images it built before).
@@ -60,7 +61,7 @@ images:
 	scripts/build-images
 
 quality: test-setup
-	HARNESS_QUALITY_SEEDS=10 $(BIN)/pytest tests -m quality $(PYTEST_ARGS)
+	HARNESS_QUALITY_SEEDS=10 $(BIN)/pytest tests -m quality -n auto $(PYTEST_ARGS)
 
 bench: setup
 	@if docker info >/dev/null 2>&1; then images="$$(scripts/build-images)" && eval "$$images" && \
