@@ -80,6 +80,18 @@ class Progress:
               file=self.out, flush=True)
 
 
+def writable_folder(folder: Path, option: str) -> None:
+    """Refuse, before anything starts, a report folder the run could not write its results to."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".harness-write-check-{uuid.uuid4().hex[:8]}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise UsageError(f"{option} {folder}: the run could not write its report there ({exc.strerror or exc}).",
+                         fix=["name a folder you can write to (it is created when missing)"]) from None
+
+
 def plan_cells(specs: list[StrategySpec], routes: tuple[str, ...], scenarios: list[str]) -> list[PlannedCell]:
     """Every cell of the run in report order: strategy, then route, then scenario."""
     combos = [(spec.spec, route, scenario) for spec in specs for route in routes for scenario in scenarios]
@@ -126,6 +138,7 @@ def run_verify(config: HarnessConfig, *, seed: int, scan: list[Path] | None = No
         if not any(p.is_file() or any(p.rglob("*.py")) for p in scan):
             raise UsageError(f"--scan {', '.join(run.scan_paths)}: no Python file to scan.",
                              fix=["give the folder of your application code"])
+    writable_folder(config.report_dir, "--report-dir")
     run.plan = plan_id(config, specs, scenarios, seed)
     cells = shard_of(plan_cells(specs, config.routes, scenarios), config.shard)
     if config.shard is not None:

@@ -65,3 +65,11 @@ def test_scan_findings_fail_the_run(tmp_path):
     assert done.returncode == 1
     assert "static scan found 1 search_path leftover" in done.stdout
     assert results(tmp_path)["scan"]["findings"][0]["line"] == 2
+
+
+def test_a_report_folder_that_is_a_file_is_refused_before_anything_starts(tmp_path):
+    (tmp_path / "reports").write_text("not a folder")
+    done = harness_verify(tmp_path, "--strategy", "harness.tenancy.strategies.builtin:translate_map_pinned")
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "--report-dir" in done.stderr and "To fix this" in done.stderr
+    assert "[  1/" not in done.stderr  # no cell ran
