@@ -10,9 +10,11 @@ reseeded, pools emptied) and its programs come from the run's seed.
 
 Workers are separate processes, because the workload is Python-bound and
 threads would share one interpreter lock. They are forked where the platform
-can (the parent has started no thread and no connection by then, and a forked
-worker skips a second of imports), spawned elsewhere. A worker stops its stack
-on SIGTERM, on Ctrl-C, and when its parent is gone.
+can and the parent runs a single thread (it has opened no connection by then,
+and a forked worker skips a second of imports), spawned otherwise. A worker
+stops its stack on SIGTERM, on Ctrl-C, and when its parent is gone; a signal
+that arrives while it tears down is ignored, and what an interrupted step
+leaves the kernel stops (servers die with their parent).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ import platform
 import queue
 import signal
 import sys
+import threading
+import time
 import traceback
 from typing import Any, Callable, Iterator
 
@@ -225,7 +229,10 @@ def _stop_once(signum: int, frame: object) -> None:
 def _run_in_workers(config: HarnessConfig, specs: list[StrategySpec], cells: list[PlannedCell], seed: int, *,
                     gate: bool, jobs: int, on_info: Callable[[StackInfo], None],
                     on_result: Callable[[PlannedCell, CellResult], None]) -> None:
-    context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+    # Fork only a parent with one thread: a thread started by an imported module (a user's strategy, say)
+    # could hold a lock the forked child would wait on forever.
+    can_fork = "fork" in multiprocessing.get_all_start_methods() and threading.active_count() == 1
+    context = multiprocessing.get_context("fork" if can_fork else "spawn")
     tasks, results = context.Queue(), context.Queue()
     for cell in queue_order(cells):
         tasks.put(cell)
@@ -255,7 +262,7 @@ def _run_in_workers(config: HarnessConfig, specs: list[StrategySpec], cells: lis
                     break
         completed = True
     finally:
-        _stop(workers, ask=not completed)
+        _stop(workers, results, ask=not completed)
 
 
 def _messages(results: Any, workers: list[Any]) -> Iterator[tuple]:
@@ -271,14 +278,24 @@ def _messages(results: Any, workers: list[Any]) -> Iterator[tuple]:
                                    "with their parent)")
 
 
-def _stop(workers: list[Any], *, ask: bool) -> None:
+def _stop(workers: list[Any], results: Any, *, ask: bool) -> None:
     """Wait for the workers to exit; with ``ask``, first tell those still running to stop (SIGTERM: each
-    tears its stack down). A worker still there after the grace is killed (its servers die with it)."""
+    tears its stack down). One grace for all of them; a worker still there after it is killed (its
+    servers die with it). Messages still coming are drained: a worker whose last ones sit unread in the
+    queue's pipe could not exit."""
     for worker in workers:
         if ask and worker.is_alive():
             worker.terminate()
+    deadline = time.monotonic() + STOP_GRACE
+    while any(w.is_alive() for w in workers) and time.monotonic() < deadline:
+        try:
+            while True:
+                results.get_nowait()
+        except (queue.Empty, OSError, EOFError, ValueError):
+            pass
+        for worker in workers:
+            worker.join(0.05)
     for worker in workers:
-        worker.join(STOP_GRACE)
         if worker.is_alive():
             worker.kill()
             worker.join(5)

@@ -267,3 +267,15 @@ def test_the_page_says_whether_it_is_a_shard_or_a_merge(tmp_path):
     assert "shard 2 of 3</strong> of plan 5e1f5e1f5e1f" in shard_page
     merged_page = (write_report_folder(merge_results(shards(tmp_path)), tmp_path / "all") / "index.html").read_text()
     assert "merged from 3 shards of plan 5e1f5e1f5e1f" in merged_page
+
+
+def test_a_shard_that_drew_no_cell_merges(tmp_path):
+    """A shard with no cell started no stack, so it has no environment; the plan still ties it to the run."""
+    whole = json.loads(json.dumps(results_json(fake_run(tmp_path)), default=str))
+    full = json.loads(json.dumps(results_json(fake_run(tmp_path, shard=(1, 1))), default=str))
+    full["shard"] = {"index": 1, "count": 2}
+    empty = {**full, "cells": [], "environment": {}, "shard": {"index": 2, "count": 2}, "migration": [],
+             "run_id": "20260101-000002-shard2"}
+    merged = merge_results([Shard("one", full), Shard("two", empty)])
+    assert [c["id"] for c in merged["cells"]] == [c["id"] for c in whole["cells"]]
+    assert merged["environment"]["seed"] == whole["environment"]["seed"]

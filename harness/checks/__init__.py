@@ -73,7 +73,10 @@ def check_history_file(history: History, path: Path) -> tuple[list[Finding], lis
         found = [finding for check in streaming for finding in check.run(part)]
         findings.extend(found)
         seqs = {s for f in found for s in f.steps}
-        flagged.extend(step for step in chunk if step.seq in seqs and len(flagged) < KEEP_FLAGGED_STEPS)
+        # The file is in step order per client only (threads write in batches): keep the earliest steps.
+        flagged.extend(step for step in chunk if step.seq in seqs)
+        flagged.sort(key=lambda step: step.seq)
+        del flagged[KEEP_FLAGGED_STEPS:]
 
     chunk: list[StepRecord] = []
     for step in steps:

@@ -101,6 +101,7 @@ def merge_results(shards: list[Shard]) -> dict[str, Any]:
             "findings": _once(f for s in scans for f in s["findings"])} if scans else None
     ok = all(c["as_required"] for c in cells) and not (scan and scan["findings"])
     started = min(s.results["started"] for s in ordered)
+    environment = next((_environment(s) for s in ordered if _environment(s)), {})
     stamp = dt.datetime.fromisoformat(started).strftime("%Y%m%d-%H%M%S")
     return {
         **first,
@@ -108,9 +109,9 @@ def merge_results(shards: list[Shard]) -> dict[str, Any]:
         "run_id": f"{stamp}-merged-{first['plan'][:6]}", "started": started,
         "seconds": max(s.results["seconds"] for s in ordered),
         "verdict": Verdict.PASS if ok else Verdict.FAIL, "exit_status": 0 if ok else 1,
-        "environment": {**first["environment"], **{
+        "environment": {**environment, **{
             key: ", ".join(dict.fromkeys(str(_environment(s)[key]) for s in ordered if key in _environment(s)))
-            for key in PER_SHARD if key in first["environment"]}},
+            for key in PER_SHARD if key in environment}},
         "cells": cells,
         "not_run": _once(item for s in ordered for item in s.results.get("not_run", [])),
         "migration": migration_rows(cells),
@@ -143,10 +144,12 @@ def _refuse_mismatches(shards: list[Shard]) -> None:
                          fix=["merge only reports written by `harness verify --shard K/N`"])
     # The plan hashes the seed, the settings and the axes; each is compared on its own first so
     # that the refusal names what differs, and the plan last for whatever else it covers.
-    _refuse_disagreement(shards, "the seed", lambda s: s.seed)
-    for key in dict.fromkeys(k for s in shards for k in _environment(s)):
+    # A shard that drew no cell started no stack and has no environment; the plan still holds its seed.
+    measured = [s for s in shards if _environment(s)] or shards
+    _refuse_disagreement(measured, "the seed", lambda s: s.seed)
+    for key in dict.fromkeys(k for s in measured for k in _environment(s)):
         if key not in PER_SHARD:
-            _refuse_disagreement(shards, f"the environment's {key}", lambda s: _environment(s).get(key))
+            _refuse_disagreement(measured, f"the environment's {key}", lambda s: _environment(s).get(key))
     for key in AGREED:
         _refuse_disagreement(shards, key, lambda s: s.results.get(key))
     _refuse_disagreement(shards, "the plan", lambda s: s.results["plan"])

@@ -38,6 +38,9 @@ SERVER_SETTINGS = {
     "log_line_prefix": "%m [%p] %q%u@%d ",
     "logging_collector": "off",
     "password_encryption": "scram-sha-256",
+    # A small WAL: the cluster may live in memory (/dev/shm), one per --jobs worker.
+    "max_wal_size": "64MB",
+    "min_wal_size": "32MB",
 }
 
 

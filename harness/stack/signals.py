@@ -25,6 +25,10 @@ class Terminated(KeyboardInterrupt):
         self.signum = signum
         super().__init__(f"received {signal.Signals(signum).name}")
 
+    def __reduce__(self):
+        # Rebuilt from the signal number when it crosses a process boundary (a --jobs worker's stop).
+        return (Terminated, (self.signum,))
+
 
 def _raise(signum: int, frame: object) -> None:
     raise Terminated(signum)

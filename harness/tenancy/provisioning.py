@@ -42,7 +42,8 @@ class Tenancy:
                                             poolclass=None, pool_size=2)
         self.provisioned: list[str] = []
         self._seed_state: Snapshot | None = None  # the written tables right after a full seed
-        self._last_state: Snapshot | None = None  # read back by the last cell, after its strategy closed
+        # read back by the last cell after its strategy closed, with the next transaction id at that moment
+        self._last_state: tuple[int, Snapshot] | None = None
         self._state_sql: str | None = None
         # Databases the code under test connects to (other layouts add theirs).
         self.databases: list[str] = [stack.database]
@@ -128,7 +129,11 @@ class Tenancy:
         last, self._last_state = self._last_state, None
         with self.engine.begin() as conn:
             full = not reseed_only_written or self._seed_state is None
-            state = None if full else (last or self._read_state(conn))
+            # The read-back holds only if no transaction wrote since (a connection the code under test
+            # leaked, a background task): any write takes a transaction id, so the next one to be given
+            # out must be the same as when the read-back was taken.
+            trusted = last is not None and last[0] == self._next_xid(conn)
+            state = None if full else (last[1] if trusted else self._read_state(conn))
             changed = [s for s in self.schemas if full or state.get(s) != self._seed_state.get(s)]
             if changed:
                 tables = tuple(self._tables() if full else self._reset_tables())
@@ -198,11 +203,18 @@ class Tenancy:
             out[self.schemas[s_index]][table].append((row_id, owner, label))
         return out
 
+    @staticmethod
+    def _next_xid(conn: Connection) -> int:
+        """The next transaction id the server will give out (txid_* works on every supported version)."""
+        return int(conn.exec_driver_sql("SELECT txid_snapshot_xmax(txid_current_snapshot())").scalar())
+
     def snapshot(self) -> Snapshot:
         """The superuser's read-back of every schema, for the write checks (and the next reset)."""
         with self.engine.begin() as conn:
-            self._last_state = self._read_state(conn)
-        return self._last_state
+            next_xid = self._next_xid(conn)
+            state = self._read_state(conn)
+        self._last_state = (next_xid, state)
+        return state
 
     def close(self) -> None:
         for layout, tenancy in self._layouts.items():

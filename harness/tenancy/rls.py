@@ -96,14 +96,21 @@ class RlsTenancy:
         return [tuple(r) for r in conn.execute(text(" UNION ALL ".join(parts)))]
 
     def reset(self, *, reconnect: bool = True, full: bool = False, timeout: float = 10.0) -> None:
+        """Leave no server connection of the login role, then reseed the shared tables if they changed.
+
+        As for the schema layout, the pools are emptied first, so nothing of the
+        code under test writes while the reseed runs; the shared tables are
+        compared with the seed by one fingerprint query.
+        """
         assert self.engine is not None
-        with self.engine.begin() as conn:
-            if full or not self._seed_fingerprint or self._fingerprint(conn) != self._seed_fingerprint:
-                script = reseed_script(conn.dialect, tuple(self.models.metadata.sorted_tables), None, tuple(self.seeded))
-                conn.connection.driver_connection.execute(script)  # no parameters: one simple-protocol round trip
-                self._seed_fingerprint = self._fingerprint(conn)
         if reconnect:
             self.parent.drop_server_connections(timeout)
+        with self.engine.begin() as conn:
+            if full or not self._seed_fingerprint or self._fingerprint(conn) != self._seed_fingerprint:
+                tables = tuple(self.models.metadata.sorted_tables)
+                script = reseed_script(conn.dialect, tables, None, tuple(self.seeded))
+                conn.connection.driver_connection.execute(script)  # no parameters: one simple-protocol round trip
+                self._seed_fingerprint = self._fingerprint(conn)
 
     def snapshot(self) -> dict[str, dict[str, list[tuple[int, str, str]]]]:
         """Rows of the written tables grouped by their tenant column: {tenant: {table: rows}}."""

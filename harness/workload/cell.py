@@ -60,13 +60,13 @@ class CellSetup:
         try:
             if self.target is not tenancy:
                 self.target.prepare(self.strategy)
+            # The RLS layout has its own (shared) tables; a schema-layout strategy declares its flavour.
+            own_models = self.target is not tenancy
+            self.runner = Runner(stack, route, self.strategy, tenants=tenancy.tenants, lean=lean,
+                                 models=self.target.models if own_models else None, url=self.target.url(route))
         except BaseException:
             self.strategy.close()
             raise
-        # The RLS layout has its own (shared) tables; a schema-layout strategy declares its flavour.
-        own_models = self.target is not tenancy
-        self.runner = Runner(stack, route, self.strategy, tenants=tenancy.tenants, lean=lean,
-                             models=self.target.models if own_models else None, url=self.target.url(route))
 
     def __enter__(self) -> "CellSetup":
         return self

@@ -87,10 +87,14 @@ def hammer(stack: Stack, tenancy: Tenancy, spec: StrategySpec, route: str, *, th
     if threads < 1:
         raise UsageError(f"The hammer needs at least one thread, not {threads}.")
     history_path.parent.mkdir(parents=True, exist_ok=True)
-    cell = CellSetup(stack, tenancy, spec, route, lean=True)
+    out = _HistoryFile(history_path)  # first: a folder it cannot write to leaves no strategy open
+    try:
+        cell = CellSetup(stack, tenancy, spec, route, lean=True)
+    except BaseException:
+        out.close()
+        raise
     runner, strategy = cell.runner, cell.strategy
     steps = drawable(hammer=True, layout=strategy.layout)
-    out = _HistoryFile(history_path)
     checkouts = [0]
     if strategy.engine is not None:
         event.listen(getattr(strategy.engine, "sync_engine", strategy.engine), "checkout",
@@ -110,16 +114,16 @@ def hammer(stack: Stack, tenancy: Tenancy, spec: StrategySpec, route: str, *, th
             while True:
                 with lock:
                     if issued[0] >= max_requests or time.monotonic() >= deadline:
-                        return
+                        break
                     issued[0] += 1
                     number = issued[0]
                 request = random_request(rng, tenancy.tenants, steps)
                 for action in request.actions():
                     out.write(lines, mine.act(client, number, request, action))
-        except BaseException as exc:  # noqa: BLE001 - reported after the run
+            out.flush(lines)
+        except BaseException as exc:  # noqa: BLE001 - reported after the run: no verdict on a cut history
             failures.append(exc)
         finally:
-            out.flush(lines)
             mine._end(client)
             if mine is not runner:
                 mine.close_strategy()

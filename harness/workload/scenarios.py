@@ -1,7 +1,7 @@
 """The scenario registry: every scenario a cell can run, and how it runs, in one place.
 
-``harness verify``, the pytest plugin and the bench all run a cell through
-:func:`run_scenario`: the named scenarios (the migration's validation plan),
+``harness verify`` and the pytest plugin run a cell through
+:func:`run_scenario` (the bench times ``harness verify`` itself): the named scenarios (the migration's validation plan),
 generated programs, and the hammer. A scenario is a function of a
 :class:`CellContext` (the stack, the tenant schemas, the run's settings and
 seed), a strategy and a route, returning a :class:`CellResult` with its

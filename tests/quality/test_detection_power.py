@@ -23,7 +23,7 @@ from harness.workload.expectations import required_verdict
 from harness.workload.generated import PROFILES, explore
 from harness.workload.program import step_count
 
-SEEDS = range(1, 1 + int(os.environ.get("HARNESS_QUALITY_SEEDS") or 10))
+SEEDS = range(1, 1 + max(1, int(os.environ.get("HARNESS_QUALITY_SEEDS") or 10)))  # never an empty group
 SOUND_SEEDS = range(1, 4)
 MAX_COUNTEREXAMPLE_STEPS = 6
 FAILING = [(s, r) for s in BUILTINS for r in ROUTES if required_verdict(s, "generated", r).verdict is Verdict.FAIL]
