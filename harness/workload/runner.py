@@ -45,6 +45,7 @@ class Client:
     lean_pid: dict[str, Any] = dataclasses.field(default_factory=dict)  # pid read by a lean select
     is_async: bool = False  # the strategy's session() gave an AsyncSession
     loop: asyncio.AbstractEventLoop | None = None  # where this client's async steps run
+    step_context: Any = None  # the Context its steps get (models, id counter, client), made once
 
 
 class Runner:
@@ -121,12 +122,17 @@ class Runner:
             return StepRecord(**base, note="skipped: the session did not open")
         pid_info: dict[str, Any] = {}
         implementation = ACTIONS[action]
-        context = Context(self.models, self.ids, self.lean, client)
+        if client.step_context is None:
+            client.step_context = Context(self.models, self.ids, self.lean, client)
+        context = client.step_context
         try:
             if kind.pid is PidTiming.BEFORE and not self.lean:
                 pid_info = self._call(client, self._where)
             client.lean_pid = {}
-            rows, writes, note = self._call(client, functools.partial(implementation, context))
+            if client.is_async:
+                rows, writes, note = self._call(client, functools.partial(implementation, context))
+            else:
+                rows, writes, note = implementation(context, client.session)
             if kind.pid is PidTiming.AFTER:
                 pid_info = client.lean_pid if self.lean else self._call(client, self._where)
             return StepRecord(**base, **pid_info, rows=rows, writes=writes, note=note)
@@ -162,7 +168,7 @@ class Runner:
             else:
                 client.is_async = False
                 client.session = client.context.__enter__()
-            return StepRecord(**base, **self._call(client, self._where))
+            return StepRecord(**base, **({} if self.lean else self._call(client, self._where)))
         except Exception as exc:  # noqa: BLE001
             if client.session is not None:
                 self._end(client)  # entered, then failed: leave no connection checked out
