@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from harness.config import resolve_config
 from harness.report.explain import explain
 from harness.stack import start_stack
 from harness.tenancy.provisioning import Tenancy

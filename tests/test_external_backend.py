@@ -20,7 +20,6 @@ import pytest
 
 from harness.config import resolve_config
 from harness.errors import SetupError, UsageError
-from harness.report.explain import explain
 from harness.stack import start_stack
 from harness.stack.external import COMMENT_PREFIX, harness_schemas
 from harness.tenancy.provisioning import Tenancy
@@ -229,6 +228,7 @@ def test_a_route_that_does_not_answer_is_a_clear_error_and_nothing_is_left(targe
 
 def test_in_pytest_a_route_without_a_dsn_is_skipped_as_not_run(target, tmp_path):
     (tmp_path / "test_mine.py").write_text(textwrap.dedent("""
+        from harness.report.explain import explain
         from harness.tenancy.strategy import load_strategy
 
         def test_fresh_session(run_scenario, route):

@@ -39,18 +39,19 @@ def test_stopping_a_run_on_two_stacks_tears_both_down(tmp_path, signum):
     proc = subprocess.Popen([sys.executable, "-m", "harness", "verify", "--jobs", "2", "--profile", "dev",
                              "--strategy", "translate_map_pinned", "--report-dir", str(tmp_path / "reports"),
                              "--example-db", str(tmp_path / "examples")],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
-        deadline = time.monotonic() + 60
-        ours: set[Path] = set()
-        while len(ours) < 2 and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.1)
-            ours = run_dirs() - before
+        # Stopped once a cell has finished (its progress line), so both workers are up and running cells.
+        progress = ""
+        while not progress.startswith("[  1/") and proc.poll() is None:
+            progress = proc.stderr.readline()
+        deadline = time.monotonic() + 10
+        while len(ours := run_dirs() - before) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert len(ours) == 2, "two stacks should be up"
-        time.sleep(1.0)  # cells running on both
         proc.send_signal(signum)
-        out, err = proc.communicate(timeout=60)
+        _, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()

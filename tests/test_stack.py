@@ -4,14 +4,12 @@ stand-in parts and no server, what every backend gets from the one launch path."
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
 
 import psycopg
 import pytest

@@ -14,7 +14,6 @@ layout apply unchanged: a tenant's "schema" is its rows.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from sqlalchemy import create_engine, text

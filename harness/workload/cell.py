@@ -98,9 +98,10 @@ class CellSetup:
         history.final_state = self.target.snapshot()
 
     def result(self, scenario: str, history: History, findings: list[Finding], cov: Coverage,
-               judgement: Judgement) -> CellResult:
+               judgement: Judgement, seconds: float | None = None) -> CellResult:
+        """The cell's result; ``seconds`` defaults to the time since the set-up began."""
         return CellResult(self.spec.name, self.route, scenario, history, findings, cov, judgement.verdict,
-                          judgement.reason, time.monotonic() - self.started)
+                          judgement.reason, time.monotonic() - self.started if seconds is None else seconds)
 
 
 def run_cell(stack: Stack, tenancy: Tenancy, spec: StrategySpec, route: str, scenario: str,

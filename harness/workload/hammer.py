@@ -154,6 +154,4 @@ def hammer(stack: Stack, tenancy: Tenancy, spec: StrategySpec, route: str, *, th
     findings, flagged, cov = check_history_file(history, history_path)
     history.steps = flagged
     run = HammerRun(threads, issued[0], seconds, checkouts[0], history_path)
-    result = cell.result(scenario, history, findings, cov, verdict(findings, cov))
-    result.seconds = seconds
-    return result, run
+    return cell.result(scenario, history, findings, cov, verdict(findings, cov), seconds), run

@@ -129,10 +129,7 @@ class Runner:
             if kind.pid is PidTiming.BEFORE and not self.lean:
                 pid_info = self._call(client, self._where)
             client.lean_pid = {}
-            if client.is_async:
-                rows, writes, note = self._call(client, functools.partial(implementation, context))
-            else:
-                rows, writes, note = implementation(context, client.session)
+            rows, writes, note = self._call(client, functools.partial(implementation, context))
             if kind.pid is PidTiming.AFTER:
                 pid_info = client.lean_pid if self.lean else self._call(client, self._where)
             return StepRecord(**base, **pid_info, rows=rows, writes=writes, note=note)
