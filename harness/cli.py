@@ -22,6 +22,8 @@ STACK_SETTINGS = ("backend", "pg_bindir", "pgbouncer", "cache_dir", "keep_tmp", 
 
 # Settings given as a bare flag on the command line.
 FLAGS = ("i_own_this_database",)
+# Settings whose option may be repeated (each adds to the list).
+REPEATABLE = ("actions",)
 
 
 def _add_settings(parser: argparse.ArgumentParser, names: Sequence[str]) -> None:
@@ -29,13 +31,20 @@ def _add_settings(parser: argparse.ArgumentParser, names: Sequence[str]) -> None
         if setting.name in FLAGS and setting.name in names:
             parser.add_argument(setting.option, dest=setting.name, default=None, action="store_const",
                                 const=True, help=f"{setting.help} (env {setting.env}=1)")
+        elif setting.name in REPEATABLE and setting.name in names:
+            parser.add_argument(setting.option, dest=setting.name, default=None, action="append",
+                                help=f"{setting.help} Repeatable. (env {setting.env})")
         elif setting.name in names:
             parser.add_argument(setting.option, dest=setting.name, default=None,
                                 help=f"{setting.help} (env {setting.env})")
 
 
+def _cli_values(args: argparse.Namespace) -> dict:
+    return {s.name: getattr(args, s.name, None) for s in SETTINGS}
+
+
 def _config(args: argparse.Namespace) -> HarnessConfig:
-    return resolve_config({s.name: getattr(args, s.name, None) for s in SETTINGS})
+    return resolve_config(_cli_values(args))
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -69,7 +78,7 @@ def cmd_setup(args: argparse.Namespace) -> int:
     return 0
 
 
-VERIFY_SETTINGS = STACK_SETTINGS + ("routes", "scenarios", "profile", "tenants", "report_dir", "seed", "models", "decoys",
+VERIFY_SETTINGS = STACK_SETTINGS + ("routes", "scenarios", "profile", "tenants", "report_dir", "seed", "models", "actions", "decoys",
                                     "example_db", "hammer_threads", "hammer_requests", "hammer_seconds", "jobs", "shard")
 
 
@@ -79,7 +88,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from harness.report import write_report
     from harness.verify import run_verify
 
-    cli = {s.name: getattr(args, s.name, None) for s in SETTINGS}
+    cli = _cli_values(args)
     if args.strategy:
         cli["strategies"] = ",".join(args.strategy)
     if args.derandomize:

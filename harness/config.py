@@ -130,7 +130,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("tenants", 4, int, "How many tenant schemas to provision (at least 2; the first four are fixed names)."),
     Setting("models", None, lambda v: str(v) if v not in (None, "") else None,
             "Your own SQLAlchemy metadata (package.module:attr) to create in every tenant schema "
-            "next to the harness's models; it must hold tables in the 'tenant' schema."),
+            "next to the harness's models; it must hold tables in the 'tenant' schema. Every tenant's copy "
+            "is seeded with canary rows, and generated programs and the hammer read and write them."),
+    Setting("actions", (), _names,
+            "Your own code paths as steps, comma-separated package.module:func callables taking "
+            "(session, tenant): generated programs and the hammer interleave them with the other steps."),
     Setting("profile", "ci", str,
             "How hard generated programs search: dev (seconds), ci (the default of make verify), "
             "nightly (many more examples plus the hammer). HYPOTHESIS_PROFILE is read too."),
@@ -183,6 +187,7 @@ class HarnessConfig:
     scenarios: tuple[str, ...]
     tenants: int
     models: str | None
+    actions: tuple[str, ...]
     profile: str
     derandomize: bool
     seed: int | None
