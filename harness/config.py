@@ -8,11 +8,13 @@ that the CLI and the pytest plugin share.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import os
 import re
+import sys
 import tomllib
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 from harness.errors import UsageError
 
@@ -81,6 +83,15 @@ class Setting:
         return "--" + self.name.replace("_", "-")
 
 
+def setting_text(value: Any) -> str:
+    """A setting's value as the command line and the environment take it back (what its parse reads)."""
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, (tuple, list)):
+        return ",".join(str(item) for item in value)
+    return str(value)
+
+
 def _default_cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "tenant-harness"
@@ -135,6 +146,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("actions", (), _names,
             "Your own code paths as steps, comma-separated package.module:func callables taking "
             "(session, tenant): generated programs and the hammer interleave them with the other steps."),
+    Setting("pythonpath", (), _names,
+            "Folders put first on sys.path before your strategies, models and actions are imported, "
+            "comma-separated, as pytest's pythonpath setting (default: the folder of the pyproject.toml "
+            "holding [tool.harness], else the current folder). In [tool.harness] they are relative to "
+            "that pyproject.toml's folder, elsewhere to the current folder."),
     Setting("profile", "ci", str,
             "How hard generated programs search: dev (seconds), ci (the default of make verify), "
             "nightly (many more examples plus the hammer). HYPOTHESIS_PROFILE is read too."),
@@ -188,6 +204,8 @@ class HarnessConfig:
     tenants: int
     models: str | None
     actions: tuple[str, ...]
+    #: absolute folders, resolved by :func:`resolve_config` (never empty after it)
+    pythonpath: tuple[str, ...]
     profile: str
     derandomize: bool
     seed: int | None
@@ -210,14 +228,40 @@ if {f.name for f in dataclasses.fields(HarnessConfig)} - {"sources"} != set(SETT
     raise ImportError("HarnessConfig's fields and SETTINGS differ: declare a setting in both, its default in SETTINGS")
 
 
-def _pyproject_table(start: Path) -> tuple[dict[str, Any], Path | None]:
+def _pyproject_table(start: Path) -> tuple[dict[str, Any] | None, Path | None]:
+    """The nearest pyproject.toml from ``start`` up, and its [tool.harness] table (None when it has none)."""
     for folder in (start, *start.parents):
         candidate = folder / "pyproject.toml"
         if candidate.is_file():
             with candidate.open("rb") as handle:
                 data = tomllib.load(handle)
-            return data.get("tool", {}).get("harness", {}), candidate
-    return {}, None
+            return data.get("tool", {}).get("harness"), candidate
+    return None, None
+
+
+def _absolute_pythonpath(folders: tuple[str, ...], origin: str, cwd: Path, pyproject: Path | None,
+                         held: bool) -> tuple[str, ...]:
+    """The pythonpath setting as absolute folders. As pytest's rootdir: the default is the folder of the
+    pyproject.toml that holds [tool.harness] (the project's root), else the current folder; entries
+    written there are relative to it, entries given elsewhere to the current folder."""
+    root = pyproject.parent if pyproject is not None and held else cwd
+    if not folders:
+        return (str(root),)
+    base = root if origin == "pyproject" else cwd
+    return tuple(str((base / Path(folder).expanduser()).resolve()) for folder in folders)
+
+
+def put_first_on_sys_path(folders: Sequence[str]) -> None:
+    """Put ``folders`` first on sys.path, in their order, each once (as pytest does with its pythonpath)."""
+    missing = [folder for folder in folders if folder not in sys.path]
+    sys.path[:0] = missing
+    if missing:
+        importlib.invalidate_caches()  # a finder may have cached a listing from before the folder was there
+
+
+def configured_pythonpath() -> tuple[str, ...]:
+    """The pythonpath setting as the environment and the pyproject.toml of the current folder give it."""
+    return resolve_config().pythonpath
 
 
 def resolve_config(
@@ -228,8 +272,9 @@ def resolve_config(
     """Resolve every setting once: CLI > HARNESS_* env > [tool.harness] > default."""
     cli = {k: v for k, v in (cli or {}).items() if v is not None}
     env = os.environ if env is None else env
-    table, pyproject = _pyproject_table((cwd or Path.cwd()).resolve())
-    table = {k.replace("-", "_"): v for k, v in table.items()}
+    cwd = (cwd or Path.cwd()).resolve()
+    held, pyproject = _pyproject_table(cwd)
+    table = {k.replace("-", "_"): v for k, v in (held or {}).items()}
     unknown = sorted(set(table) - set(SETTINGS_BY_NAME))
     if unknown:
         raise UsageError(
@@ -259,6 +304,8 @@ def resolve_config(
         else:
             values[setting.name] = setting.default
             sources[setting.name] = "default"
+    values["pythonpath"] = _absolute_pythonpath(values["pythonpath"], sources["pythonpath"], cwd, pyproject,
+                                                held is not None)
     config = HarnessConfig(**values, sources=sources)
     bounds = [("tenants", config.tenants, 2), ("hammer_threads", config.hammer_threads, 1),
               ("hammer_requests", config.hammer_requests, 1), ("hammer_seconds", config.hammer_seconds, 0.001),

@@ -34,15 +34,17 @@ from typing import Any, Callable, Iterator
 import psycopg
 import sqlalchemy
 
-from harness.config import HarnessConfig
+from harness.cli import REPEATABLE, VERIFY_SETTINGS
+from harness.config import SETTINGS_BY_NAME, HarnessConfig, put_first_on_sys_path, setting_text
 from harness.errors import HarnessError, UsageError
 from harness.stack import Missing, Stack, signals, start_stack
-from harness.tenancy.models import load_user_metadata
+from harness.team import Team, load_team
 from harness.tenancy.provisioning import Tenancy
 from harness.tenancy.strategy import StrategySpec, load_strategy
 from harness.tenancy.tenants import HOSTILE_TENANTS, default_tenants
 from harness.workload.cell import CellResult
-from harness.workload.scenarios import GENERATED, HAMMER, CellContext, run_scenario
+from harness.workload.scenarios import (GENERATED, HAMMER, CellContext, Replay, replay_command, replay_settings,
+                                        run_scenario)
 from harness.workload.generated import Profile
 
 #: scenarios that take longest: queued first, so the last cells to finish are short ones
@@ -78,7 +80,11 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def environment(stack: Stack, config: HarnessConfig, seed: int, decoys: bool) -> dict[str, str]:
+def environment(stack: Stack, config: HarnessConfig, seed: int, decoys: bool,
+                team: Team | None = None) -> dict[str, str]:
+    """What the report's environment section and results.json say the run ran on and with: versions,
+    settings, and the team's models (with their tenant tables) and actions."""
+    code = team.describe() if team is not None else {"models": None, "tenant_tables": [], "actions": []}
     return {
         "postgresql": stack.versions.get("postgres", "?"),
         "pgbouncer": stack.versions.get("pgbouncer", "?"),
@@ -93,15 +99,27 @@ def environment(stack: Stack, config: HarnessConfig, seed: int, decoys: bool) ->
         "transaction_pool_size": str(config.transaction_pool_size),
         "tenants": str(config.tenants),
         "decoys": "on" if decoys else ("off" if stack.owns_public else "off (the harness does not write to public here)"),
+        "models": (f"{code['models']} (tenant tables: {', '.join(code['tenant_tables']) or 'none'})"
+                   if code["models"] else "the harness's own only"),
+        "actions": ", ".join(code["actions"]) or "none",
     }
 
 
-def verify_replay(config: HarnessConfig, seed: int) -> Callable[[StrategySpec, str, Profile], str]:
-    """The `harness verify` command that replays a generated cell."""
-    seed_option = "--derandomize" if config.derandomize else f"--seed {seed}"
+def verify_replay(config: HarnessConfig, seed: int) -> Replay:
+    """The `harness verify` command that runs exactly one cell again, with every setting that decides it."""
 
-    def replay(spec: StrategySpec, route: str, profile: Profile) -> str:
-        return f"harness verify --strategy {spec.spec} --routes {route} --profile {profile.name} {seed_option}"
+    def options(name: str, value: object) -> list[str] | None:
+        if name == "derandomize":
+            return ["--derandomize"]
+        if name not in VERIFY_SETTINGS:
+            return None  # given as its HARNESS_* variable
+        option = SETTINGS_BY_NAME[name].option
+        items = value if name in REPEATABLE else (value,)  # a repeatable option takes one item each time
+        return [word for item in items for word in (option, setting_text(item))]
+
+    def replay(spec: StrategySpec, route: str, scenario: str, profile: Profile) -> str:
+        command = ["harness", "verify", "--strategy", spec.name, "--routes", route, "--scenarios", scenario]
+        return replay_command(command, replay_settings(config, spec, scenario, profile.name, seed), options)
     return replay
 
 
@@ -124,7 +142,8 @@ class StackCells:
     def __init__(self, config: HarnessConfig, specs: list[StrategySpec], seed: int, *, gate: bool):
         self.config, self.seed, self.gate = config, seed, gate
         self.specs = {spec.spec: spec for spec in specs}
-        self.extra = load_user_metadata(config.models) if config.models else None
+        put_first_on_sys_path(config.pythonpath)  # the team's models and actions are imported next
+        self.team = load_team(config)  # a broken --models or --actions fails here, before any server starts
         self._stack: Stack | None = None
         self.tenancy: Tenancy | None = None
         self.info: StackInfo | None = None
@@ -143,9 +162,9 @@ class StackCells:
                                  checked=[f"{item['what']}: {item['reason']}" for item in not_run],
                                  fix=["give the routes' DSNs, or use the native or docker backend"])
             self.tenancy = Tenancy(stack, default_tenants(config.tenants), decoys=config.decoys,
-                                   extra_metadata=self.extra)
+                                   team=self.team)
             self.info = StackInfo(routes, runnable, not_run,
-                                  environment(stack, config, self.seed, self.tenancy.decoys))
+                                  environment(stack, config, self.seed, self.tenancy.decoys, self.team))
             self.tenancy.provision()
             self.tenancy.provision(HOSTILE_TENANTS)
             self.context = CellContext(stack, self.tenancy, config, self.seed, self.gate,
@@ -201,7 +220,9 @@ def _worker(config: HarnessConfig, spec_names: list[str], seed: int, gate: bool,
     for signum in (signal.SIGINT, *signals.HANDLED):
         signal.signal(signum, _stop_once)
     try:
-        specs = [load_strategy(name) for name in spec_names]
+        # A spawned worker starts from a fresh interpreter: the user's code is imported with the pythonpath
+        # folders first on sys.path, as in the parent.
+        specs = [load_strategy(name, config.pythonpath) for name in spec_names]
         with StackCells(config, specs, seed, gate=gate) as here:
             results.put(("info", here.info))
             while os.getppid() == parent:

@@ -11,16 +11,17 @@ from typing import Iterator
 
 import pytest
 
-from harness.config import SETTINGS, HarnessConfig, resolve_config
+from harness.config import SETTINGS, HarnessConfig, put_first_on_sys_path, resolve_config, setting_text
 from harness.stack import Missing, Stack, signals, start_stack
-from harness.tenancy.models import load_user_metadata
+from harness.team import load_team
 from harness.tenancy.provisioning import Tenancy
 from harness.tenancy.strategy import BUILTINS, StrategySpec, load_strategy, resolve_spec, short_name
 from harness.tenancy.tenants import HOSTILE_TENANTS, default_tenants
 from harness.report.explain import verdict_matrix, write_cell_results
 from harness.workload.cell import CellResult
 from harness.workload.generated import Profile
-from harness.workload.scenarios import GENERATED, HAMMER, CellContext, run_scenario as run_registered
+from harness.workload.scenarios import (GENERATED, HAMMER, CellContext, replay_command, replay_settings,
+                                        run_scenario as run_registered)
 
 CONFIG_KEY = pytest.StashKey[HarnessConfig]()
 STACK_KEY = pytest.StashKey[Stack]()
@@ -49,7 +50,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     cli = {name: config.getoption(f"harness_{name}") for name in PLUGIN_SETTINGS}
-    config.stash[CONFIG_KEY] = resolve_config(cli, cwd=config.rootpath)
+    config.stash[CONFIG_KEY] = resolved = resolve_config(cli, cwd=config.rootpath)
+    put_first_on_sys_path(resolved.pythonpath)  # as pytest's own pythonpath: strategies, models, actions import
     config.stash[SIGNALS_KEY] = signals.install()
     config.addinivalue_line("markers", "server: the test needs a running stack")
     config.stash[RESULTS_KEY] = []
@@ -78,7 +80,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
                 for name in (mark.args[0].split(",") if isinstance(mark.args[0], str) else mark.args[0])}
     if "strategy" in metafunc.fixturenames and "strategy" not in explicit:
         names = config.strategies or BUILTINS
-        metafunc.parametrize("strategy", [load_strategy(n) for n in names], ids=[short_name(resolve_spec(n)) for n in names],
+        metafunc.parametrize("strategy", [load_strategy(n, config.pythonpath) for n in names], ids=[short_name(resolve_spec(n)) for n in names],
                              scope="session")
     if "route" in metafunc.fixturenames and "route" not in explicit:
         metafunc.parametrize("route", list(config.routes), scope="session")
@@ -87,9 +89,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 @pytest.fixture(scope="session")
 def tenancy(stack: Stack, harness_config: HarnessConfig) -> Iterator[Tenancy]:
     """The tenant schemas (the default set plus the hostile names), provisioned once per session."""
-    extra = load_user_metadata(harness_config.models) if harness_config.models else None
     schemas = Tenancy(stack, default_tenants(harness_config.tenants), decoys=harness_config.decoys,
-                      extra_metadata=extra)
+                      team=load_team(harness_config))
     schemas.provision()
     schemas.provision(HOSTILE_TENANTS)
     try:
@@ -113,12 +114,18 @@ def generation_seed(harness_config: HarnessConfig) -> int:
 @pytest.fixture
 def cell_context(request: pytest.FixtureRequest, stack: Stack, tenancy: Tenancy, harness_config: HarnessConfig,
                  generation_seed: int) -> CellContext:
-    """What every cell of this session shares; a generated cell's replay names this test."""
-    seed_option = "--harness-derandomize=1" if harness_config.derandomize else f"--harness-seed={generation_seed}"
+    """What every cell of this session shares; a cell's replay names this test."""
 
-    def replay(strategy: StrategySpec, route: str, profile: Profile) -> str:
-        return (f"pytest '{request.node.nodeid}' {seed_option} --harness-profile={profile.name}"
-                f" (failures are also kept in {harness_config.example_db})")
+    def options(name: str, value: object) -> list[str] | None:
+        # A setting the plugin has no option for goes before the command as its HARNESS_* variable.
+        return [f"{_option(name)}={setting_text(value)}"] if name in PLUGIN_SETTINGS else None
+
+    def replay(strategy: StrategySpec, route: str, scenario: str, profile: Profile) -> str:
+        settings = replay_settings(harness_config, strategy, scenario, profile.name, generation_seed)
+        if harness_config.strategies:  # the test's id names a strategy of this setting
+            settings["strategies"] = (strategy.spec,)
+        kept = f" (failures are also kept in {harness_config.example_db})" if scenario == GENERATED else ""
+        return replay_command(["pytest", request.node.nodeid], settings, options) + kept
 
     return CellContext(stack, tenancy, harness_config, generation_seed, gate=bool(harness_config.strategies),
                        replay=replay)

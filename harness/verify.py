@@ -22,7 +22,7 @@ from harness.errors import UsageError
 from harness.jobs import PlannedCell, StackInfo, available_cores, run_cells
 from harness.scan.scanner import ScanFinding, scan_path
 from harness.stack import choose_backend
-from harness.tenancy.models import load_user_metadata
+from harness.team import load_team
 from harness.tenancy.strategy import BUILTINS, StrategySpec, load_strategy
 from harness.workload.cell import CellResult
 from harness.workload.scenarios import SCENARIOS
@@ -122,8 +122,7 @@ def run_verify(config: HarnessConfig, *, seed: int, scan: list[Path] | None = No
     """Load everything first (bad input fails before a server starts), then run every cell."""
     names = list(config.strategies) or list(BUILTINS)
     specs: list[StrategySpec] = [load_strategy(n) for n in names]
-    if config.models:
-        load_user_metadata(config.models)  # a broken --models fails here, before any server starts
+    load_team(config)  # a broken --models or --actions fails here, before any server starts
     scenarios = list(config.scenarios) or list(SCENARIOS)
     unknown = [s for s in scenarios if s not in SCENARIOS]
     if unknown:

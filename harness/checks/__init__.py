@@ -17,7 +17,8 @@ from typing import Callable, NamedTuple
 from harness.checks.coverage import Coverage, CoverageCounter, coverage
 from harness.checks.findings import ISOLATION_KINDS, KINDS, Finding
 from harness.checks.history import History, HistoryFileSteps, StepRecord
-from harness.checks.isolation import check_context_lost, check_cross_tenant_reads, check_errors, check_unsafe_identifiers
+from harness.checks.isolation import (check_context_lost, check_cross_tenant_reads, check_errors, check_team_writes,
+                                      check_unsafe_identifiers)
 from harness.checks.pool import check_pool_pollution
 from harness.checks.verdict import Judgement, Verdict, verdict
 from harness.checks.writes import check_writes
@@ -40,6 +41,7 @@ class Check(NamedTuple):
 CHECKS: tuple[Check, ...] = (
     Check("cross_tenant_read", check_cross_tenant_reads, streams=True),
     Check("writes", check_writes, streams=False),  # follows every client's pending writes to the end
+    Check("team_writes", check_team_writes, streams=True),  # rows of the team's tables, as observed
     Check("context_lost", check_context_lost, streams=True),
     Check("pool_pollution", check_pool_pollution, streams=False),  # reads the probes
     Check("unsafe_identifier", check_unsafe_identifiers, streams=True),

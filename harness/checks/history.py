@@ -17,7 +17,7 @@ DEFAULT_SEARCH_PATH = '"$user", public'
 @dataclasses.dataclass(frozen=True)
 class RowSeen:
     table: str
-    id: int
+    id: int | str  # the key: an id of the harness's tables, the key columns' text of a team table
     owner: str
 
 
@@ -54,6 +54,11 @@ class StepRecord:
     writes: tuple[Write, ...] = ()
     error: ErrorSeen | None = None
     note: str = ""
+    #: rows of the team's tables the step wrote, as the read observer saw them (owner: the table copy's schema)
+    wrote: tuple[RowSeen, ...] = ()
+    #: what the step did to pending writes when its kind cannot say (a team action that committed
+    #: or rolled back), as an Effect value; None: the kind's own effect
+    effect: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,13 +121,15 @@ def step_to_json(step: StepRecord) -> dict[str, Any]:
                        for w in step.writes],
             "error": None if error is None else {"sqlstate": error.sqlstate, "type": error.type,
                                                   "message": error.message},
-            "note": step.note}
+            "note": step.note, "wrote": [{"table": r.table, "id": r.id, "owner": r.owner} for r in step.wrote],
+            "effect": step.effect}
 
 
 def step_from_json(d: dict[str, Any]) -> StepRecord:
     """A StepRecord from ``dataclasses.asdict`` output (a history file's line)."""
     return StepRecord(**{**d, "rows": tuple(RowSeen(**r) for r in d["rows"]),
                          "writes": tuple(Write(**w) for w in d["writes"]),
+                         "wrote": tuple(RowSeen(**r) for r in d.get("wrote", ())),
                          "error": ErrorSeen(**d["error"]) if d["error"] else None})
 
 

@@ -44,6 +44,22 @@ def check_cross_tenant_reads(history: History) -> list[Finding]:
     return findings
 
 
+def check_team_writes(history: History) -> list[Finding]:
+    """A row of the team's tables written into a copy its step's tenant does not own (the read
+    observer names the copy each written row went to)."""
+    findings = []
+    for step in history.steps:
+        foreign = [row for row in step.wrote if row.owner != step.tenant]
+        if not foreign:
+            continue
+        sample = ", ".join(f"{row.table} ({row.id}) in {row.owner!r}'s copy" for row in foreign[:3])
+        more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+        findings.append(Finding(
+            "misplaced_write", f"{_who(step)} wrote {len(foreign)} row(s) outside its tenant: {sample}{more}.",
+            (step.seq,), step.tenant, _gating(history, step)))
+    return findings
+
+
 def check_context_lost(history: History) -> list[Finding]:
     """The tenant context was gone: a missing relation, a write refused by row-level security
     although it was made for the right tenant, or a full read that saw no row at all (every

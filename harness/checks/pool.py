@@ -3,24 +3,57 @@
 from __future__ import annotations
 
 from harness.checks.findings import Finding
-from harness.checks.history import History
+from harness.checks.history import History, ProbeRecord, StepRecord
+
+#: ``after_step`` of a probe taken once every thread had ended its requests (the hammer's): no step of the
+#: history comes right before it, so the finding names the last request seen on the polluted backend instead.
+AFTER_THE_RUN = 0
 
 
 def check_pool_pollution(history: History) -> list[Finding]:
     findings = []
+    last_on = _last_steps_on(history, {s.pid for p in history.probes if p.after_step == AFTER_THE_RUN
+                                       for s in p.states if s.leftovers()})
     for probe in history.probes:
         if probe.error:
-            findings.append(Finding("error", f"probe {probe.seq} of {probe.target} after step "
-                                             f"{probe.after_step} failed: {probe.error}", (probe.after_step,)))
+            findings.append(Finding("error", f"probe {probe.seq} of {probe.target} {_when(probe)} failed: "
+                                             f"{probe.error}", (probe.after_step,)))
             continue
         seen: set[int] = set()
         for state in probe.states:
             leftovers = state.leftovers()
             if leftovers and state.pid not in seen:
                 seen.add(state.pid)
+                if probe.after_step == AFTER_THE_RUN:
+                    ended, steps = _ended_by(last_on.get(state.pid), state.pid)
+                else:
+                    ended, steps = f"after step {probe.after_step} ended a request", (probe.after_step,)
                 findings.append(Finding(
                     "pool_pollution",
-                    f"after step {probe.after_step} ended a request, {probe.target} connection on backend "
-                    f"{state.pid} still carried {'; '.join(leftovers)}.",
-                    (probe.after_step,)))
+                    f"{ended}, {probe.target} connection on backend {state.pid} still carried "
+                    f"{'; '.join(leftovers)}.", steps))
     return findings
+
+
+def _when(probe: ProbeRecord) -> str:
+    return "after every thread ended its requests" if probe.after_step == AFTER_THE_RUN \
+        else f"after step {probe.after_step}"
+
+
+def _last_steps_on(history: History, pids: set[int]) -> dict[int, StepRecord]:
+    """The last recorded step on each of ``pids`` (one pass; a hammer's steps are streamed from its file)."""
+    last: dict[int, StepRecord] = {}
+    if pids:
+        for step in history.steps:
+            if step.pid in pids and (step.pid not in last or step.seq > last[step.pid].seq):
+                last[step.pid] = step
+    return last
+
+
+def _ended_by(step: StepRecord | None, pid: int) -> tuple[str, tuple[int, ...]]:
+    """Who ended the request that left a backend polluted, in a history of threads (the hammer's)."""
+    if step is None:
+        return (f"after every thread ended its requests (no recorded step names backend {pid}: "
+                "steps record the backend of their reads only)", ())
+    return (f"after request {step.request} of thread {step.client} ended (for {step.tenant!r}; the last request "
+            f"seen on backend {pid}, at step {step.seq}, {step.step})", (step.seq,))

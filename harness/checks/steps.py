@@ -26,6 +26,7 @@ class Style(enum.StrEnum):
     RAW_UNQUALIFIED = "raw_unqualified"
     RAW_QUALIFIED = "raw_qualified"
     CONTROL = "control"
+    ACTION = "action"  # the team's own code path: always gating, whatever SQL it runs
 
 
 class Effect(enum.StrEnum):
@@ -78,8 +79,8 @@ STEP_KINDS: dict[str, StepKind] = {kind.name: kind for kind in (
     StepKind("task_read", reads_all=True),
     StepKind("raw_select_unqualified", _UNQ, reads_all=True, raw=True),
     StepKind("raw_insert_unqualified", _UNQ, writes=True, raw=True),
-    StepKind("raw_select_qualified", _QUAL, reads_all=True, raw=True),
-    StepKind("raw_insert_qualified", _QUAL, writes=True, raw=True),
+    StepKind("raw_select_qualified", _QUAL, reads_all=True, raw=True, layouts=("schema",)),
+    StepKind("raw_insert_qualified", _QUAL, writes=True, raw=True, layouts=("schema",)),
     StepKind("commit", _CTL, effect=Effect.COMMIT, pid=PidTiming.BEFORE),
     StepKind("rollback", _CTL, effect=Effect.DISCARD, pid=PidTiming.BEFORE),
     StepKind("fail_and_rollback", _CTL, effect=Effect.DISCARD, pid=PidTiming.BEFORE),
@@ -97,13 +98,41 @@ STEP_KINDS: dict[str, StepKind] = {kind.name: kind for kind in (
 REQUEST_STEPS = tuple(name for name, kind in STEP_KINDS.items() if not kind.frame)
 
 
+# The team's steps, named after its tables and code paths (``team_read:invoice``,
+# ``action:monthly_report``): declared by their prefix, drawn only where the run
+# has a team (see harness.team.steps), in the schema layout.
+TEAM_STEP_KINDS: dict[str, StepKind] = {kind.name: kind for kind in (
+    StepKind("team_read:", layouts=("schema",)),
+    StepKind("team_insert:", layouts=("schema",)),
+    StepKind("team_update:", layouts=("schema",)),
+    StepKind("team_delete:", layouts=("schema",)),
+    StepKind("action:", Style.ACTION, layouts=("schema",)),
+)}
+
+
+def team_step_kind(name: str) -> StepKind | None:
+    """The declaration of a team step (by its prefix), or None for any other name."""
+    prefix, colon, rest = name.partition(":")
+    kind = TEAM_STEP_KINDS.get(prefix + colon) if colon and rest else None
+    return dataclasses.replace(kind, name=name) if kind is not None else None
+
+
+def is_request_step(name: str) -> bool:
+    """A step a request may list between its open and its end_request."""
+    return name in REQUEST_STEPS or team_step_kind(name) is not None
+
+
 def step_kind(name: str) -> StepKind:
     """The declaration of a step; a name no declaration knows (a history from elsewhere) reads as a plain step."""
     kind = STEP_KINDS.get(name)
+    if kind is None:
+        kind = team_step_kind(name)
     return kind if kind is not None else StepKind(name)
 
 
-def drawable(*, hammer: bool = False, layout: str | None = None) -> tuple[str, ...]:
-    """The steps generated programs (or the hammer) draw from, in declaration order."""
-    return tuple(name for name, kind in STEP_KINDS.items()
+def drawable(*, hammer: bool = False, layout: str | None = None, team: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """The steps generated programs (or the hammer) draw from, in declaration order, then the
+    team's steps (``team``: their names) that the layout allows."""
+    kinds = [*STEP_KINDS.values(), *(step_kind(name) for name in team)]
+    return tuple(kind.name for kind in kinds
                  if (kind.hammer if hammer else kind.generated) and (layout is None or layout in kind.layouts))

@@ -46,7 +46,7 @@ class WriteLedger:
                 self.attempted[write.label] = (write, step)
         if step.error is None and step.step == "end_request":
             self.uncertain.update((w.owner, w.table, w.id) for w, _ in mine)
-        effect = step_kind(step.step).effect
+        effect = Effect(step.effect) if step.effect else step_kind(step.step).effect
         if step.error is not None or effect is Effect.DISCARD:
             mine.clear()
             my_marks.clear()

@@ -13,7 +13,7 @@ from pathlib import Path
 from harness.checks.verdict import Verdict
 from harness.report.results import cell_json
 from harness.workload.cell import CellResult
-from harness.workload.program import describe_program
+from harness.workload.program import describe_program, step_count
 
 LABELS = {Verdict.PASS: "pass", Verdict.FAIL: "FAIL", Verdict.INCONCLUSIVE: "inconclusive"}
 
@@ -23,7 +23,8 @@ def explain(cell: CellResult, limit: int = 40) -> str:
     lines = [f"{cell.strategy} x {cell.route} x {cell.scenario}: {cell.verdict.value.upper()} "
              f"({cell.reason})", f"coverage: {cell.coverage.describe()}"]
     if cell.program is not None:
-        lines.append("minimal program:")
+        lines.append(f"minimal program ({step_count(cell.program)} program steps, recorded as the "
+                     f"{len(cell.history.steps)} steps below):")
         lines.extend("  " + line for line in describe_program(cell.program).splitlines())
     if cell.replay:
         lines.append(f"replay: {cell.replay}")

@@ -13,8 +13,7 @@ for; every tenant gets rows with the same primary keys.
 from __future__ import annotations
 
 import dataclasses
-import importlib
-from typing import Any
+from typing import Any, Sequence
 
 from sqlalchemy import Column, ForeignKeyConstraint, Integer, MetaData, Numeric, String, Table
 from sqlalchemy.orm import registry
@@ -129,16 +128,22 @@ def model_set(flavour: str) -> ModelSet:
     return _MODEL_SETS[flavour]
 
 
-def load_user_metadata(spec: str) -> MetaData:
-    """Load a user's ``package.module:attr`` MetaData; it must hold tables in the ``tenant`` schema."""
+def load_user_metadata(spec: str, pythonpath: Sequence[str] | None = None) -> MetaData:
+    """Load a user's ``package.module:attr`` MetaData; it must hold tables in the ``tenant`` schema.
+
+    The module is imported with the ``pythonpath`` folders first on sys.path (None: the setting as the
+    environment and the current folder's pyproject.toml give it), as a strategy is.
+    """
+    from harness.tenancy.strategy import import_user_module  # late: strategy.py imports this module
+
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
         raise UsageError(f"Models spec {spec!r} is not of the form package.module:attr.")
-    try:
-        target = getattr(importlib.import_module(module_name), attr)
-    except Exception as exc:  # noqa: BLE001 - any import-time failure is the user's to fix
-        raise UsageError(f"Models spec {spec!r} could not be loaded: {type(exc).__name__}: {exc}.",
-                         fix=["check the module is importable from the current folder"]) from exc
+    module = import_user_module(f"Models spec {spec!r} could not be loaded", module_name, pythonpath)
+    target = getattr(module, attr, None)
+    if target is None:
+        raise UsageError(f"Models spec {spec!r} could not be loaded: module {module_name!r} has no attribute "
+                         f"{attr!r}.", fix=["name a MetaData or a declarative Base"])
     metadata = getattr(target, "metadata", target)
     if not isinstance(metadata, MetaData):
         raise UsageError(f"Models spec {spec!r} is a {type(target).__name__}, not a MetaData "

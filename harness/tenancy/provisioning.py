@@ -13,12 +13,14 @@ from __future__ import annotations
 import time
 from typing import Any, Iterable
 
-from sqlalchemy import MetaData, create_engine, text
+from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Connection, Engine
 
 from harness.checks.history import Snapshot
 from harness.errors import StartupTimeout, UsageError
 from harness.stack import POOLED_ROUTES, Missing, Stack
+from harness.team import Team, observer
+from harness.team import provisioning as team_provisioning
 from harness.tenancy.models import model_set
 from harness.tenancy.seeds import LABELS, WRITTEN_TABLES, quote, reseed_script
 from harness.tenancy.tenants import HOSTILE_TENANTS, PUBLIC, validate_tenants
@@ -29,14 +31,15 @@ KILL_GRACE = 0.25  # seconds a backend may take to exit after PgBouncer's KILL
 class Tenancy:
     """The tenant schemas of one stack: provision once, reset often, read back as superuser."""
 
-    def __init__(self, stack: Stack, tenants: Iterable[str], *, decoys: bool = True,
-                 extra_metadata: MetaData | None = None):
+    def __init__(self, stack: Stack, tenants: Iterable[str], *, decoys: bool = True, team: Team | None = None):
         self.stack = stack
         self.tenants: tuple[str, ...] = validate_tenants(tuple(stack.tenant_name(t) for t in tenants))
         # The hostile set as this stack names it (the external backend prefixes every schema).
         self.hostile: tuple[str, ...] = tuple(stack.tenant_name(t) for t in HOSTILE_TENANTS)
         self.decoys = decoys and stack.owns_public
-        self.extra_metadata = extra_metadata
+        self.team = team  # the team's own tables (canaries, observed) and code paths
+        self.team_models = team.models if team is not None else None
+        self.observer_schema = stack.tenant_name(observer.SCHEMA)
         self.models = model_set("placeholder")
         self.engine: Engine = create_engine(stack.superuser_url, connect_args={"prepare_threshold": None},
                                             poolclass=None, pool_size=2)
@@ -81,6 +84,9 @@ class Tenancy:
                   else self.tenants)
         new = [t for t in wanted if t not in self.provisioned]
         with self.engine.begin() as conn:
+            if not self.provisioned and self.team_models is not None:
+                self._create_schema(conn, self.observer_schema)
+                team_provisioning.prepare_observer(conn, self.observer_schema)
             if not self.provisioned and self.decoys:
                 self._create_tables(conn, PUBLIC, create_schema=False)
             for tenant in new:
@@ -89,21 +95,27 @@ class Tenancy:
         self._state_sql = None  # more schemas to read back
         self.reset(reconnect=False, reseed_only_written=False)
 
+    def _create_schema(self, conn: Connection, schema: str) -> None:
+        q = quote(conn, schema)
+        conn.execute(text(f"CREATE SCHEMA {q}"))
+        if self.stack.schema_comment:
+            # COMMENT takes no bind parameter; the driver-level call keeps ':' in it literal.
+            comment = self.stack.schema_comment.replace("'", "''")
+            conn.exec_driver_sql(f"COMMENT ON SCHEMA {q} IS '{comment}'")
+
     def _create_tables(self, conn: Connection, schema: str, *, create_schema: bool) -> None:
         q = quote(conn, schema)
         if create_schema:
-            conn.execute(text(f"CREATE SCHEMA {q}"))
-            if self.stack.schema_comment:
-                # COMMENT takes no bind parameter; the driver-level call keeps ':' in it literal.
-                comment = self.stack.schema_comment.replace("'", "''")
-                conn.exec_driver_sql(f"COMMENT ON SCHEMA {q} IS '{comment}'")
+            self._create_schema(conn, schema)
         mapped = conn.execution_options(schema_translate_map={"tenant": schema})
         self.models.metadata.create_all(mapped)
-        if self.extra_metadata is not None:
-            self.extra_metadata.create_all(mapped)
+        if self.team_models is not None:
+            team_provisioning.create_tables(conn, self.team_models, schema, schema, self.observer_schema)
+            team_provisioning.continue_sequences(conn, self.team_models, schema)
         role = quote(conn, self.stack.app_role)
         conn.execute(text(f"GRANT USAGE ON SCHEMA {q} TO {role}"))
         conn.execute(text(f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {q} TO {role}"))
+        conn.execute(text(f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA {q} TO {role}"))
 
     def _tables(self):
         return list(self.models.metadata.sorted_tables)
@@ -139,6 +151,8 @@ class Tenancy:
                 tables = tuple(self._tables() if full else self._reset_tables())
                 script = ";\n".join(reseed_script(conn.dialect, tables, schema, (schema,)) for schema in changed)
                 conn.connection.driver_connection.execute(script)  # no parameters: one simple-protocol round trip
+            if self.team_models is not None:  # what the team's steps and code changed is not read back: reseed all
+                team_provisioning.reseed(conn, self.team_models, self.schemas)
             if full:
                 self._seed_state = self._read_state(conn)
 

@@ -10,6 +10,9 @@ superuser or BYPASSRLS role, skips policies unless they are FORCEd.
 
 Snapshots group rows by their tenant column, so the write checks of the schema
 layout apply unchanged: a tenant's "schema" is its rows.
+
+The tables are ``model_set(SHARED)``'s, mapped imperatively; a layer that wants
+declarative classes for them uses :mod:`harness.tenancy.declarative`.
 """
 
 from __future__ import annotations

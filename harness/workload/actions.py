@@ -42,6 +42,7 @@ class Outcome(NamedTuple):
     rows: tuple[RowSeen, ...] = ()
     writes: tuple[Write, ...] = ()
     note: str = ""
+    effect: str = ""  # an Effect value when the step's kind cannot say (a team action that committed)
 
 
 @dataclasses.dataclass

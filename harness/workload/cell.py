@@ -62,8 +62,11 @@ class CellSetup:
                 self.target.prepare(self.strategy)
             # The RLS layout has its own (shared) tables; a schema-layout strategy declares its flavour.
             own_models = self.target is not tenancy
+            # The team's tables live in the tenant schemas: its steps run in the schema layout only.
+            self.team = None if own_models else tenancy.team
             self.runner = Runner(stack, route, self.strategy, tenants=tenancy.tenants, lean=lean,
-                                 models=self.target.models if own_models else None, url=self.target.url(route))
+                                 models=self.target.models if own_models else None, url=self.target.url(route),
+                                 team=self.team)
         except BaseException:
             self.strategy.close()
             raise
@@ -82,13 +85,14 @@ class CellSetup:
         """
         runner = Runner(self.stack, self.route, self.spec.create(self.target.url(self.route)),
                         tenants=self.tenancy.tenants, lean=self.runner.lean, models=self.runner.models,
-                        url=self.runner.url)
+                        url=self.runner.url, team=self.team)
         runner.ids, runner.seq = self.runner.ids, self.runner.seq
         return runner
 
     def history(self, tenants: tuple[str, ...] | None = None, **fields: Any) -> History:
         """The history's header: who, where, which schemas, what was seeded, which styles gate."""
-        gating = ("orm", "control") + tuple(f"raw_{s}" for s in self.strategy.raw_sql)
+        # The team's own code paths always gate: they are the application, whatever SQL they run.
+        gating = ("orm", "control", "action") + tuple(f"raw_{s}" for s in self.strategy.raw_sql)
         return History(strategy=self.spec.name, route=self.route, tenants=tenants or self.tenancy.tenants,
                        schemas=tuple(self.target.schemas), seed_ids=seed_ids(), gating_styles=gating,
                        layout=self.strategy.layout, **fields)

@@ -25,6 +25,7 @@ from hypothesis.errors import Flaky
 from harness.checks import Coverage, Judgement, Verdict
 from harness.checks.steps import drawable
 from harness.stack import Stack
+from harness.team import steps as team_steps
 from harness.tenancy.provisioning import Tenancy
 from harness.tenancy.strategy import StrategySpec
 from harness.workload.cell import CellResult, run_cell
@@ -58,14 +59,15 @@ def requests_of(tenants: tuple[str, ...], steps: tuple[str, ...]) -> st.SearchSt
 
 
 @st.composite
-def programs(draw: Any, tenants: tuple[str, ...], probe: str = "end", layout: str | None = None) -> Program:
+def programs(draw: Any, tenants: tuple[str, ...], probe: str = "end", layout: str | None = None,
+             team: tuple[str, ...] = ()) -> Program:
     """2 to 6 clients, each with up to 3 requests for tenants of the set, and an interleaving.
 
     The interleaving is drawn as "which of the clients that still have actions
     goes next", an index that shrinks towards 0: towards running the clients
     one after the other.
     """
-    clients = draw(st.lists(st.lists(requests_of(tenants, drawable(layout=layout)), max_size=MAX_REQUESTS).map(tuple),
+    clients = draw(st.lists(st.lists(requests_of(tenants, drawable(layout=layout, team=team)), max_size=MAX_REQUESTS).map(tuple),
                             min_size=2, max_size=MAX_CLIENTS).map(tuple))
     remaining = [sum(len(r.actions()) for r in requests) for requests in clients]
     schedule: list[int] = []
@@ -109,7 +111,7 @@ def explore(stack: Stack, tenancy: Tenancy, spec: StrategySpec, route: str, prof
               database=DirectoryBasedExampleDatabase(str(database_dir)) if database_dir and not derandomize else None,
               suppress_health_check=list(HealthCheck), verbosity=Verbosity.quiet, report_multiple_bugs=False,
               phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink])
-    @given(programs(tenancy.tenants, layout=spec.layout(stack.url(route))))
+    @given(programs(tenancy.tenants, layout=spec.layout(stack.url(route)), team=team_steps.step_names(tenancy.team)))
     def isolation_holds(program: Program) -> None:
         result = run_cell(stack, tenancy, spec, route, scenario, program)
         seen.examples += 1
@@ -145,8 +147,11 @@ def explore(stack: Stack, tenancy: Tenancy, spec: StrategySpec, route: str, prof
                    tenants=len(tenancy.tenants), probed_connections=seen.probed)
     if failed and seen.last_failure is not None:
         final = seen.last_failure
-        reason = (f"{final.reason}; shrunk to {step_count(seen.failing_program)} step(s) "
-                  f"after {seen.examples} example(s)" + (" (flaky on replay)" if flaky else ""))
+        # In the unit the timeline shows: every recorded step (the frames and each step of a scheduler
+        # pass), then the program's own steps (a scheduler pass is one of those).
+        reason = (f"{final.reason}; shrunk to {len(final.history.steps)} recorded steps "
+                  f"({step_count(seen.failing_program)} program steps) after {seen.examples} example(s)"
+                  + (" (flaky on replay)" if flaky else ""))
         judged = Judgement(Verdict.FAIL, reason)
     elif seen.errors:
         final, judged = seen.last, Judgement(Verdict.INCONCLUSIVE, f"{seen.errors} error(s) in {seen.examples} examples")

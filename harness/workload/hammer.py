@@ -20,6 +20,7 @@ from sqlalchemy import event
 from harness.checks import check_history_file, verdict
 from harness.checks.history import StepRecord, step_to_json
 from harness.checks.steps import drawable
+from harness.team import steps as team_steps
 from harness.errors import UsageError
 from harness.stack import Stack
 from harness.tenancy.provisioning import Tenancy
@@ -94,7 +95,7 @@ def hammer(stack: Stack, tenancy: Tenancy, spec: StrategySpec, route: str, *, th
         out.close()
         raise
     runner, strategy = cell.runner, cell.strategy
-    steps = drawable(hammer=True, layout=strategy.layout)
+    steps = drawable(hammer=True, layout=strategy.layout, team=team_steps.step_names(cell.team))
     checkouts = [0]
     if strategy.engine is not None:
         event.listen(getattr(strategy.engine, "sync_engine", strategy.engine), "checkout",

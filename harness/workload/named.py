@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable
 
+from harness.checks.steps import step_kind
 from harness.tenancy.tenants import HOSTILE_TENANTS
 from harness.workload.program import Program, Request
 
@@ -62,7 +63,10 @@ def simultaneous_tenants(tenants: tuple[str, ...]) -> Program:
 
 
 def raw_text(tenants: tuple[str, ...]) -> Program:
-    """Raw text() queries use the tenant's schema; both styles measured, declared styles gate."""
+    """Raw text() queries use the tenant's schema; both styles measured, declared styles gate.
+
+    The row-level security layout has no ``tenant`` schema to qualify with: its program keeps the
+    unqualified steps only (see :meth:`NamedScenario.program`)."""
     return Program(_clients(
         tenants[:3], 3,
         ("raw_select_unqualified", "raw_insert_unqualified", "commit", "raw_select_unqualified",
@@ -97,9 +101,20 @@ class NamedScenario:
     build: Callable[[tuple[str, ...]], Program]
     hostile: bool = False  # built over the hostile names rather than the tenant set
 
-    def program(self, tenants: tuple[str, ...], hostile: tuple[str, ...] = HOSTILE_TENANTS) -> Program:
-        """The scenario's program over a tenancy's tenants (and its hostile names)."""
-        return self.build(tuple(hostile) if self.hostile else tenants)
+    def program(self, tenants: tuple[str, ...], hostile: tuple[str, ...] = HOSTILE_TENANTS, *,
+                layout: str = "schema") -> Program:
+        """The scenario's program over a tenancy's tenants (and its hostile names), for a layout: without
+        the steps that layout cannot run (their declaration's ``layouts`` leave it out)."""
+        return for_layout(self.build(tuple(hostile) if self.hostile else tenants), layout)
+
+
+def for_layout(program: Program, layout: str) -> Program:
+    """The program without the steps ``layout`` cannot run. Named programs have no schedule (round robin),
+    so dropping steps leaves a valid interleaving."""
+    assert program.schedule is None, "a drawn schedule counts the steps it interleaves"
+    clients = tuple(tuple(Request(r.tenant, tuple(s for s in r.steps if layout in step_kind(s).layouts))
+                          for r in requests) for requests in program.clients)
+    return dataclasses.replace(program, clients=clients)
 
 
 NAMED_SCENARIOS = {s.name: s for s in (

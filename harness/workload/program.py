@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 
-from harness.checks.steps import REQUEST_STEPS
+from harness.checks.steps import REQUEST_STEPS, is_request_step
 from harness.errors import UsageError
 
 @dataclasses.dataclass(frozen=True)
@@ -16,9 +16,10 @@ class Request:
     steps: tuple[str, ...]
 
     def __post_init__(self) -> None:
-        unknown = [s for s in self.steps if s not in REQUEST_STEPS]
+        unknown = [s for s in self.steps if not is_request_step(s)]
         if unknown:
-            raise UsageError(f"Unknown step(s) {unknown}.", fix=[f"use: {', '.join(REQUEST_STEPS)}"])
+            raise UsageError(f"Unknown step(s) {unknown}.", fix=[f"use: {', '.join(REQUEST_STEPS)}, or a team step "
+                                                                        "(team_read:<table>, action:<func>, ...)"])
 
     def actions(self) -> tuple[str, ...]:
         return ("open", *self.steps, "end_request")

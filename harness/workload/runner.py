@@ -18,9 +18,12 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from harness.checks.history import ErrorSeen, History, ProbeRecord, StepRecord
-from harness.checks.steps import STEP_KINDS, PidTiming
+from harness.checks.steps import PidTiming, Style, step_kind
 from harness.stack import Stack
 from harness.tenancy.models import ModelSet, model_set
+from harness.team import Team
+from harness.team import observer
+from harness.team import steps as team_steps
 from harness.tenancy.strategy import Strategy
 from harness.workload import probe as pool_probe
 from harness.workload.actions import ACTIONS, Context, error_seen
@@ -42,6 +45,7 @@ class Client:
     request: int = -1
     savepoints: list[Any] = dataclasses.field(default_factory=list)
     inserted: list[int] = dataclasses.field(default_factory=list)
+    team_inserted: dict[str, list[dict[str, Any]]] = dataclasses.field(default_factory=dict)  # by team table
     lean_pid: dict[str, Any] = dataclasses.field(default_factory=dict)  # pid read by a lean select
     is_async: bool = False  # the strategy's session() gave an AsyncSession
     loop: asyncio.AbstractEventLoop | None = None  # where this client's async steps run
@@ -53,7 +57,7 @@ class Runner:
 
     def __init__(self, stack: Stack, route: str, strategy: Strategy, *,
                  tenants: tuple[str, ...] = (), lean: bool = False, models: ModelSet | None = None,
-                 url=None):
+                 url=None, team: Team | None = None):
         self.url = url or stack.url(route)  # what the strategy connects to
         self.stack = stack
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -64,6 +68,7 @@ class Runner:
         self.route = route
         self.strategy = strategy
         self.models: ModelSet = models or model_set(strategy.models)
+        self.team = team  # the team's tables and code paths, whose steps programs may list
         self.ids = itertools.count(FIRST_WRITTEN_ID)
         self.seq = itertools.count(1)
 
@@ -76,7 +81,7 @@ class Runner:
             for c in program.order():
                 r, request, action = actions[c][cursor[c]]
                 cursor[c] += 1
-                if STEP_KINDS[action].composite:
+                if step_kind(action).composite:
                     history.steps.extend(self.scheduler_pass(clients[c], r, request))
                     continue
                 record = self.act(clients[c], r, request, action)
@@ -111,7 +116,7 @@ class Runner:
     # -- one action -----------------------------------------------------------------
     def act(self, client: Client, r: int, request: Request, action: str) -> StepRecord:
         seq = next(self.seq)
-        kind = STEP_KINDS[action]
+        kind = step_kind(action)
         base = dict(seq=seq, client=client.index, request=r, tenant=request.tenant, step=action, style=kind.style)
         if action == "open":
             return self._open(client, r, request.tenant, base)
@@ -121,22 +126,39 @@ class Runner:
         if client.session is None:
             return StepRecord(**base, note="skipped: the session did not open")
         pid_info: dict[str, Any] = {}
-        implementation = ACTIONS[action]
         if client.step_context is None:
             client.step_context = Context(self.models, self.ids, self.lean, client)
         context = client.step_context
-        try:
-            if kind.pid is PidTiming.BEFORE and not self.lean:
-                pid_info = self._call(client, self._where)
-            client.lean_pid = {}
-            rows, writes, note = self._call(client, functools.partial(implementation, context))
-            if kind.pid is PidTiming.AFTER:
-                pid_info = client.lean_pid if self.lean else self._call(client, self._where)
-            return StepRecord(**base, **pid_info, rows=rows, writes=writes, note=note)
-        except Exception as exc:  # noqa: BLE001 - every failure is recorded, not raised
-            error = error_seen(exc)
-            note = self._recover(client)
-            return StepRecord(**base, **pid_info, error=error, note=note)
+        run = self._implementation(client, action, kind.style, context)
+        with observer.observing() as observed:
+            try:
+                if kind.pid is PidTiming.BEFORE and not self.lean:
+                    pid_info = self._call(client, self._where)
+                client.lean_pid = {}
+                outcome = run()
+                if kind.pid is PidTiming.AFTER:
+                    pid_info = client.lean_pid if self.lean else self._call(client, self._where)
+                read, wrote = team_steps.observed_rows(observed)
+                return StepRecord(**base, **pid_info, rows=outcome.rows + read, writes=outcome.writes,
+                                  note=outcome.note, wrote=wrote, effect=outcome.effect or None)
+            except Exception as exc:  # noqa: BLE001 - every failure is recorded, not raised
+                error = error_seen(exc)
+                note = self._recover(client)
+                read, wrote = team_steps.observed_rows(observed)  # what it read before it failed counts too
+                return StepRecord(**base, **pid_info, error=error, note=note, rows=read, wrote=wrote)
+
+    def _implementation(self, client: Client, action: str, style: Style, context: Context) -> Callable[[], Any]:
+        """The call that runs a step on the client's session: a built-in one, or the team's."""
+        builtin = ACTIONS.get(action)
+        if builtin is not None:
+            return functools.partial(self._call, client, functools.partial(builtin, context))
+        if self.team is None:
+            raise ValueError(f"step {action!r} needs the team's models or actions (--models, --actions)")
+        if style is Style.ACTION and client.is_async:
+            return functools.partial(team_steps.run_async_action, self.team, action, context, client.session,
+                                     client.loop)
+        return functools.partial(self._call, client, lambda session: team_steps.run(self.team, context, session,
+                                                                                      action))
 
     # -- sync and async sessions alike ---------------------------------------------------
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -156,6 +178,7 @@ class Runner:
 
     def _open(self, client: Client, r: int, tenant: str, base: dict[str, Any]) -> StepRecord:
         client.tenant, client.request, client.savepoints, client.inserted = tenant, r, [], []
+        client.team_inserted = {}
         try:
             client.context = self.strategy.session(tenant)
             if hasattr(client.context, "__aenter__"):

@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import shlex
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
-from harness.config import HarnessConfig
+from harness.checks import Verdict
+from harness.config import SETTINGS_BY_NAME, HarnessConfig, setting_text
 from harness.stack import Stack
 from harness.tenancy.provisioning import Tenancy
-from harness.tenancy.strategy import StrategySpec
+from harness.tenancy.strategy import BUILTIN_SPECS, StrategySpec
 from harness.workload.cell import CellResult, run_cell
 from harness.workload.expectations import required_verdict
 from harness.workload.generated import PROFILES, Profile, explore
@@ -27,6 +29,16 @@ from harness.workload.named import NAMED_SCENARIOS
 
 GENERATED = "generated"
 HAMMER = "hammer"
+
+#: Settings that decide what any cell runs, besides its strategy, route, scenario, profile and seed: a replay
+#: gives those not at their default. Not the external backend's DSNs: they hold passwords, and the
+#: environment or pyproject.toml that gave them gives them again.
+CELL_SETTINGS = ("backend", "pg_bindir", "pgbouncer", "postgres_image", "pgbouncer_image", "session_pool_size",
+                 "transaction_pool_size", "tenants", "decoys", "models", "actions")
+#: ... and those only one scenario reads
+SCENARIO_SETTINGS = {GENERATED: ("example_db",), HAMMER: ("hammer_threads", "hammer_requests", "hammer_seconds")}
+#: A front end's replay: (strategy, route, scenario, profile) -> the command that runs exactly that cell again
+Replay = Callable[[StrategySpec, str, str, Profile], str]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,8 +51,9 @@ class CellContext:
     seed: int
     #: False for the built-ins' self-check (their expectation table); True gates (every cell must pass)
     gate: bool
-    #: the command that replays a generated cell, for this front end (CLI or pytest)
-    replay: Callable[[StrategySpec, str, Profile], str] | None = None
+    #: the command that replays a cell, for this front end (CLI or pytest): every generated cell gets one,
+    #: every other cell when it fails or does not measure its required verdict
+    replay: Replay | None = None
 
     @property
     def profile(self) -> Profile:
@@ -61,7 +74,8 @@ def hammer_history_path(report_dir: Path, spec: StrategySpec, route: str) -> Pat
 
 def _named(name: str) -> Callable[[CellContext, StrategySpec, str], CellResult]:
     def run(ctx: CellContext, spec: StrategySpec, route: str) -> CellResult:
-        program = NAMED_SCENARIOS[name].program(ctx.tenancy.tenants, ctx.tenancy.hostile)
+        program = NAMED_SCENARIOS[name].program(ctx.tenancy.tenants, ctx.tenancy.hostile,
+                                                layout=spec.layout(ctx.stack.url(route)))
         return run_cell(ctx.stack, ctx.tenancy, spec, route, name, program)
     return run
 
@@ -70,8 +84,6 @@ def _generated(ctx: CellContext, spec: StrategySpec, route: str) -> CellResult:
     config = ctx.config
     result, _ = explore(ctx.stack, ctx.tenancy, spec, route, ctx.profile, seed=ctx.seed,
                         derandomize=config.derandomize, database_dir=config.example_db)
-    if ctx.replay is not None:
-        result.replay = ctx.replay(spec, route, ctx.profile)
     return result
 
 
@@ -100,4 +112,35 @@ def run_scenario(ctx: CellContext, spec: StrategySpec, route: str, scenario: str
     """Run one cell and set the verdict it is required to measure."""
     result = SCENARIOS[scenario].run(ctx, spec, route)
     result.required = required_verdict(spec.name, scenario, route, gate=ctx.gate)
+    if ctx.replay is not None and (scenario == GENERATED or result.verdict is Verdict.FAIL or not result.as_required):
+        result.replay = ctx.replay(spec, route, scenario, ctx.profile)
     return result
+
+
+def replay_settings(config: HarnessConfig, spec: StrategySpec, scenario: str, profile: str,
+                    seed: int) -> dict[str, Any]:
+    """The settings a command replaying this cell gives, besides its strategy, route and scenario: the
+    profile, the seed (or derandomize), the settings that decide the cell and are not at their default,
+    and ``pythonpath`` when the cell imports the user's code (a strategy of theirs, models or actions)."""
+    chosen: dict[str, Any] = {"profile": profile}
+    chosen.update({"derandomize": True} if config.derandomize else {"seed": seed})
+    for name in CELL_SETTINGS + SCENARIO_SETTINGS.get(scenario, ()):
+        if getattr(config, name) != SETTINGS_BY_NAME[name].default:
+            chosen[name] = getattr(config, name)
+    if spec.spec not in BUILTIN_SPECS.values() or config.models or config.actions:
+        chosen["pythonpath"] = config.pythonpath
+    return chosen
+
+
+def replay_command(command: list[str], settings: dict[str, Any],
+                   options: Callable[[str, Any], list[str] | None]) -> str:
+    """``command`` followed by each setting as the front end's ``options(name, value)`` words it; a setting
+    the front end has no option for (None) goes before the command as its HARNESS_* variable."""
+    env, words = [], list(command)
+    for name, value in settings.items():
+        given = options(name, value)
+        if given is None:
+            env.append(f"{SETTINGS_BY_NAME[name].env}={shlex.quote(setting_text(value))}")
+        else:
+            words += given
+    return " ".join([*env, shlex.join(words)])

@@ -1,0 +1,12 @@
+"""The shop's reports: code paths the harness runs as steps (``--actions``)."""
+
+from __future__ import annotations
+
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+
+def monthly_total(session: Session, tenant: str):
+    # Deliberately unqualified raw SQL: schema_translate_map does not touch text(), so this
+    # reads whatever "invoice" the pooled connection's search_path finds.
+    return session.execute(text("SELECT coalesce(sum(total), 0) FROM invoice")).scalar_one()

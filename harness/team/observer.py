@@ -1,0 +1,135 @@
+"""The read observer: which tenant's rows any code read, including raw SQL and aggregates.
+
+The team's code (its actions, its raw ``text()`` queries) returns whatever it
+likes: a sum, a count, a report row. To attribute every row such code *reads*,
+each copy of a team table carries row-level security with a restrictive policy
+whose expression calls :data:`FUNCTION` with the copy's owner (the schema it
+lives in), the table and the row's key. The function raises an ``INFO``
+message and returns true, so:
+
+- what the code sees is unchanged: the policy admits every row (a permissive
+  ``true`` policy next to it), plans and results stay as they were;
+- every row the executor scans for the code under test, in a plain select, a
+  join, an aggregate, an UPDATE or DELETE (their ``USING``) or an INSERT or
+  UPDATE (``WITH CHECK``: a write), is reported on the very connection that ran
+  the statement. PostgreSQL sends ``INFO`` to the client whatever
+  ``client_min_messages`` says (docs, "Reporting Errors and Messages");
+- the harness's own superuser bypasses row-level security, so seeding and the
+  read-back stay silent.
+
+The driver hands each message to a notice handler the harness attaches to every
+pooled DBAPI connection (a ``connect`` listener on SQLAlchemy's ``Pool`` class),
+which adds it to the sink of the thread running the current step. The runner
+opens the sink around a step (:func:`observing`), so the rows land in that
+step's record, under the tenant that step acts for.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+from typing import Any, Iterator, NamedTuple
+
+from sqlalchemy import Table, event
+from sqlalchemy.engine import Connection
+from sqlalchemy.pool import Pool
+
+FUNCTION = "harness_observe"
+SCHEMA = "harness_observer"  # where the function lives (named through the stack: the external backend prefixes it)
+MARKER = "harness-observe "
+PERMISSIVE = "harness_admit"
+RESTRICTIVE = "harness_observe"
+
+
+class Observed(NamedTuple):
+    op: str  # "r": a row was read (scanned), "w": a row was written
+    owner: str  # the schema of the table copy: a tenant, or public for a decoy
+    table: str
+    key: str
+
+
+_local = threading.local()
+
+
+@contextlib.contextmanager
+def observing() -> Iterator[list[Observed]]:
+    """Collect what the code under test reads and writes on this thread until the block ends."""
+    outer = getattr(_local, "sink", None)
+    sink: list[Observed] = []
+    _local.sink = sink
+    try:
+        yield sink
+    finally:
+        _local.sink = outer
+
+
+def _record(message: str | None) -> None:
+    sink = getattr(_local, "sink", None)
+    if sink is None or not message or not message.startswith(MARKER):
+        return
+    try:
+        op, owner, table, key = json.loads(message[len(MARKER):])
+    except (ValueError, TypeError):
+        return
+    sink.append(Observed(op, owner, table, "" if key is None else str(key)))
+
+
+def _on_psycopg_notice(diagnostic: Any) -> None:
+    _record(diagnostic.message_primary)
+
+
+def _on_asyncpg_log(connection: Any, message: Any) -> None:
+    _record(getattr(message, "message", None))
+
+
+_installed = False
+_install_lock = threading.Lock()
+
+
+def install() -> None:
+    """Attach the notice handler to every DBAPI connection any SQLAlchemy pool opens from now on."""
+    global _installed
+    with _install_lock:
+        if _installed:
+            return
+        event.listen(Pool, "connect", _attach)
+        _installed = True
+
+
+def _attach(dbapi_connection: Any, record: Any) -> None:
+    raw = getattr(dbapi_connection, "driver_connection", None) or dbapi_connection
+    if hasattr(raw, "add_notice_handler"):  # psycopg 3, sync and async
+        raw.add_notice_handler(_on_psycopg_notice)
+    elif hasattr(raw, "add_log_listener"):  # asyncpg
+        raw.add_log_listener(_on_asyncpg_log)
+
+
+def _literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def function_sql(schema_sql: str) -> str:
+    """The observer function, in the (quoted) schema ``schema_sql``."""
+    return (f"CREATE OR REPLACE FUNCTION {schema_sql}.{FUNCTION}(op text, owner text, tbl text, key text) "
+            "RETURNS boolean LANGUAGE plpgsql VOLATILE AS $observe$ BEGIN "
+            f"RAISE INFO '{MARKER}%', json_build_array(op, owner, tbl, key)::text; RETURN true; "
+            "END $observe$;\n"
+            f"GRANT USAGE ON SCHEMA {schema_sql} TO PUBLIC;\n"
+            f"GRANT EXECUTE ON FUNCTION {schema_sql}.{FUNCTION}(text, text, text, text) TO PUBLIC")
+
+
+def policies_sql(conn: Connection, function_schema: str, schema: str, owner: str, table: Table) -> str:
+    """Row-level security on ``schema``'s copy of ``table``: admit every row, report each one touched."""
+    quote = conn.dialect.identifier_preparer.quote_identifier
+    target = f"{quote(schema)}.{quote(table.name)}"
+    keys = [f"{quote(c.name)}::text" for c in table.primary_key.columns]
+    key = f"concat_ws(',', {', '.join(keys)})" if keys else "NULL"
+
+    def observe(op: str) -> str:
+        return f"{quote(function_schema)}.{FUNCTION}('{op}', {_literal(owner)}, {_literal(table.name)}, {key})"
+
+    return (f"ALTER TABLE {target} ENABLE ROW LEVEL SECURITY;\n"
+            f"CREATE POLICY {PERMISSIVE} ON {target} USING (true) WITH CHECK (true);\n"
+            f"CREATE POLICY {RESTRICTIVE} ON {target} AS RESTRICTIVE USING ({observe('r')}) "
+            f"WITH CHECK ({observe('w')})")

@@ -1,0 +1,158 @@
+"""What the team's steps run: reads and writes through its tables, and its own code paths.
+
+Step names carry what they act on (``team_read:invoice``, ``team_insert:invoice``,
+``action:monthly_total``), so a counterexample reads as the team's own program
+and shrinks like any other. Their declarations are in
+:data:`harness.checks.steps.TEAM_STEP_KINDS`. Rows are attributed by the read
+observer (:mod:`harness.team.observer`), not by what the step returns: the
+runner records every row the step touched, whatever SQL ran.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+from sqlalchemy import BLANK_SCHEMA, MetaData, Table, and_, delete, event, insert, select, update
+from sqlalchemy.orm import Session
+
+from harness.checks.history import RowSeen
+from harness.checks.steps import Effect
+from harness.team import Team
+from harness.team.models import TeamModels, canary_value
+from harness.team.observer import Observed
+from harness.tenancy.tenants import PLACEHOLDER_SCHEMA
+from harness.workload.actions import FRESH, Context, Outcome
+
+READ, INSERT, UPDATE, DELETE = "team_read", "team_insert", "team_update", "team_delete"
+
+
+def step_names(team: Team | None) -> tuple[str, ...]:
+    """Every team step of a run: per tenant table a read and (with a key) insert, update, delete; then its actions."""
+    if team is None:
+        return ()
+    names: list[str] = []
+    models = team.models
+    for table in models.tenant_tables if models is not None else ():
+        names.append(f"{READ}:{table.name}")
+        if models.writable(table):
+            names.append(f"{INSERT}:{table.name}")
+            if models.updatable_column(table) is not None:
+                names.append(f"{UPDATE}:{table.name}")
+            names.append(f"{DELETE}:{table.name}")
+    names.extend(action.step for action in team.actions)
+    return tuple(names)
+
+
+@functools.lru_cache(maxsize=16)
+def _schema_less(models: TeamModels) -> dict[str, Table]:
+    """The tenant tables without their placeholder schema (foreign keys between them too), for layers
+    that bind the tenant through search_path only."""
+    copy = MetaData()
+
+    def referred(table: Table, to_schema: str | None, constraint: Any, referred_schema: str | None) -> str | None:
+        return BLANK_SCHEMA if referred_schema == PLACEHOLDER_SCHEMA else referred_schema
+
+    for table in models.metadata.sorted_tables:
+        table.to_metadata(copy, schema=None if table.schema == PLACEHOLDER_SCHEMA else table.schema,
+                          referred_schema_fn=referred)
+    return {t.name: copy.tables[t.name] for t in models.tenant_tables}
+
+
+def _table(models: TeamModels, name: str, flavour: str) -> Table:
+    return _schema_less(models)[name] if flavour == "unqualified" else models.table(name)
+
+
+def _key_clause(table: Table, values: dict[str, Any]):
+    return and_(*(column == values[column.name] for column in table.primary_key.columns))
+
+
+def run(team: Team, ctx: Context, session: Session, name: str) -> Outcome:
+    """Run the team step ``name`` for ``ctx``'s client on ``session``."""
+    operation, _, target = name.partition(":")
+    if operation == "action":
+        return _action(team, name, ctx, session)
+    models = team.models
+    assert models is not None
+    flavour = ctx.models.flavour
+    table = _table(models, target, flavour)
+    tenant = ctx.client.tenant
+    mapped = models.classes.get(target) if flavour == "placeholder" else None
+    if operation == READ:
+        if mapped is not None:
+            found = session.scalars(select(mapped), execution_options=FRESH).all()
+        else:
+            found = session.execute(select(table)).all()
+        return Outcome(note=f"{len(found)} row(s) returned")
+    if operation == INSERT:
+        number = ctx.new_id()
+        values = models.row(table, tenant, number)
+        session.execute(insert(table).values(values))
+        ctx.client.team_inserted.setdefault(target, []).append(values)
+        return Outcome(note=f"inserted row {models.key_of(table, values)}")
+    if operation == UPDATE:
+        column = models.updatable_column(table)
+        assert column is not None
+        first = models.row(table, tenant, 1)
+        value = canary_value(column, tenant, ctx.new_id(), key=False)
+        changed = session.execute(update(table).where(_key_clause(table, first)).values({column.name: value}))
+        return Outcome(note=f"updated {changed.rowcount} row(s)")
+    if operation == DELETE:
+        mine = ctx.client.team_inserted.get(target)
+        if not mine:
+            return Outcome(note="nothing inserted in this request to delete")
+        values = mine.pop()
+        gone = session.execute(delete(table).where(_key_clause(table, values)))
+        return Outcome(note=f"deleted {gone.rowcount} row(s)")
+    raise ValueError(f"unknown team step {name!r}")
+
+
+def _action(team: Team, name: str, ctx: Context, session: Session) -> Outcome:
+    """The team's code path (a sync function) on the client's sync session."""
+    action = team.action(name)
+    if action.is_async:
+        raise TypeError(f"{action.spec} is async: it needs a tenancy layer whose session() yields an AsyncSession")
+    return _tracked(session, lambda: action.call(session, ctx.client.tenant))
+
+
+def run_async_action(team: Team, name: str, ctx: Context, session: Any, loop: Any) -> Outcome:
+    """An async code path, awaited on the client's loop with its AsyncSession (a sync one runs through run_sync)."""
+    action = team.action(name)
+    if not action.is_async:
+        return loop.run_until_complete(session.run_sync(lambda sync: _action(team, name, ctx, sync)))
+    return _tracked(session.sync_session, lambda: loop.run_until_complete(action.call(session, ctx.client.tenant)))
+
+
+def _tracked(session: Session, call: Callable[[], Any]) -> Outcome:
+    """Run ``call``; what it did to the transaction (commit, rollback) is read off the session's events,
+    so the write checks know whether the client's pending writes became durable."""
+    ended: list[str] = []
+
+    def committed(_session: Session) -> None:
+        ended.append(Effect.COMMIT.value)
+
+    def rolled_back(_session: Session) -> None:
+        ended.append(Effect.DISCARD.value)
+
+    event.listen(session, "after_commit", committed)
+    event.listen(session, "after_rollback", rolled_back)
+    try:
+        returned = call()
+    finally:
+        event.remove(session, "after_commit", committed)
+        event.remove(session, "after_rollback", rolled_back)
+    note = "" if returned is None else f"returned {_short(returned)}"
+    return Outcome(note=note, effect=ended[-1] if ended else "")
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def observed_rows(observed: list[Observed]) -> tuple[tuple[RowSeen, ...], tuple[RowSeen, ...]]:
+    """The rows a step read and wrote, once each, in the order first seen."""
+    read = dict.fromkeys(RowSeen(o.table, o.key, o.owner) for o in observed if o.op == "r")
+    wrote = dict.fromkeys(RowSeen(o.table, o.key, o.owner) for o in observed if o.op == "w")
+    return tuple(read), tuple(wrote)
+
