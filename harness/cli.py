@@ -78,7 +78,8 @@ def cmd_setup(args: argparse.Namespace) -> int:
     return 0
 
 
-VERIFY_SETTINGS = STACK_SETTINGS + ("routes", "scenarios", "profile", "tenants", "report_dir", "seed", "models", "actions", "decoys",
+VERIFY_SETTINGS = STACK_SETTINGS + ("routes", "scenarios", "profile", "tenants", "report_dir", "seed", "models", "actions",
+                                    "pythonpath", "decoys",
                                     "example_db", "hammer_threads", "hammer_requests", "hammer_seconds", "jobs", "shard")
 
 
@@ -183,7 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     merge.set_defaults(func=cmd_report_merge)
 
     # Listed for --help; main() hands `scan` to the scanner before parsing.
-    sub.add_parser("scan", help="find SET search_path leftovers in Python code (harness scan PATH ... [--json])")
+    sub.add_parser("scan", help="find search_path bindings, unqualified raw SQL on tenant tables and models "
+                                "missing the placeholder (harness scan PATH ... [--models SPEC] [--json] [--sarif FILE])")
     return parser
 
 

@@ -20,7 +20,7 @@ from harness.tenancy.tenants import HOSTILE_TENANTS, default_tenants
 from harness.report.explain import verdict_matrix, write_cell_results
 from harness.workload.cell import CellResult
 from harness.workload.generated import Profile
-from harness.workload.scenarios import (GENERATED, HAMMER, CellContext, replay_command, replay_settings,
+from harness.workload.scenarios import (GENERATED, HAMMER, CellContext, Replay, replay_command, replay_settings,
                                         run_scenario as run_registered)
 
 CONFIG_KEY = pytest.StashKey[HarnessConfig]()
@@ -115,20 +115,24 @@ def generation_seed(harness_config: HarnessConfig) -> int:
 def cell_context(request: pytest.FixtureRequest, stack: Stack, tenancy: Tenancy, harness_config: HarnessConfig,
                  generation_seed: int) -> CellContext:
     """What every cell of this session shares; a cell's replay names this test."""
+    return CellContext(stack, tenancy, harness_config, generation_seed, gate=bool(harness_config.strategies),
+                       replay=replay_in_pytest(harness_config, generation_seed, request.node.nodeid))
+
+
+def replay_in_pytest(config: HarnessConfig, seed: int, nodeid: str) -> Replay:
+    """The pytest command that runs one cell of the test ``nodeid`` again, with every setting that decides it."""
 
     def options(name: str, value: object) -> list[str] | None:
         # A setting the plugin has no option for goes before the command as its HARNESS_* variable.
         return [f"{_option(name)}={setting_text(value)}"] if name in PLUGIN_SETTINGS else None
 
     def replay(strategy: StrategySpec, route: str, scenario: str, profile: Profile) -> str:
-        settings = replay_settings(harness_config, strategy, scenario, profile.name, generation_seed)
-        if harness_config.strategies:  # the test's id names a strategy of this setting
+        settings = replay_settings(config, strategy, scenario, profile.name, seed)
+        if config.strategies:  # the test's id names a strategy of this setting
             settings["strategies"] = (strategy.spec,)
-        kept = f" (failures are also kept in {harness_config.example_db})" if scenario == GENERATED else ""
-        return replay_command(["pytest", request.node.nodeid], settings, options) + kept
-
-    return CellContext(stack, tenancy, harness_config, generation_seed, gate=bool(harness_config.strategies),
-                       replay=replay)
+        kept = f" (failures are also kept in {config.example_db})" if scenario == GENERATED else ""
+        return replay_command(["pytest", nodeid], settings, options) + kept
+    return replay
 
 
 @pytest.fixture

@@ -36,9 +36,11 @@ def test_4_simultaneous_tenants_stay_isolated(run_scenario, strategy, route):
 def test_5_raw_text_uses_the_tenant_schema(run_scenario, strategy, route):
     result = run_scenario(strategy, route, "raw_text")
     assert_as_required(result)
-    # Both styles are measured even when only the declared ones gate.
+    # Both styles are measured even when only the declared ones gate (the row-level security layout
+    # has no `tenant` schema, so its programs hold no qualified step).
     styles = {step.style for step in result.history.steps}
-    assert {"raw_unqualified", "raw_qualified"} <= styles
+    expected = {"raw_unqualified", "raw_qualified"} if result.history.layout == "schema" else {"raw_unqualified"}
+    assert expected <= styles and ("raw_qualified" in styles) == (result.history.layout == "schema")
 
 
 def test_6_pool_carries_no_state_into_the_next_request(run_scenario, strategy, route):

@@ -67,3 +67,17 @@ def test_generated_programs_run_for_rls_and_async_layers(stack, tenancy):
         result, seen = explore(stack, tenancy, load_strategy(spec), "transaction", PROFILES["dev"], seed=3)
         assert result.verdict.value == expected, explain(result)
         assert seen.examples >= 1
+
+
+def test_the_declarative_shared_classes_read_the_shared_tables_through_a_layer(stack, tenancy):
+    from sqlalchemy import func, select
+
+    from harness.tenancy.declarative import MarketplaceJob, Product
+    from harness.workload.cell import CellSetup
+
+    with CellSetup(stack, tenancy, load_strategy("rls_guc_pinned"), "transaction") as cell:
+        with cell.strategy.session("Acme") as session:
+            products = session.scalars(select(Product).order_by(Product.id)).all()
+            jobs = session.scalar(select(func.count()).select_from(MarketplaceJob))
+    assert products and {p.owner for p in products} == {"Acme"}  # the policies, not a WHERE of ours
+    assert [p.id for p in products] == sorted({p.id for p in products}) and jobs

@@ -183,3 +183,13 @@ def test_a_reset_puts_the_canaries_back(shop):
     schemas.reset()
     with schemas.engine.connect() as conn:
         assert conn.execute(text(f'SELECT count(*) FROM "{A}".customer')).scalar() == CANARY_ROWS
+
+
+def test_two_clients_of_one_tenant_updating_the_same_table_do_not_wait_on_each_other(shop):
+    """The runner runs one step at a time: if both updated one row, the second would wait for ever."""
+    own_stack, schemas = shop
+    both = (Request(A, ("team_update:customer", "team_update:invoice")),)
+    program = Program((both, both), schedule=(0, 1, 0, 1, 0, 1, 0, 1))
+    result = run_cell(own_stack, schemas, load_strategy("shop.tenancy:make_tenancy"), "direct", "team", program)
+    updates = [s for s in result.history.steps if s.step.startswith("team_update")]
+    assert len(updates) == 4 and all(s.error is None and "updated 1 row" in s.note for s in updates), explain(result)

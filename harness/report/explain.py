@@ -23,8 +23,9 @@ def explain(cell: CellResult, limit: int = 40) -> str:
     lines = [f"{cell.strategy} x {cell.route} x {cell.scenario}: {cell.verdict.value.upper()} "
              f"({cell.reason})", f"coverage: {cell.coverage.describe()}"]
     if cell.program is not None:
-        lines.append(f"minimal program ({step_count(cell.program)} program steps, recorded as the "
-                     f"{len(cell.history.steps)} steps below):")
+        size, recorded = step_count(cell.program), len(cell.history.steps)
+        lines.append(f"minimal program ({size} program step{'s' * (size != 1)}, recorded as the {recorded} "
+                     f"step{'s' * (recorded != 1)} below):")
         lines.extend("  " + line for line in describe_program(cell.program).splitlines())
     if cell.replay:
         lines.append(f"replay: {cell.replay}")

@@ -4,7 +4,8 @@ One row per strategy; each column is derived from verdicts of this run, never
 asserted: "yes" when every measured cell behind it passed, "no" when one
 failed (with where), "?" when nothing was measured. The PgBouncer columns
 count against the pooler only what fails on its route and passed on direct
-(or was not measured there).
+(or was not measured there): "as direct" when everything failing there fails
+on direct too.
 
 It reads results.json cell dicts (``harness.report.results.cell_json``), not
 CellResults, so that a merge of shards, which has only the shards'
@@ -62,7 +63,8 @@ def _judge_route(cells: list[dict[str, Any]], direct: dict[tuple, dict[str, Any]
         parts.append(f"{len(unknown)} not passed here, not measured on direct: {_places(unknown)}")
     if layers:
         parts.append(f"{len(layers)} not passed on direct either (the layer's, not the pooler's): {_places(layers)}")
-    return {"value": "no" if poolers or unknown else "yes", "detail": "; ".join(parts)}
+    # "as direct": whatever fails here fails on direct too; the pooler adds no failure of its own.
+    return {"value": "no" if poolers or unknown else "as direct" if layers else "yes", "detail": "; ".join(parts)}
 
 
 def _where(cell: dict[str, Any]) -> tuple:

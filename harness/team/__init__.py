@@ -10,7 +10,6 @@ the built-in ones.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import inspect
 from typing import Any, Callable
 
@@ -52,23 +51,25 @@ class Team:
                 "actions": [a.spec for a in self.actions]}
 
 
-def _resolve(spec: str, what: str) -> Any:
+def _resolve(spec: str, what: str, pythonpath: tuple[str, ...] | None = None) -> Any:
+    """``package.module:attr`` of the user's code, imported with the pythonpath folders first on sys.path."""
+    from harness.tenancy.strategy import import_user_module
+
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
         raise UsageError(f"{what} {spec!r} is not of the form package.module:attr.")
+    target = import_user_module(f"{what} {spec!r}", module_name, pythonpath)
     try:
-        target = importlib.import_module(module_name)
         for part in attr.split("."):
             target = getattr(target, part)
-    except Exception as exc:  # noqa: BLE001 - any import-time failure is the user's to fix
-        raise UsageError(f"{what} {spec!r} could not be loaded: {type(exc).__name__}: {exc}.",
-                         fix=["check the module is importable from your project's root "
-                              "(the folder of its pyproject.toml), or set [tool.harness] pythonpath"]) from exc
+    except AttributeError as exc:
+        raise UsageError(f"{what} {spec!r} could not be loaded: {exc}.",
+                         fix=[f"check that {module_name} defines {attr}"]) from exc
     return target
 
 
-def load_action(spec: str) -> TeamAction:
-    call = _resolve(spec, "Action")
+def load_action(spec: str, pythonpath: tuple[str, ...] | None = None) -> TeamAction:
+    call = _resolve(spec, "Action", pythonpath)
     if not callable(call):
         raise UsageError(f"Action {spec!r} is a {type(call).__name__}, not a callable.",
                          fix=["point it at a function taking (session, tenant)"])
@@ -91,11 +92,11 @@ def load_team(config: HarnessConfig) -> Team | None:
         from harness.tenancy.models import load_user_metadata
 
         metadata = load_user_metadata(config.models)
-        models = team_models(config.models, _resolve(config.models, "Models spec"), metadata)
+        models = team_models(config.models, _resolve(config.models, "Models spec", config.pythonpath), metadata)
         from harness.team import observer
 
         observer.install()  # before any strategy makes a pool: every connection reports what it reads
-    actions = tuple(load_action(spec) for spec in config.actions)
+    actions = tuple(load_action(spec, config.pythonpath) for spec in config.actions)
     steps = [a.step for a in actions]
     twice = sorted({s for s in steps if steps.count(s) > 1})
     if twice:

@@ -24,7 +24,10 @@ from sqlalchemy.sql.schema import Column
 from harness.errors import UsageError
 from harness.tenancy.tenants import PLACEHOLDER_SCHEMA
 
-CANARY_ROWS = 3  # rows of every tenant table in every schema
+# Rows of every tenant table in every schema: at least as many as a generated program has clients, so
+# each client updates a row of its own (the runner runs one step at a time: two clients' updates of one
+# row would wait on each other for ever).
+CANARY_ROWS = 8
 NEW_ROWS = 1000  # numbers of the rows steps insert start here (the canaries are 1..CANARY_ROWS)
 SHARED_OWNER = "shared"  # whose rows the team's shared (non-tenant) tables get
 SEQUENCE_START = 1_000_000  # serial/identity columns continue from here, above anything the harness writes

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from harness.checks.history import RowSeen
 from harness.checks.steps import Effect
 from harness.team import Team
-from harness.team.models import TeamModels, canary_value
+from harness.team.models import CANARY_ROWS, TeamModels, canary_value
 from harness.team.observer import Observed
 from harness.tenancy.tenants import PLACEHOLDER_SCHEMA
 from harness.workload.actions import FRESH, Context, Outcome
@@ -93,9 +93,9 @@ def run(team: Team, ctx: Context, session: Session, name: str) -> Outcome:
     if operation == UPDATE:
         column = models.updatable_column(table)
         assert column is not None
-        first = models.row(table, tenant, 1)
+        mine = models.row(table, tenant, 1 + ctx.client.index % CANARY_ROWS)  # a row no other client updates
         value = canary_value(column, tenant, ctx.new_id(), key=False)
-        changed = session.execute(update(table).where(_key_clause(table, first)).values({column.name: value}))
+        changed = session.execute(update(table).where(_key_clause(table, mine)).values({column.name: value}))
         return Outcome(note=f"updated {changed.rowcount} row(s)")
     if operation == DELETE:
         mine = ctx.client.team_inserted.get(target)

@@ -34,35 +34,21 @@ class SharedBase(DeclarativeBase):
         return f"{type(self).__name__}(id={getattr(self, 'id', None)!r}, owner={getattr(self, 'owner', None)!r})"
 
 
-class Product(SharedBase):
-    __table__ = _TABLES["product"]
+def _declared(table: str) -> type[SharedBase]:
+    """A declarative class on one of the shared tables, named as the imperative model set names it."""
+    name = {**CLASS_NAMES, "product_attribute": "ProductAttribute"}[table]
+    return type(name, (SharedBase,), {"__table__": _TABLES[table], "__module__": __name__, "__qualname__": name})
 
 
-class VintedProduct(SharedBase):
-    __table__ = _TABLES["vinted_product"]
+Product = _declared("product")
+VintedProduct = _declared("vinted_product")
+MarketplaceJob = _declared("marketplace_job")
+MarketplaceTask = _declared("marketplace_task")
+PublicationHistory = _declared("publication_history")
+Attribute = _declared("attribute")
+ProductAttribute = _declared("product_attribute")
 
-
-class MarketplaceJob(SharedBase):
-    __table__ = _TABLES["marketplace_job"]
-
-
-class MarketplaceTask(SharedBase):
-    __table__ = _TABLES["marketplace_task"]
-
-
-class PublicationHistory(SharedBase):
-    __table__ = _TABLES["publication_history"]
-
-
-class Attribute(SharedBase):
-    __table__ = _TABLES["attribute"]
-
-
-class ProductAttribute(SharedBase):
-    __table__ = _TABLES["product_attribute"]
-
-
-#: table name -> declarative class, for every class the imperative model set maps (and the association table)
+#: table name -> declarative class: every table of the shared model set (the association table too)
 CLASSES: dict[str, type[SharedBase]] = {cls.__table__.name: cls for cls in SharedBase.__subclasses__()}
-if set(CLASSES) != set(CLASS_NAMES) | {"product_attribute"}:
-    raise ImportError("harness.tenancy.declarative and models.CLASS_NAMES differ: declare a class for each table")
+if set(CLASSES) != set(_TABLES):
+    raise ImportError("harness.tenancy.declarative misses a shared table: declare a class for each")

@@ -149,8 +149,9 @@ def explore(stack: Stack, tenancy: Tenancy, spec: StrategySpec, route: str, prof
         final = seen.last_failure
         # In the unit the timeline shows: every recorded step (the frames and each step of a scheduler
         # pass), then the program's own steps (a scheduler pass is one of those).
-        reason = (f"{final.reason}; shrunk to {len(final.history.steps)} recorded steps "
-                  f"({step_count(seen.failing_program)} program steps) after {seen.examples} example(s)"
+        recorded, program = len(final.history.steps), step_count(seen.failing_program)
+        reason = (f"{final.reason}; shrunk to {recorded} recorded step{'s' * (recorded != 1)} "
+                  f"({program} program step{'s' * (program != 1)}) after {seen.examples} example(s)"
                   + (" (flaky on replay)" if flaky else ""))
         judged = Judgement(Verdict.FAIL, reason)
     elif seen.errors:

@@ -1,0 +1,74 @@
+"""examples/shop end to end, as a team would run it from its own project's root.
+
+The shop has one deliberately unqualified report query in a code path given to
+the harness as an action. The scan must point at it (file:line, table), verify
+must catch the action reading another tenant's rows with a minimal
+counterexample that contains it, and fixing the query must make both pass.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "shop"
+UNQUALIFIED = 'text("SELECT coalesce(sum(total), 0) FROM invoice")'
+FIXED = "select(func.coalesce(func.sum(Invoice.total), 0))"
+
+
+def _harness(project: Path, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    """`harness ...` from the project's root, without PYTHONPATH: the project's modules import as pytest's would."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",) and not k.startswith("HARNESS_")}
+    return subprocess.run([sys.executable, "-m", "harness", *args], cwd=project, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.fixture
+def shop(tmp_path: Path) -> Path:
+    project = tmp_path / "shop"
+    shutil.copytree(EXAMPLE, project, ignore=shutil.ignore_patterns("__pycache__", "reports", ".hypothesis"))
+    return project
+
+
+def _fix(project: Path) -> None:
+    reports = project / "shop" / "reports.py"
+    source = reports.read_text()
+    assert UNQUALIFIED in source
+    source = source.replace(UNQUALIFIED, FIXED).replace("from sqlalchemy import text",
+                                                        "from sqlalchemy import func, select\n\n"
+                                                        "from shop.models import Invoice")
+    reports.write_text(source)
+
+
+def _verify(project: Path, report_dir: Path) -> tuple[subprocess.CompletedProcess, dict]:
+    result = _harness(project, "verify", "--routes", "direct,transaction", "--scenarios", "generated",
+                      "--profile", "dev", "--seed", "7", "--jobs", "1", "--report-dir", str(report_dir))
+    results = report_dir / "latest" / "results.json"
+    assert results.is_file(), result.stdout + result.stderr
+    return result, json.loads(results.read_text())
+
+
+def test_the_leak_is_caught_with_the_action_in_a_minimal_counterexample_and_the_fix_passes(shop, tmp_path):
+    result, data = _verify(shop, tmp_path / "before")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert {c["verdict"] for c in data["cells"]} == {"fail"}
+    for cell in data["cells"]:
+        leaks = [f for f in cell["findings"] if f["gating"] and f["kind"] == "cross_tenant_read"]
+        assert leaks and all("action:monthly_total" in f["explanation"] for f in leaks), cell
+        program = " ".join(cell["counterexample"]["program"])
+        assert "action:monthly_total" in program, program
+        steps = [s for line in cell["counterexample"]["program"] if line.startswith("client ")
+                 for s in line.split(": ", 1)[1].split(", ")]
+        assert steps == ["open", "action:monthly_total", "end_request"], program  # nothing else is needed
+    assert data["environment"]["actions"] == "shop.reports:monthly_total"
+
+    _fix(shop)
+    result, data = _verify(shop, tmp_path / "after")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert {c["verdict"] for c in data["cells"]} == {"pass"}
