@@ -17,7 +17,7 @@ from sqlalchemy.types import UserDefinedType
 from harness.errors import UsageError
 from harness.report.explain import explain
 from harness.stack import start_stack
-from harness.team import load_team
+from harness.team import load_action, load_team
 from harness.team.models import CANARY_ROWS, CanaryError, TeamModels, canary_value, team_models, tenant_tag
 from harness.team.steps import step_names
 from harness.tenancy.provisioning import Tenancy
@@ -193,3 +193,16 @@ def test_two_clients_of_one_tenant_updating_the_same_table_do_not_wait_on_each_o
     result = run_cell(own_stack, schemas, load_strategy("shop.tenancy:make_tenancy"), "direct", "team", program)
     updates = [s for s in result.history.steps if s.step.startswith("team_update")]
     assert len(updates) == 4 and all(s.error is None and "updated 1 row" in s.note for s in updates), explain(result)
+
+
+def test_an_async_action_gets_the_async_session_of_an_async_layer(shop):
+    own_stack, schemas = shop
+    team = dataclasses.replace(schemas.team, actions=(load_action("team_app:async_total"),))
+    original, schemas.team = schemas.team, team
+    try:
+        result = _run(shop, ["action:async_total"], strategy="translate_map_pinned_async", route="transaction")
+    finally:
+        schemas.team = original
+    step = _step(result, "action:async_total")
+    assert step.error is None and step.note == f"returned {CANARY_ROWS}", explain(result)
+    assert {r.owner for r in step.rows} == {A} and len(step.rows) == CANARY_ROWS

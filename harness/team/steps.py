@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 from typing import Any, Callable
 
-from sqlalchemy import BLANK_SCHEMA, MetaData, Table, and_, delete, event, insert, select, update
+from sqlalchemy import BLANK_SCHEMA, MetaData, Table, and_, delete, event, insert, inspect, select, update
 from sqlalchemy.orm import Session
 
 from harness.checks.history import RowSeen
@@ -63,6 +63,16 @@ def _table(models: TeamModels, name: str, flavour: str) -> Table:
     return _schema_less(models)[name] if flavour == "unqualified" else models.table(name)
 
 
+def _attributes(mapped: type, table: Table, values: dict[str, Any]) -> dict[str, Any]:
+    """Column values as the mapped class's attribute names (a column may be mapped under another name)."""
+    mapper = inspect(mapped)
+    return {mapper.get_property_by_column(table.c[name]).key: value for name, value in values.items()}
+
+
+def _identity(table: Table, values: dict[str, Any]) -> tuple[Any, ...]:
+    return tuple(values[column.name] for column in table.primary_key.columns)
+
+
 def _key_clause(table: Table, values: dict[str, Any]):
     return and_(*(column == values[column.name] for column in table.primary_key.columns))
 
@@ -87,7 +97,11 @@ def run(team: Team, ctx: Context, session: Session, name: str) -> Outcome:
     if operation == INSERT:
         number = ctx.new_id()
         values = models.row(table, tenant, number)
-        session.execute(insert(table).values(values))
+        if mapped is not None:  # through the mapped class: the unit of work, its defaults and events
+            session.add(mapped(**_attributes(mapped, table, values)))
+            session.flush()
+        else:
+            session.execute(insert(table).values(values))
         ctx.client.team_inserted.setdefault(target, []).append(values)
         return Outcome(note=f"inserted row {models.key_of(table, values)}")
     if operation == UPDATE:
@@ -95,6 +109,13 @@ def run(team: Team, ctx: Context, session: Session, name: str) -> Outcome:
         assert column is not None
         mine = models.row(table, tenant, 1 + ctx.client.index % CANARY_ROWS)  # a row no other client updates
         value = canary_value(column, tenant, ctx.new_id(), key=False)
+        if mapped is not None:
+            obj = session.get(mapped, _identity(table, mine), populate_existing=True)
+            if obj is None:
+                return Outcome(note="updated 0 row(s): the row is not there")
+            setattr(obj, _attributes(mapped, table, {column.name: value}).popitem()[0], value)
+            session.flush()
+            return Outcome(note="updated 1 row(s)")
         changed = session.execute(update(table).where(_key_clause(table, mine)).values({column.name: value}))
         return Outcome(note=f"updated {changed.rowcount} row(s)")
     if operation == DELETE:
@@ -102,6 +123,13 @@ def run(team: Team, ctx: Context, session: Session, name: str) -> Outcome:
         if not mine:
             return Outcome(note="nothing inserted in this request to delete")
         values = mine.pop()
+        if mapped is not None:
+            obj = session.get(mapped, _identity(table, values), populate_existing=True)
+            if obj is None:
+                return Outcome(note="deleted 0 row(s): the row is not there")
+            session.delete(obj)
+            session.flush()
+            return Outcome(note="deleted 1 row(s)")
         gone = session.execute(delete(table).where(_key_clause(table, values)))
         return Outcome(note=f"deleted {gone.rowcount} row(s)")
     raise ValueError(f"unknown team step {name!r}")
