@@ -68,6 +68,8 @@ bench: setup
 	  $(BIN)/python bench/stack_start.py; else $(BIN)/python bench/stack_start.py; fi
 	$(BIN)/python bench/workload.py
 	$(BIN)/python bench/verify_wall_time.py
+	$(BIN)/python bench/team.py
+	$(BIN)/python bench/scan.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

@@ -124,7 +124,8 @@ def summary(run, report: Path) -> str:
         lines.append(f"Not run (neither passed nor failed): "
                      f"{'; '.join(item['what'] + ': ' + item['reason'] for item in run.not_run)}.")
     if run.scan:
-        lines.append(f"The static scan found {len(run.scan)} search_path leftover(s) in {', '.join(run.scan_paths)}.")
+        gating = sum(1 for f in run.scan if f.gating)
+        lines.append(f"The static scan found {len(run.scan)} finding(s), {gating} gating, in {', '.join(run.scan_paths)}.")
     lines.append(f"Report: {report}")
     return " ".join(lines)
 
@@ -166,7 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a strategy to gate (package.module:attr or a built-in name); repeatable. "
                              "Without it the built-ins run against their expectation table.")
     verify.add_argument("--scan", action="append", metavar="PATH",
-                        help="also scan this code for SET search_path leftovers; repeatable")
+                        help="also scan this code (search_path bindings, unqualified raw SQL on tenant tables, models "
+                             "missing the placeholder); repeatable")
     verify.add_argument("--derandomize", action="store_true",
                         help="reproducible generated programs, bit for bit (release gates)")
     _add_settings(verify, VERIFY_SETTINGS)

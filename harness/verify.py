@@ -20,7 +20,7 @@ from typing import Callable, TextIO
 from harness.config import HarnessConfig
 from harness.errors import UsageError
 from harness.jobs import PlannedCell, StackInfo, available_cores, run_cells
-from harness.scan.scanner import ScanFinding, scan_path
+from harness.scan import ScanFinding, ScanResult, scan_paths
 from harness.stack import choose_backend
 from harness.team import load_team
 from harness.tenancy.strategy import BUILTINS, StrategySpec, load_strategy
@@ -43,6 +43,8 @@ class VerifyRun:
     scenarios: list[str] = dataclasses.field(default_factory=list)
     scan: list[ScanFinding] | None = None
     scan_paths: list[str] = dataclasses.field(default_factory=list)
+    #: the whole scan record (files read, files not scanned, tenant tables), when --scan ran
+    scan_result: ScanResult | None = None
     #: what did not run on this stack, and why: [{"what": "route session", "reason": ...}]
     not_run: list[dict[str, str]] = dataclasses.field(default_factory=list)
     routes: list[str] = dataclasses.field(default_factory=list)
@@ -60,7 +62,7 @@ class VerifyRun:
 
     @property
     def ok(self) -> bool:
-        return not self.failing_cells and not self.scan
+        return not self.failing_cells and not any(f.gating for f in self.scan or ())
 
 
 class Progress:
@@ -133,10 +135,9 @@ def run_verify(config: HarnessConfig, *, seed: int, scan: list[Path] | None = No
     started = time.monotonic()
     if scan:
         run.scan_paths = [str(p) for p in scan]
-        run.scan = [f for p in scan for f in scan_path(p)]
-        if not any(p.is_file() or any(p.rglob("*.py")) for p in scan):
-            raise UsageError(f"--scan {', '.join(run.scan_paths)}: no Python file to scan.",
-                             fix=["give the folder of your application code"])
+        # The team's --models name the tenant tables; else the scan reads them from the mapped classes.
+        run.scan_result = scan_paths(scan, models=config.models)
+        run.scan = run.scan_result.findings
     writable_folder(config.report_dir, "--report-dir")
     run.plan = plan_id(config, specs, scenarios, seed)
     cells = shard_of(plan_cells(specs, config.routes, scenarios), config.shard)

@@ -40,9 +40,8 @@ def _fix(project: Path) -> None:
     reports = project / "shop" / "reports.py"
     source = reports.read_text()
     assert UNQUALIFIED in source
-    source = source.replace(UNQUALIFIED, FIXED).replace("from sqlalchemy import text",
-                                                        "from sqlalchemy import func, select\n\n"
-                                                        "from shop.models import Invoice")
+    source = source.replace(UNQUALIFIED, FIXED).replace("from shop.models import Customer\n",
+                                                        "from shop.models import Customer, Invoice\n")
     reports.write_text(source)
 
 
@@ -52,6 +51,24 @@ def _verify(project: Path, report_dir: Path) -> tuple[subprocess.CompletedProces
     results = report_dir / "latest" / "results.json"
     assert results.is_file(), result.stdout + result.stderr
     return result, json.loads(results.read_text())
+
+
+def _scan(project: Path) -> tuple[subprocess.CompletedProcess, dict]:
+    result = _harness(project, "scan", "shop", "--models", "shop.models:Base", "--json", timeout=120)
+    return result, json.loads(result.stdout)
+
+
+def test_the_scan_points_at_the_query_and_passes_once_it_is_fixed(shop):
+    result, data = _scan(shop)
+    assert result.returncode == 1, result.stdout + result.stderr
+    [finding] = data["findings"]
+    source = (shop / "shop" / "reports.py").read_text().splitlines()
+    line = next(number for number, text in enumerate(source, 1) if UNQUALIFIED in text)
+    assert (finding["path"], finding["line"], finding["table"]) == ("shop/reports.py", line, "invoice"), finding
+    assert finding["gating"] and finding["tag"] == "app"
+    _fix(shop)
+    result, data = _scan(shop)
+    assert result.returncode == 0 and not data["findings"], result.stdout + result.stderr
 
 
 def test_the_leak_is_caught_with_the_action_in_a_minimal_counterexample_and_the_fix_passes(shop, tmp_path):

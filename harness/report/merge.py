@@ -97,9 +97,13 @@ def merge_results(shards: list[Shard]) -> dict[str, Any]:
     cells.sort(key=plan.position)
     scans = [s.results["scan"] for s in ordered if s.results.get("scan") is not None]
     # Every shard scans the same code: each path and finding once, in the order first seen.
-    scan = {"paths": list(dict.fromkeys(p for s in scans for p in s["paths"])),
-            "findings": _once(f for s in scans for f in s["findings"])} if scans else None
-    ok = all(c["as_required"] for c in cells) and not (scan and scan["findings"])
+    # Each shard scanned the same code, so its record (files read, not scanned, tenant tables) is the first's;
+    # only a finding gates (a migration's or a foreign-key note does not).
+    scan = {**scans[0], "paths": list(dict.fromkeys(p for s in scans for p in s["paths"])),
+            "findings": _once(f for s in scans for f in s["findings"]),
+            "not_scanned": _once(f for s in scans for f in s.get("not_scanned", []))} if scans else None
+    ok = all(c["as_required"] for c in cells) and not (scan and any(f.get("gating", True)
+                                                                     for f in scan["findings"]))
     started = min(s.results["started"] for s in ordered)
     environment = next((_environment(s) for s in ordered if _environment(s)), {})
     stamp = dt.datetime.fromisoformat(started).strftime("%Y%m%d-%H%M%S")

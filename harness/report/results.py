@@ -9,20 +9,29 @@ removal or a change of meaning bumps it):
 - ``exit_status``: what ``harness verify`` (or ``harness report merge``) exits with (0 or 1)
 - ``builtin_self_check``: true when the built-ins ran against their expectation table
 - ``environment``: versions (postgresql, pgbouncer, sqlalchemy, psycopg, python),
-  backend, profile, seed, pool sizes, tenants, decoys
+  backend, profile, seed, pool sizes, tenants, decoys, ``models`` (the team's spec and its
+  tenant tables), ``actions`` (the team's specs)
 - ``cells``: one object per strategy x route x scenario:
   ``strategy``, ``route``, ``scenario``, ``layout`` (schema | rls), ``verdict`` (pass | fail | inconclusive),
   ``verdict_reason``, ``required``, ``required_reason``, ``as_required`` (bool),
   ``findings`` (``kind``, ``explanation``, ``steps``, ``tenant``, ``gating``),
   ``coverage`` (``steps``, ``backends``, ``shared_backends``, ``tenants``,
-  ``probed_connections``), ``seconds``, ``replay`` (command or null),
+  ``probed_connections``), ``seconds``, ``replay`` (null, or the command that reruns exactly this cell: every
+  generated cell has one, any other cell when it fails or is not as required),
   ``figures`` (hammer: requests, requests_per_second, pool_checkouts, threads, history),
   ``schema_in_sql`` (bool or null), ``counterexample`` (null, or ``program``:
   lines of the minimal program), ``evidence`` (the steps findings point at, with
   their neighbours: ``seq``, ``client``, ``tenant``, ``step``, ``pid``,
   ``search_path``, ``user`` (current_user: the role that ran the step), ``rows``, ``error``, ``flagged``)
 - ``migration``: one row per strategy (see ``harness.report.migration``)
-- ``scan``: null, or ``paths`` and ``findings`` (``path``, ``line``, ``rule``, ``message``)
+- ``scan``: null, or what ``harness scan --json`` prints for the same code: ``paths``,
+  ``findings`` (``path``, ``line``, ``rule``, ``message``, ``snippet``, ``tag`` (app | scripts |
+  tests | migrations or a tag of the team's), ``gating`` (bool: only gating findings fail the
+  run; migrations and information do not), ``table`` (the table concerned, or null)), and,
+  when the scan ran in this run, ``not_scanned`` (``path``, ``reason``: files the scan could
+  not read, a limit of the scan that never gates), ``files`` (Python files read), ``base``
+  (the folder relative paths are relative to), ``tenant_tables`` and ``tables_from`` (where
+  they came from). The report folder then holds ``scan.sarif``: the findings as SARIF 2.1.0.
 - ``strategies``, ``routes``, ``scenarios``: the plan's axes in run order (cells
   run strategy outer, route middle, scenario inner); a cell may later carry a
   ``deployment`` (then ``deployments`` lists them, outermost)
@@ -41,6 +50,7 @@ from typing import Any
 
 from harness.checks.verdict import Verdict
 from harness.report.migration import migration_rows
+from harness.scan.findings import scan_json
 from harness.workload.cell import CellResult
 from harness.workload.program import describe_program
 
@@ -104,11 +114,15 @@ def results_json(run) -> dict[str, Any]:
         "cells": cells,
         "not_run": list(getattr(run, "not_run", [])),
         "migration": migration_rows(cells),
-        "scan": None if run.scan is None else {
-            "paths": run.scan_paths, "findings": [dataclasses.asdict(f) for f in run.scan]},
+        "scan": None if run.scan is None else _scan(run),
         "plan": getattr(run, "plan", None) or None,  # a run that was given no plan says null, not ""
         "shard": None if shard is None else {"index": int(shard["index"]), "count": int(shard["count"])},
     }
+
+
+def _scan(run) -> dict[str, Any]:
+    """The ``scan`` key, from the run's findings and, when the scan ran in this run, its whole record."""
+    return scan_json(run.scan_paths, run.scan, getattr(run, "scan_result", None))
 
 
 def _planned_scenarios(run) -> list[str]:

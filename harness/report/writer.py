@@ -1,4 +1,4 @@
-"""Writes reports/<run-id>/{index.html,results.json,junit.xml} and points reports/latest at it.
+"""Writes reports/<run-id>/{index.html,results.json,junit.xml} (and scan.sarif) and points reports/latest at it.
 
 Everything here reads the results dict only (never a run object), so that
 `harness verify` and `harness report merge` write the same folder from it.
@@ -18,6 +18,7 @@ from harness.report.junit import junit_xml
 from harness.report.migration import COLUMNS
 from harness.report.results import axes, results_json
 from harness.report.trend import trend
+from harness.scan.sarif import write_sarif
 
 _ENV = Environment(loader=PackageLoader("harness.report", "templates"), autoescape=select_autoescape(["html", "j2"]))
 
@@ -26,8 +27,9 @@ def headline(results: dict[str, Any]) -> str:
     cells = results["cells"]
     off = [c for c in cells if not c["as_required"]]
     scan = results.get("scan") or {}
-    leftovers = len(scan.get("findings", []))
-    tail = f"; the static scan found {leftovers} search_path leftover(s)" if leftovers else ""
+    findings = scan.get("findings", [])
+    gating = sum(bool(f.get("gating", True)) for f in findings)
+    tail = (f"; the static scan found {len(findings)} finding(s), {gating} gating" if findings else "")
     return ("PASS: " if results["verdict"] == Verdict.PASS else "FAIL: ") + _cells_sentence(results, cells, off) + tail
 
 
@@ -76,6 +78,9 @@ def write_report_folder(results: dict[str, Any], report_dir: Path) -> Path:
     (folder / "results.json").write_text(json.dumps(results, indent=1, ensure_ascii=False, default=str),
                                          encoding="utf-8")
     (folder / "junit.xml").write_bytes(junit_xml(results))
+    scan = results.get("scan")
+    if scan and scan.get("files"):  # a scan this run made (a merged report's scan.sarif stays in its shards')
+        write_sarif(scan, folder / "scan.sarif")
     (folder / "index.html").write_text(render_html(results, trend(report_dir, results)), encoding="utf-8")
     latest = report_dir / "latest"
     tmp = report_dir / f".latest-{os.getpid()}"

@@ -1,9 +1,14 @@
-"""Static scan (scenario 8): find leftovers of the legacy search_path tenancy pattern.
+"""Static scan (scenario 8): code that binds tenants through search_path, and raw SQL that bypasses the translate map.
 
-The scan parses Python source with :mod:`ast`, so comments and docstrings that
-merely *describe* the old pattern are not reported; only code that still runs it.
+``harness scan PATH...`` reads Python source (any version up to 3.14, see
+:mod:`harness.scan.syntax`), follows the strings that reach SQL calls into a
+PostgreSQL parser (:mod:`harness.scan.sql`), reads the team's models
+(:mod:`harness.scan.models`) and reports each finding at its own line, tagged
+app/scripts/tests/migrations. Comments, docstrings, log messages and strings
+that never reach SQL are not judged.
 """
 
-from harness.scan.scanner import ScanFinding, main, scan_path, scan_source
+from harness.scan.findings import NotScanned, ScanFinding, ScanResult
+from harness.scan.scanner import main, scan_paths, scan_source
 
-__all__ = ["ScanFinding", "main", "scan_path", "scan_source"]
+__all__ = ["NotScanned", "ScanFinding", "ScanResult", "main", "scan_paths", "scan_source"]

@@ -1,281 +1,48 @@
-"""An ``ast``-based scanner for leftovers of the legacy search_path tenancy pattern.
+"""`harness scan`: every module walked once, then judged together.
 
-The migration replaced session/transaction ``SET search_path`` with
-``execution_options(schema_translate_map={"tenant": schema})``. Code that still
-changes search_path, calls the old helpers, or hard-codes the ``tenant.``
-placeholder in raw SQL silently bypasses the translate map, so each such spot
-is a finding. Working on the syntax tree (not on raw text) keeps comments and
-docstrings out of the report and lets a finding point at the line of the match.
+The first pass walks each file (:mod:`harness.scan.visitor`) and keeps what it
+binds, the tables its SQL names, the models it declares, the functions whose
+body binds search_path and the calls it makes. The second pass judges them
+together: the tenant tables (from ``--models`` or from every module's mapped
+classes), mapped classes missing the placeholder next to siblings that have it,
+and every call of a project function that binds search_path, at its call site.
+Each finding is tagged app/scripts/tests/migrations by its path; migrations do
+not gate by default.
 """
 
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import os
-import re
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator, Sequence
 
 from harness.errors import UsageError
+from harness.scan.findings import RULES, NotScanned, ScanFinding, ScanResult, message
+from harness.scan.literals import snippet, split_lines
+from harness.scan.models import TenantModels, load_metadata, metadata_schemas, read_models
+from harness.scan.sarif import write_sarif
+from harness.scan.syntax import Unreadable, parse_module
+from harness.scan.tags import Tags
+from harness.scan.visitor import ModuleReport, ModuleScan
 
-SKIPPED_DIRS = frozenset({".venv", "venv", ".git", "__pycache__", "node_modules", "site-packages"})
+__all__ = ["ScanFinding", "NotScanned", "ScanResult", "main", "python_files", "scan_paths", "scan_source"]
 
-# Each pattern names the word a finding's line is anchored to ("anchor"): that
-# word appears literally in the source, so it can be found again inside a
-# multi-line string or an implicit concatenation spread over several lines.
-SET_SEARCH_PATH = re.compile(r"\bSET\s+(?:(?:LOCAL|SESSION)\s+)?(?P<anchor>search_path)\b", re.I)
-SET_CONFIG_SQL = re.compile(r"\bset_config\s*\(\s*['\"]\s*(?P<anchor>search_path)\s*['\"]", re.I)
-# "{" follows the dot when the table name is an f-string expression: f"tenant.{table}".
-TENANT_PREFIX = re.compile(r"\b(?P<anchor>tenant)\"?\s*\.\s*[A-Za-z_\"{]", re.I)
-
-HELPER_NAMES = frozenset({"set_user_schema", "set_user_search_path", "commit_and_restore_path"})
-HELPER_PREFIXES = ("set_search_path", "restore_search_path")
-RAW_SQL_CALLS = frozenset({"text", "exec_driver_sql"})
-
-MESSAGES = {
-    "set-search-path-sql": "SQL sets search_path: session-level state leaks across pooled connections "
-                           "(and SET LOCAL is lost after COMMIT/ROLLBACK); bind the tenant with "
-                           "schema_translate_map or a per-transaction pin instead.",
-    "set-config-search-path": "set_config() on search_path changes it like the legacy SET does; "
-                              "bind the tenant with schema_translate_map instead.",
-    "search-path-helper": "{name}() is a legacy search_path helper; remove it and bind the tenant with "
-                          "schema_translate_map on the session's execution options.",
-    "schema-manager": "SchemaManager belongs to the legacy search_path tenancy layer; replace its use with "
-                      "a session bound through schema_translate_map.",
-    "hardcoded-tenant-prefix": "raw SQL{via} names the 'tenant.' placeholder schema, which text() and "
-                               "exec_driver_sql() do not translate; qualify it with the tenant's real schema "
-                               "or run the query through the ORM/Core table objects.",
-    "unparsable": "the file does not parse as Python ({error}), so the scan cannot see inside it; "
-                  "fix the syntax or remove the file from the scanned paths.",
-}
+SKIPPED_DIRS = frozenset({".venv", "venv", ".git", "__pycache__", "node_modules", "site-packages", ".tox", ".nox"})
 
 
-@dataclass(frozen=True)
-class ScanFinding:
-    """One leftover of the legacy pattern, at ``path:line``."""
-
-    path: str
-    line: int
-    rule: str
-    message: str
-    snippet: str
+@dataclass
+class _Module:
+    path: str  # as shown in findings
+    tag: str
+    source: str
+    report: ModuleReport
 
 
-def _string_text(node: ast.AST, names: dict[str, str] | None = None,
-                 parts: list[ast.AST] | None = None) -> str | None:
-    """The text a string expression builds, ``{}`` standing for unknown values; None if not a string.
-
-    ``names`` resolves a bare Name bound to a string; ``parts`` collects the
-    nodes that contributed text, so they are not judged again on their own.
-    """
-    text: str | None = None
-    if isinstance(node, ast.Constant):
-        text = node.value if isinstance(node.value, str) else None
-    elif isinstance(node, ast.JoinedStr):
-        text = "".join(v.value if isinstance(v, ast.Constant) and isinstance(v.value, str) else "{}"
-                       for v in node.values)
-        if parts is not None:
-            parts.extend(node.values)
-    elif isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
-        left, right = _string_text(node.left, names, parts), _string_text(node.right, names, parts)
-        if left is not None or right is not None:
-            text = ("{}" if left is None else left) + ("{}" if right is None else right)
-    elif isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mod):
-        text = _string_text(node.left, names, parts)  # the %-template carries the SQL
-    elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-          and node.func.attr == "format"):
-        text = _string_text(node.func.value, names, parts)
-    elif isinstance(node, ast.Name) and names is not None:
-        text = names.get(node.id)
-    if text is not None and parts is not None:
-        parts.append(node)
-    return text
-
-
-def _call_name(call: ast.Call) -> str | None:
-    if isinstance(call.func, ast.Name):
-        return call.func.id
-    if isinstance(call.func, ast.Attribute):
-        return call.func.attr
-    return None
-
-
-def _is_helper(name: str) -> bool:
-    return name in HELPER_NAMES or name.startswith(HELPER_PREFIXES)
-
-
-class _Scanner(ast.NodeVisitor):
-    """Walks one module in source order and collects findings keyed by (line, rule)."""
-
-    def __init__(self, source: str, path: str):
-        self.source = source
-        self.lines = source.splitlines()
-        self.path = path
-        self.findings: dict[tuple[int, str], ScanFinding] = {}
-        self.judged: set[int] = set()  # ids of string nodes already judged (or docstrings)
-        # Names bound to string text, innermost scope last; None marks a name rebound to a non-string.
-        self.scopes: list[dict[str, str | None]] = [{}]
-
-    # -- reporting ---------------------------------------------------------------------------
-    def report(self, line: int, rule: str, message: str) -> None:
-        snippet = self.lines[line - 1].strip() if 0 < line <= len(self.lines) else ""
-        if len(snippet) > 120:
-            snippet = snippet[:117] + "..."
-        self.findings.setdefault((line, rule), ScanFinding(self.path, line, rule, message, snippet))
-
-    def match_line(self, node: ast.AST, text: str, match: re.Match[str]) -> int:
-        """The source line where ``match`` starts, for strings that span several lines."""
-        if getattr(node, "end_lineno", node.lineno) == node.lineno:
-            return node.lineno
-        anchor = match.group("anchor").lower()
-        nth = text.lower().count(anchor, 0, match.start("anchor"))
-        segment = (ast.get_source_segment(self.source, node) or "").lower()
-        index = -1
-        for _ in range(nth + 1):
-            index = segment.find(anchor, index + 1)
-            if index < 0:  # the word is spelled with escapes in the source: fall back to the start
-                return node.lineno
-        # Step back over newlines inside the match itself ("SET\n  search_path" starts at SET).
-        inside = text.count("\n", match.start(), match.start("anchor"))
-        return max(node.lineno, node.lineno + segment.count("\n", 0, index) - inside)
-
-    # -- scopes and bindings -----------------------------------------------------------------
-    def lookup(self) -> dict[str, str]:
-        merged: dict[str, str | None] = {}
-        for scope in self.scopes:
-            merged.update(scope)
-        return {name: text for name, text in merged.items() if text is not None}
-
-    def bind(self, targets: list[ast.expr], value: ast.AST | None) -> None:
-        text = None if value is None else _string_text(value, self.lookup())
-        for target in targets:
-            if isinstance(target, ast.Name):
-                self.scopes[-1][target.id] = text
-
-    def skip_docstring(self, body: list[ast.stmt]) -> None:
-        # Documentation about the pattern is fine; only executable SQL counts.
-        if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
-                and isinstance(body[0].value.value, str):
-            self.judged.add(id(body[0].value))
-
-    def visit_Module(self, node: ast.Module) -> None:
-        self.skip_docstring(node.body)
-        # Module constants are visible to functions defined above them, so bind them first.
-        for stmt in node.body:
-            if isinstance(stmt, ast.Assign):
-                self.bind(stmt.targets, stmt.value)
-            elif isinstance(stmt, ast.AnnAssign):
-                self.bind([stmt.target], stmt.value)
-        self.generic_visit(node)
-
-    def visit_scope(self, node: ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef) -> None:
-        self.skip_docstring(node.body)
-        if not isinstance(node, ast.ClassDef) and _is_helper(node.name):
-            self.report(node.lineno, "search-path-helper",
-                        MESSAGES["search-path-helper"].format(name=node.name))
-        if isinstance(node, ast.ClassDef) and node.name == "SchemaManager":
-            self.report(node.lineno, "schema-manager", MESSAGES["schema-manager"])
-        self.scopes.append({})
-        self.generic_visit(node)
-        self.scopes.pop()
-
-    visit_FunctionDef = visit_AsyncFunctionDef = visit_ClassDef = visit_scope
-
-    def visit_Assign(self, node: ast.Assign) -> None:
-        self.generic_visit(node)
-        self.bind(node.targets, node.value)
-
-    def visit_AnnAssign(self, node: ast.AnnAssign) -> None:
-        self.generic_visit(node)
-        self.bind([node.target], node.value)
-
-    # -- strings -----------------------------------------------------------------------------
-    def judge_string(self, node: ast.AST) -> None:
-        """Check the largest string expression rooted at ``node`` once, then its sub-expressions."""
-        if id(node) not in self.judged:
-            parts: list[ast.AST] = []
-            text = _string_text(node, None, parts)
-            if text is not None:
-                self.judged.update(id(part) for part in parts)
-                for rule, pattern in (("set-search-path-sql", SET_SEARCH_PATH),
-                                      ("set-config-search-path", SET_CONFIG_SQL)):
-                    match = pattern.search(text)
-                    if match:
-                        self.report(self.match_line(node, text, match), rule, MESSAGES[rule])
-
-    def visit_Constant(self, node: ast.Constant) -> None:
-        self.judge_string(node)
-
-    def visit_JoinedStr(self, node: ast.JoinedStr) -> None:
-        self.judge_string(node)
-        self.generic_visit(node)
-
-    def visit_BinOp(self, node: ast.BinOp) -> None:
-        self.judge_string(node)
-        self.generic_visit(node)
-
-    # -- names and calls ---------------------------------------------------------------------
-    def visit_Name(self, node: ast.Name) -> None:
-        if node.id == "SchemaManager":
-            self.report(node.lineno, "schema-manager", MESSAGES["schema-manager"])
-
-    def visit_Attribute(self, node: ast.Attribute) -> None:
-        if node.attr == "SchemaManager":
-            self.report(node.lineno, "schema-manager", MESSAGES["schema-manager"])
-        self.generic_visit(node)
-
-    def visit_Import(self, node: ast.Import | ast.ImportFrom) -> None:
-        for alias in node.names:
-            if "SchemaManager" in (alias.name.rpartition(".")[2], alias.asname):
-                self.report(node.lineno, "schema-manager", MESSAGES["schema-manager"])
-
-    visit_ImportFrom = visit_Import
-
-    def visit_Call(self, node: ast.Call) -> None:
-        self.judge_string(node)  # "...".format(...)
-        name = _call_name(node)
-        first = node.args[0] if node.args else None
-        if name and _is_helper(name):
-            self.report(node.lineno, "search-path-helper", MESSAGES["search-path-helper"].format(name=name))
-        if name == "set_config" and isinstance(first, ast.Constant) and isinstance(first.value, str) \
-                and first.value.strip().lower() == "search_path":
-            self.report(node.lineno, "set-config-search-path", MESSAGES["set-config-search-path"])
-        if name in RAW_SQL_CALLS and first is not None:
-            text = _string_text(first, self.lookup())
-            match = TENANT_PREFIX.search(text) if text is not None else None
-            if match and isinstance(first, ast.Name):
-                self.report(node.lineno, "hardcoded-tenant-prefix",
-                            MESSAGES["hardcoded-tenant-prefix"].format(via=f" bound to {first.id}"))
-            elif match:
-                self.report(self.match_line(first, text, match), "hardcoded-tenant-prefix",
-                            MESSAGES["hardcoded-tenant-prefix"].format(via=""))
-        self.generic_visit(node)
-
-
-def _unparsable(source: str, path: str, error: Exception) -> ScanFinding:
-    line = getattr(error, "lineno", None) or 1
-    lines = source.splitlines()
-    snippet = lines[line - 1].strip()[:120] if 0 < line <= len(lines) else ""
-    detail = getattr(error, "msg", None) or str(error)
-    return ScanFinding(path, line, "unparsable", MESSAGES["unparsable"].format(error=detail), snippet)
-
-
-def scan_source(source: str, path: str = "<string>") -> list[ScanFinding]:
-    """Findings in one module's source, sorted by line then rule."""
-    try:
-        tree = ast.parse(source, filename=path)
-    except (SyntaxError, ValueError) as error:  # ValueError: NUL bytes on Python 3.11
-        return [_unparsable(source, path, error)]
-    scanner = _Scanner(source, path)
-    scanner.visit(tree)
-    return sorted(scanner.findings.values(), key=lambda f: (f.line, f.rule))
-
-
-def _python_files(path: Path) -> Iterator[Path]:
+def python_files(path: Path) -> Iterator[Path]:
     """``path`` itself if it is a file, else every ``*.py`` below it outside tool/vendor folders."""
     if path.is_file():
         yield path
@@ -287,52 +54,198 @@ def _python_files(path: Path) -> Iterator[Path]:
                 yield Path(folder) / name
 
 
-def _scan_files(files: list[Path]) -> list[ScanFinding]:
-    findings: list[ScanFinding] = []
-    for file in files:
-        # utf-8-sig drops a BOM; undecodable bytes become U+FFFD instead of aborting the scan.
-        source = file.read_bytes().decode("utf-8-sig", errors="replace")
-        findings.extend(scan_source(source, str(file)))
-    return sorted(findings, key=lambda f: (f.path, f.line, f.rule))
+def _entries(paths: Sequence[Path]) -> list[tuple[Path, tuple[str, ...]]]:
+    """Each file once, with the paths its tag is matched on (relative to the folder given, and to its parent)."""
+    missing = [p for p in paths if not Path(p).exists()]
+    if missing:
+        raise UsageError(f"harness scan: {', '.join(map(str, missing))} does not exist.",
+                         checked=[str(Path(p).absolute()) for p in missing],
+                         fix=["pass an existing Python file or folder (folders are walked for *.py)"])
+    seen: set[Path] = set()
+    entries = []
+    for root in map(Path, paths):
+        for file in python_files(root):
+            key = file.resolve()
+            if key in seen:
+                continue
+            seen.add(key)
+            if root.is_file():
+                relative: tuple[str, ...] = (root.as_posix() if not root.is_absolute() else root.name,)
+            else:
+                inside = file.relative_to(root).as_posix()
+                relative = (inside, f"{root.resolve().name}/{inside}")
+            entries.append((file, relative))
+    if not entries:
+        # Scanning nothing proves nothing: say so instead of reporting a clean pass.
+        raise UsageError(f"harness scan: no Python files under {', '.join(map(str, paths))}.",
+                         fix=["point the scan at the application's source folder"])
+    return entries
 
 
-def scan_path(path: Path) -> list[ScanFinding]:
-    """Findings in a file, or in every Python file of a folder tree, sorted by path and line."""
-    return _scan_files(list(_python_files(Path(path))))
+def read_source(file: Path) -> str:
+    # utf-8-sig drops a BOM; undecodable bytes become U+FFFD instead of aborting the scan.
+    return file.read_bytes().decode("utf-8-sig", errors="replace")
+
+
+def scan_paths(paths: Sequence[Path], *, models: str | None = None, tags: Tags | None = None) -> ScanResult:
+    """Scan every Python file under ``paths`` together; ``models`` names the team's metadata
+    (package.module:attr, imported from the working folder), else the tenant tables come from the source."""
+    entries = _entries(paths)
+    tags = tags or Tags.from_options()
+    metadata = load_metadata(models) if models else None
+    result = _scan(((str(file), tags.tag(*relative), read_source(file)) for file, relative in entries),
+                   metadata, f"--models {models}", tags)
+    result.paths = [str(p) for p in paths]
+    result.files = len(entries)
+    return result
+
+
+def scan_source(source: str, path: str = "<string>", *, tag: str = "app") -> list[ScanFinding]:
+    """Findings of one module's source on its own (its own mapped classes give the tenant tables)."""
+    return _scan([(path, tag, source)], None, "", Tags.from_options()).findings
+
+
+def _scan(entries: Any, metadata: Any, metadata_name: str, tags: Tags) -> ScanResult:
+    modules: list[_Module] = []
+    result = ScanResult(paths=[], base=os.getcwd())
+    for path, tag, source in entries:
+        try:
+            parsed = parse_module(source, path)
+            report = ModuleScan(parsed, source, path).run(parsed.tree)
+        except Unreadable as unreadable:
+            result.not_scanned.append(NotScanned(path, unreadable.reason))
+            continue
+        except (RecursionError, MemoryError) as error:  # a pathologically deep or large module
+            result.not_scanned.append(NotScanned(path, f"too deep or too large to walk ({type(error).__name__})"))
+            continue
+        modules.append(_Module(path, tag, source, report))
+    project = read_models(m.report.models for m in modules)
+    if metadata is not None:
+        schemas = metadata_schemas(metadata)
+        tenant = {name for name, found in schemas.items() if any(project.is_tenant(s) for s in found)}
+        result.tables_from = metadata_name
+    else:
+        tenant = project.tenant_tables()
+        result.tables_from = "models in the scanned code" if tenant else ""
+    result.tenant_tables = sorted(tenant)
+    gates = tags.gating
+    tag_of = {m.path: m.tag for m in modules}
+
+    def add(path: str, line: int, rule: str, text: str, source_line: str, table: str | None) -> None:
+        tag = tag_of[path]
+        result.findings.append(ScanFinding(path, line, rule, text, source_line, tag,
+                                           RULES[rule].gates and tag in gates, table))
+
+    for module in modules:
+        for hit in module.report.hits.values():
+            add(module.path, hit.line, hit.rule, hit.message, hit.snippet, hit.table)
+        for ref in _judged_refs(module.report, tenant, project):
+            add(module.path, *ref)
+    for issue in project.issues:
+        add(issue.path, issue.line, issue.rule, message(issue.rule, **issue.values), issue.snippet, issue.table)
+    lines: dict[str, list[str]] = {}
+    for module, line, name, where in _binder_calls(modules):
+        source_lines = lines.setdefault(module.path, split_lines(module.source))
+        add(module.path, line, "search-path-function-call",
+            message("search-path-function-call", name=name, where=where), snippet(source_lines, line), None)
+    result.findings.sort(key=lambda f: (f.path, f.line, f.rule, f.table or ""))
+    return result
+
+
+def _judged_refs(report: ModuleReport, tenant: set[str], project: TenantModels) -> Iterator[tuple[Any, ...]]:
+    seen: set[tuple[int, str, str]] = set()
+    for ref in report.refs:
+        if ref.schema is None and ref.table in tenant:
+            rule, values, table = "unqualified-tenant-table", {"table": ref.table}, ref.table
+        elif ref.schema in project.placeholders:
+            rule, values = "hardcoded-tenant-prefix", {"schema": ref.schema or ""}
+            table = None if ref.table == "{}" else ref.table
+        else:
+            continue
+        key = (ref.line, rule, table or "")
+        if key not in seen:
+            seen.add(key)
+            yield ref.line, rule, message(rule, **values), ref.snippet, table
+
+
+def _binder_calls(modules: list[_Module]) -> Iterator[tuple[_Module, int, str, str]]:
+    """Calls of project functions whose body binds search_path: (module, line, name, where it is defined)."""
+    binders: dict[str, str] = {}
+    plain: set[str] = set()  # names also defined by functions that bind nothing: a method call is ambiguous
+    for module in modules:
+        bound = {name for name, _line in module.report.binders.values()}
+        for name, line in module.report.binders.values():
+            binders.setdefault(name, f"{module.path}:{line}")
+        plain.update(module.report.defined - bound)
+    for module in modules:
+        report = module.report
+        for name, line, receiver in report.calls:
+            original = report.imports.get(name, name) if receiver == "" else name
+            if original not in binders:
+                continue
+            if receiver == "":
+                known = name in report.defined or name in report.imports
+            elif receiver == "self":
+                known = True
+            else:
+                known = original not in plain and not original.startswith("__")
+            if known:
+                yield module, line, original, binders[original]
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``harness scan PATH [PATH ...] [--json]``: 0 clean, 1 findings, 2 a path to fix."""
+    """``harness scan PATH... [--models SPEC] [--json] [--sarif FILE]``: 0 clean, 1 gating findings, 2 usage errors."""
     parser = argparse.ArgumentParser(
         prog="harness scan",
-        description="Find leftovers of the legacy search_path tenancy pattern in Python code.")
+        description="Find code that binds tenants through search_path, raw SQL naming tenant tables without a "
+                    "schema, and tenant models missing the placeholder schema.")
     parser.add_argument("paths", nargs="+", type=Path, metavar="PATH",
                         help="a Python file or a folder to walk for *.py files")
-    parser.add_argument("--json", action="store_true", help="print the findings as a JSON list")
+    parser.add_argument("--models", metavar="SPEC",
+                        help="the team's MetaData or declarative Base (package.module:attr), imported from the "
+                             "working folder; without it the tenant tables are read from the mapped classes "
+                             "in the scanned code")
+    parser.add_argument("--tag", action="append", metavar="NAME=GLOB[,GLOB]",
+                        help="which files carry a tag, as globs relative to PATH or to its parent (replaces "
+                             "that tag's defaults: migrations=**/migrations/**,**/alembic/** "
+                             "tests=**/tests/**,**/test_*.py,... scripts=**/scripts/**,**/bin/**,...); repeatable")
+    parser.add_argument("--gate", metavar="TAGS",
+                        help="the tags whose findings fail the scan, comma-separated (default: every tag but "
+                             "migrations, whose findings are listed, not gating)")
+    parser.add_argument("--json", action="store_true", help="print the scan as JSON (the results.json 'scan' value)")
+    parser.add_argument("--sarif", metavar="FILE", type=Path, help="also write the findings as SARIF 2.1.0")
     args = parser.parse_args(argv)
-
-    missing = [p for p in args.paths if not p.exists()]
-    if missing:
-        for path in missing:
-            print(UsageError(f"harness scan: {path} does not exist.", checked=[str(path.absolute())],
-                             fix=["pass an existing Python file or folder (folders are walked for *.py)"]),
-                  file=sys.stderr)
+    try:
+        tags = Tags.from_options(args.tag, args.gate)
+        result = scan_paths(args.paths, models=args.models, tags=tags)
+    except UsageError as error:
+        print(error, file=sys.stderr)
         return 2
-    files = sorted({file for path in args.paths for file in _python_files(path)})
-    if not files:
-        # Scanning nothing proves nothing: say so instead of reporting a clean pass.
-        print(UsageError(f"harness scan: no Python files under {', '.join(map(str, args.paths))}.",
-                         fix=["point the scan at the application's source folder"]), file=sys.stderr)
-        return 2
-    findings = _scan_files(files)
-
+    if args.sarif:
+        write_sarif(result.as_json(), args.sarif)
     if args.json:
-        print(json.dumps([asdict(f) for f in findings], indent=2))
+        print(json.dumps(result.as_json(), indent=2))
     else:
-        for finding in findings:
-            print(f"{finding.path}:{finding.line}: [{finding.rule}] {finding.message}")
-        if findings:
-            print(f"{len(findings)} finding(s) in {len(files)} file(s) scanned")
-        else:
-            print(f"no search_path leftovers in {len(files)} file(s) scanned")
-    return 1 if findings else 0
+        print(_text(result))
+    return 1 if result.gating else 0
+
+
+def _text(result: ScanResult) -> str:
+    lines = []
+    for f in result.findings:
+        where = "" if f.tag == "app" else f" [{f.tag}]"
+        lines.append(f"{f.path}:{f.line}: [{f.rule}] {f.message}{where}{'' if f.gating else ' (not gating)'}")
+    lines.extend(f"{n.path}: not scanned: {n.reason}" for n in result.not_scanned)
+    if result.tenant_tables:
+        lines.append(f"tenant tables ({result.tables_from}): {', '.join(result.tenant_tables)}")
+    else:
+        lines.append("no tenant tables known, so raw SQL naming tables without a schema was not judged: "
+                     "pass --models package.module:attr, or scan the folder holding the mapped classes")
+    scanned = result.files - len(result.not_scanned)
+    tail = f"; {len(result.not_scanned)} file(s) not scanned" if result.not_scanned else ""
+    if result.findings:
+        lines.append(f"{len(result.findings)} finding(s), {len(result.gating)} gating, in {scanned} file(s) "
+                     f"scanned{tail}")
+    else:
+        lines.append(f"no search_path leftovers in {scanned} file(s) scanned{tail}")
+    return "\n".join(lines)

@@ -1,0 +1,423 @@
+"""One module's walk: what it binds, the SQL it runs, the models it declares, the calls it makes.
+
+Only strings that reach a SQL call are judged as SQL: the argument of
+``text()``/``exec_driver_sql()``/``execute()``/..., directly or through a name
+bound earlier, as today's ``names`` lookup does. A log message, a comparison,
+a ``startswith`` argument or a string nobody uses is not SQL, whatever it says.
+Table references are kept as facts: whether ``products`` is a tenant table is
+known only once every module's models have been read.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from harness.scan import bindings
+from harness.scan.findings import message
+from harness.scan.literals import Resolver, SqlText, call_name, snippet, split_lines
+from harness.scan.models import CoreTable, MappedClass, ModelFacts
+from harness.scan.sql import SET_CONFIG, SET_CONFIG_PARAM, SET_SEARCH_PATH, TABLE, analyse
+from harness.scan.syntax import ParsedModule
+
+# Fields holding contexts and operators (Load, Add, Eq, ...) or plain values: nothing below them to judge.
+_LEAF_FIELDS = frozenset({"ctx", "op", "ops", "id", "attr", "arg", "name", "module", "asname", "level",
+                          "type_comment", "kind", "conversion", "is_async"})
+
+
+@functools.cache
+def _fields(kind: type) -> tuple[str, ...]:
+    return tuple(name for name in kind._fields if name not in _LEAF_FIELDS)  # type: ignore[attr-defined]
+# Rules that mean "this code binds the tenant through search_path": a function holding one binds at each call.
+BINDING_RULES = frozenset({"set-search-path-sql", "set-config-search-path", "libpq-search-path-option",
+                           "asyncpg-server-settings", "django-tenancy-call", "search-path-helper"})
+
+
+@dataclass(frozen=True)
+class Hit:
+    """A finding of one module before it is tagged: ``rule`` at ``line``."""
+
+    line: int
+    rule: str
+    message: str
+    snippet: str
+    table: str | None = None
+
+
+@dataclass(frozen=True)
+class TableRef:
+    """A table named in SQL that reaches a SQL call: judged once the tenant tables are known."""
+
+    line: int
+    table: str
+    schema: str | None
+    snippet: str
+
+
+@dataclass
+class ModuleReport:
+    """Everything the scan keeps of one module after its walk."""
+
+    hits: dict[tuple[int, str, str | None], Hit] = field(default_factory=dict)
+    refs: list[TableRef] = field(default_factory=list)
+    models: ModelFacts = field(default_factory=ModelFacts)
+    #: functions whose body binds search_path: qualified name -> (name, line)
+    binders: dict[str, tuple[str, int]] = field(default_factory=dict)
+    #: every function name defined here (binding or not), and from-imports: local name -> imported name
+    defined: set[str] = field(default_factory=set)
+    imports: dict[str, str] = field(default_factory=dict)
+    #: calls by name: (name, line, receiver) with receiver "" (a bare name), "self" (self/cls) or "." (other)
+    calls: list[tuple[str, int, str]] = field(default_factory=list)
+
+
+class ModuleScan(ast.NodeVisitor):
+    """Walks one module in source order."""
+
+    def __init__(self, parsed: ParsedModule, source: str, path: str):
+        self.resolver = Resolver(parsed.text)
+        self.source = source
+        self.path = path
+        self.report = ModuleReport()
+        self._lines: list[str] | None = None
+        # Names bound to a string (SqlText) or a dict literal, innermost scope last; None: rebound to anything else.
+        self.scopes: list[dict[str, SqlText | ast.Dict | None]] = [{}]
+        self.functions: list[tuple[str, str, int]] = []  # (qualified name, name, line), innermost last
+        self.classes: list[str] = []
+        self.judged: set[int] = set()  # ids of wrapper calls a runner has already judged with its parameters
+        self.owners: list[MappedClass | CoreTable] = []  # the model a ForeignKey(...) belongs to
+        self._dispatch: dict[type, Callable[[Any], None]] = {}
+        # Nodes with nothing below them to judge: strings are judged where they reach a SQL call, not
+        # where they stand, and a bare name matters only when it is SchemaManager.
+        self._skip: set[type] = {ast.Constant} if "SchemaManager" in source else {ast.Constant, ast.Name}
+
+    def run(self, tree: ast.Module) -> ModuleReport:
+        self.visit(tree)
+        return self.report
+
+    # -- walking (ast.NodeVisitor's, without its per-node getattr and iter_fields) -------------
+    def visit(self, node: ast.AST) -> None:
+        kind = type(node)
+        (self._dispatch.get(kind) or self._method(kind))(node)
+
+    def _method(self, kind: type) -> Callable[[Any], None]:
+        method = self._dispatch[kind] = getattr(self, "visit_" + kind.__name__, None) or self.generic_visit
+        return method
+
+    def generic_visit(self, node: ast.AST) -> None:
+        skip, dispatch = self._skip, self._dispatch
+        for name in _fields(type(node)):
+            value = getattr(node, name, None)
+            if type(value) is list:
+                for item in value:
+                    kind = type(item)
+                    if kind not in skip and isinstance(item, ast.AST):
+                        (dispatch.get(kind) or self._method(kind))(item)
+            elif value is not None:
+                kind = type(value)
+                if kind not in skip and isinstance(value, ast.AST):
+                    (dispatch.get(kind) or self._method(kind))(value)
+
+    # -- reporting ---------------------------------------------------------------------------
+    def snippet(self, line: int) -> str:
+        if self._lines is None:
+            self._lines = split_lines(self.source)
+        return snippet(self._lines, line)
+
+    def hit(self, line: int, rule: str, table: str | None = None, **values: str) -> None:
+        key = (line, rule, table)
+        if key not in self.report.hits:
+            self.report.hits[key] = Hit(line, rule, message(rule, **values), self.snippet(line), table)
+        if rule in BINDING_RULES and self.functions:
+            qualified, name, def_line = self.functions[-1]
+            self.report.binders.setdefault(qualified, (name, def_line))
+
+    # -- scopes ------------------------------------------------------------------------------
+    def names(self) -> _Names:
+        return _Names(self.scopes)
+
+    def lookup_dict(self, node: ast.expr) -> ast.Dict | None:
+        if isinstance(node, ast.Dict):
+            return node
+        value = _Names(self.scopes).value(node.id) if isinstance(node, ast.Name) else None
+        return value if isinstance(value, ast.Dict) else None
+
+    def bind(self, targets: list[ast.expr], value: ast.expr | None) -> None:
+        names = [t.id for t in targets if isinstance(t, ast.Name)]
+        if not names:
+            return
+        bound: SqlText | ast.Dict | None = value if isinstance(value, ast.Dict) else (
+            None if value is None else self.resolver.resolve(value, self.names()))
+        for name in names:
+            self.scopes[-1][name] = bound
+
+    # -- statements --------------------------------------------------------------------------
+    def visit_Module(self, node: ast.Module) -> None:
+        # Module constants are visible to functions defined above them, so bind them first.
+        for stmt in node.body:
+            if isinstance(stmt, ast.Assign):
+                self.bind(stmt.targets, stmt.value)
+            elif isinstance(stmt, ast.AnnAssign):
+                self.bind([stmt.target], stmt.value)
+        self.generic_visit(node)
+
+    def visit_Assign(self, node: ast.Assign) -> None:
+        self.generic_visit(node)
+        self.bind(node.targets, node.value)
+        if not self.functions and not self.classes:
+            self.module_binding(node.targets, node.value)
+
+    def visit_AnnAssign(self, node: ast.AnnAssign) -> None:
+        self.generic_visit(node)
+        self.bind([node.target], node.value)
+
+    def visit_AugAssign(self, node: ast.AugAssign) -> None:
+        self.generic_visit(node)
+        if isinstance(node.target, ast.Name) and isinstance(node.op, ast.Add):  # sql += " WHERE ..."
+            self.bind([node.target], ast.BinOp(node.target, ast.Add(), node.value, lineno=node.lineno,
+                                               col_offset=node.col_offset))
+
+    def visit_FunctionDef(self, node: ast.FunctionDef | ast.AsyncFunctionDef) -> None:
+        if bindings.is_legacy_helper(node.name):
+            self.hit(node.lineno, "search-path-helper", name=node.name)
+        qualified = ".".join([*self.classes, node.name])
+        self.report.defined.add(node.name)
+        self.functions.append((qualified, node.name, node.lineno))
+        self.scopes.append({})
+        self.generic_visit(node)
+        self.scopes.pop()
+        self.functions.pop()
+
+    visit_AsyncFunctionDef = visit_FunctionDef
+
+    def visit_ClassDef(self, node: ast.ClassDef) -> None:
+        if node.name == "SchemaManager":
+            self.hit(node.lineno, "schema-manager")
+        cls = self.mapped_class(node)
+        self.report.models.classes.append(cls)
+        self.classes.append(node.name)
+        self.owners.append(cls)
+        self.scopes.append({})
+        self.generic_visit(node)
+        self.scopes.pop()
+        self.owners.pop()
+        self.classes.pop()
+
+    def visit_Import(self, node: ast.Import | ast.ImportFrom) -> None:
+        for alias in node.names:
+            if "SchemaManager" in (alias.name.rpartition(".")[2], alias.asname):
+                self.hit(node.lineno, "schema-manager")
+            if isinstance(node, ast.ImportFrom):
+                self.report.imports[alias.asname or alias.name] = alias.name
+
+    visit_ImportFrom = visit_Import
+
+    def visit_Name(self, node: ast.Name) -> None:
+        if node.id == "SchemaManager":
+            self.hit(node.lineno, "schema-manager")
+
+    def visit_Attribute(self, node: ast.Attribute) -> None:
+        if node.attr == "SchemaManager":
+            self.hit(node.lineno, "schema-manager")
+        self.generic_visit(node)
+
+    def visit_Dict(self, node: ast.Dict) -> None:
+        for key, value in zip(node.keys, node.values):
+            name = bindings.constant_key(key)
+            if name == "options":  # connect_args={"options": "-c search_path=..."}
+                self.judge_connection_string(value)
+            elif name == "server_settings":
+                self.judge_server_settings(value)
+            elif name == "schema_translate_map":
+                self.translate_map(value)
+        self.generic_visit(node)
+
+    # -- calls -------------------------------------------------------------------------------
+    def visit_Call(self, node: ast.Call) -> None:
+        name = call_name(node)
+        if name:
+            self.call(node, name)
+        if name == "Table" and node.args and bindings.constant_key(node.args[0]) is not None:
+            self.owners.append(self.core_table(node))
+            self.generic_visit(node)
+            self.owners.pop()
+            return
+        if name == "ForeignKey" and self.owners and node.args and bindings.constant_key(node.args[0]) is not None:
+            self.owners[-1].foreign_keys.append((node.lineno, node.args[0].value))  # type: ignore[attr-defined]
+        self.generic_visit(node)
+
+    def call(self, node: ast.Call, name: str) -> None:
+        if bindings.is_legacy_helper(name):
+            self.hit(node.lineno, "search-path-helper", name=name)
+        elif name in bindings.DJANGO_CALLS:
+            self.hit(node.lineno, "django-tenancy-call", name=name)
+        else:
+            receiver = node.func.value if isinstance(node.func, ast.Attribute) else None
+            self.report.calls.append((name, node.lineno, "" if receiver is None else (
+                "self" if isinstance(receiver, ast.Name) and receiver.id in ("self", "cls") else ".")))
+        first = bindings.sql_argument(node)
+        if name == "set_config" and bindings.constant_key(first) == "search_path":
+            self.hit(node.lineno, "set-config-search-path")  # func.set_config("search_path", ...)
+        if name in bindings.SQL_RUNNERS and first is not None:
+            self.judge_runner(node, first)
+        elif name in bindings.SQL_WRAPPERS and first is not None and id(node) not in self.judged:
+            self.judge_sql(self.resolver.resolve(first, self.names()))
+        elif name == "format" and isinstance(node.func, ast.Attribute) and isinstance(node.func.value, ast.Call) \
+                and call_name(node.func.value) == "SQL":
+            self.judge_sql(self.resolver.resolve(node, self.names()))  # sql.SQL("SET {} TO {}").format(...)
+        for keyword in node.keywords:
+            if keyword.arg == "options" or (keyword.arg in bindings.DSN_KEYWORDS and name in bindings.CONNECT_CALLS):
+                self.judge_connection_string(keyword.value)
+            elif keyword.arg == "server_settings":
+                self.judge_server_settings(keyword.value)
+            elif keyword.arg == "schema_translate_map":
+                self.translate_map(keyword.value)
+        if name in bindings.CONNECT_CALLS:
+            for argument in node.args:
+                self.judge_connection_string(argument)
+
+    def judge_runner(self, runner: ast.Call, statement: ast.expr) -> None:
+        """A runner's SQL, with the parameters it binds (for ``set_config(:name, ...)``)."""
+        extra: dict[str, ast.expr] = {}
+        inner = statement
+        while isinstance(inner, ast.Call) and isinstance(inner.func, ast.Attribute) \
+                and inner.func.attr == "bindparams":  # text(...).bindparams(name="search_path")
+            extra.update({k.arg: k.value for k in inner.keywords if k.arg})
+            inner = inner.func.value
+        if isinstance(inner, ast.Call) and call_name(inner) in bindings.SQL_WRAPPERS:
+            self.judged.add(id(inner))
+            inner = bindings.sql_argument(inner) or inner
+        self.judge_sql(self.resolver.resolve(inner, self.names()), runner, extra)
+
+    def judge_sql(self, text: SqlText | None, runner: ast.Call | None = None,
+                  extra: dict[str, ast.expr] | None = None) -> None:
+        if text is None:
+            return
+        for fact in analyse(text.text):
+            line = self.resolver.line_of(text, fact.offset)
+            if fact.kind == SET_SEARCH_PATH:
+                self.hit(line, "set-search-path-sql")
+            elif fact.kind == SET_CONFIG:
+                self.hit(line, "set-config-search-path")
+            elif fact.kind == SET_CONFIG_PARAM and runner is not None and fact.param is not None \
+                    and bindings.bound_parameter(runner, fact.param, extra or {}) == "search_path":
+                self.hit(line, "set-config-search-path")
+            elif fact.kind == TABLE and fact.table is not None:
+                self.report.refs.append(TableRef(line, fact.table, fact.schema, self.snippet(line)))
+
+    def judge_connection_string(self, node: ast.expr) -> None:
+        text = self.resolver.resolve(node, self.names())
+        if text is None:
+            return
+        for match in bindings.LIBPQ_SEARCH_PATH.finditer(text.text):
+            self.hit(self.resolver.line_of(text, match.start("anchor")), "libpq-search-path-option")
+
+    def judge_server_settings(self, node: ast.expr) -> None:
+        settings = self.lookup_dict(node)
+        key = None if settings is None else bindings.search_path_key(settings)
+        if key is not None:
+            self.hit(key.lineno, "asyncpg-server-settings")
+
+    # -- models ------------------------------------------------------------------------------
+    def translate_map(self, node: ast.expr) -> None:
+        mapping = self.lookup_dict(node)
+        for key in mapping.keys if mapping is not None else ():
+            if isinstance(key, ast.Constant) and (key.value is None or isinstance(key.value, str)):
+                self.report.models.translate_keys.add(key.value)
+
+    def mapped_class(self, node: ast.ClassDef) -> MappedClass:
+        cls = MappedClass(self.path, node.lineno, node.name, tuple(filter(None, map(_base_name, node.bases))),
+                          snippet=self.snippet(node.lineno))
+        for stmt in node.body:
+            targets = stmt.targets if isinstance(stmt, ast.Assign) else (
+                [stmt.target] if isinstance(stmt, ast.AnnAssign) else [])
+            value = getattr(stmt, "value", None)
+            for target in targets:
+                attr = target.id if isinstance(target, ast.Name) else None
+                if attr == "__tablename__" and isinstance(value, ast.Constant) and isinstance(value.value, str):
+                    cls.tablename = value.value
+                elif attr == "__table_args__":
+                    cls.has_table_args = True
+                    local = self.lookup_dict(value) if isinstance(value, ast.Name) else value
+                    if local is None and isinstance(value, ast.Name):
+                        cls.table_args_name = value.id  # imported: resolved with every module's constants
+                    cls.table_args_schema = _table_args_schema(local)
+                elif attr == "metadata" and isinstance(value, ast.Call) and call_name(value) == "MetaData":
+                    cls.metadata_schema = _keyword_constant(value, "schema")
+        return cls
+
+    def core_table(self, node: ast.Call) -> CoreTable:
+        metadata = node.args[1] if len(node.args) > 1 else None
+        schema = next((k.value for k in node.keywords if k.arg == "schema"), None)
+        table = CoreTable(self.path, node.lineno, node.args[0].value,  # type: ignore[attr-defined]
+                          metadata.id if isinstance(metadata, ast.Name) else None,
+                          schema.value if isinstance(schema, ast.Constant) and isinstance(schema.value, str) else None,
+                          schema is not None, snippet=self.snippet(node.lineno))
+        self.report.models.tables.append(table)
+        return table
+
+    def module_binding(self, targets: list[ast.expr], value: ast.expr) -> None:
+        """``md = MetaData(schema=...)``, ``Base = declarative_base(metadata=MetaData(schema=...))`` and
+        ``TENANT_ARGS = {"schema": "tenant"}`` (a ``__table_args__`` another module may import)."""
+        names = [t.id for t in targets if isinstance(t, ast.Name)]
+        if isinstance(value, (ast.Dict, ast.Tuple)):
+            for name in names:
+                self.report.models.table_args[name] = _table_args_schema(value)
+        if not isinstance(value, ast.Call):
+            return
+        called = call_name(value)
+        if called == "MetaData":
+            for name in names:
+                self.report.models.metadata[name] = _keyword_constant(value, "schema")
+        elif called in ("declarative_base", "generate_base", "as_declarative"):
+            metadata = next((k.value for k in value.keywords if k.arg == "metadata"), None)
+            schema = _keyword_constant(metadata, "schema") if isinstance(metadata, ast.Call) else (
+                self.report.models.metadata.get(metadata.id) if isinstance(metadata, ast.Name) else None)
+            for name in names:
+                self.report.models.declarative[name] = schema
+
+
+class _Names:
+    """The names in scope, innermost first, looked up without merging the scopes."""
+
+    def __init__(self, scopes: list[dict[str, SqlText | ast.Dict | None]]):
+        self.scopes = scopes
+
+    def value(self, name: str) -> SqlText | ast.Dict | None:
+        for scope in reversed(self.scopes):
+            if name in scope:
+                return scope[name]
+        return None
+
+    def get(self, name: str) -> SqlText | None:
+        value = self.value(name)
+        return value if isinstance(value, SqlText) else None
+
+
+def _base_name(node: ast.expr) -> str | None:
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        return node.attr
+    if isinstance(node, ast.Subscript):
+        return _base_name(node.value)
+    return None
+
+
+def _keyword_constant(call: ast.Call, keyword: str) -> str | None:
+    value = next((k.value for k in call.keywords if k.arg == keyword), None)
+    return value.value if isinstance(value, ast.Constant) and isinstance(value.value, str) else None
+
+
+def _table_args_schema(value: ast.expr | None) -> str | None:
+    """The ``schema`` of ``__table_args__``: a dict, or a tuple whose last item is a dict."""
+    if isinstance(value, ast.Tuple) and value.elts:
+        value = value.elts[-1]
+    if isinstance(value, ast.Dict):
+        for key, item in zip(value.keys, value.values):
+            if bindings.constant_key(key) == "schema" and isinstance(item, ast.Constant) \
+                    and isinstance(item.value, str):
+                return item.value
+    return None
+
