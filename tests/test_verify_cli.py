@@ -63,7 +63,7 @@ def test_scan_findings_fail_the_run(tmp_path):
     done = harness_verify(tmp_path, "--strategy", "harness.tenancy.strategies.builtin:translate_map_pinned",
                           "--scan", str(legacy))
     assert done.returncode == 1
-    assert "static scan found 1 search_path leftover" in done.stdout
+    assert "static scan found 1 finding(s), 1 gating" in done.stdout
     assert results(tmp_path)["scan"]["findings"][0]["line"] == 2
 
 
