@@ -100,8 +100,9 @@ def merge_results(shards: list[Shard]) -> dict[str, Any]:
     # Each shard scanned the same code, so its record (files read, not scanned, tenant tables) is the first's;
     # only a finding gates (a migration's or a foreign-key note does not).
     scan = {**scans[0], "paths": list(dict.fromkeys(p for s in scans for p in s["paths"])),
-            "findings": _once(f for s in scans for f in s["findings"]),
-            "not_scanned": _once(f for s in scans for f in s.get("not_scanned", []))} if scans else None
+            "findings": _once(f for s in scans for f in s["findings"])} if scans else None
+    if scan is not None and "not_scanned" in scan:
+        scan["not_scanned"] = _once(f for s in scans for f in s.get("not_scanned", []))
     ok = all(c["as_required"] for c in cells) and not (scan and any(f.get("gating", True)
                                                                      for f in scan["findings"]))
     started = min(s.results["started"] for s in ordered)
