@@ -19,11 +19,12 @@ from harness.report.explain import explain
 from harness.stack import start_stack
 from harness.team import load_action, load_team
 from harness.team.models import CANARY_ROWS, CanaryError, TeamModels, canary_value, team_models, tenant_tag
-from harness.team.steps import step_names
+from harness.team.steps import step_names, woven
 from harness.tenancy.provisioning import Tenancy
 from harness.tenancy.strategy import load_strategy
 from harness.tenancy.tenants import DEFAULT_TENANTS
 from harness.workload.cell import run_cell
+from harness.workload.named import NAMED_SCENARIOS
 from harness.workload.program import Program, Request
 
 SHOP = Path(__file__).resolve().parents[1] / "examples" / "shop"
@@ -206,3 +207,18 @@ def test_an_async_action_gets_the_async_session_of_an_async_layer(shop):
     step = _step(result, "action:async_total")
     assert step.error is None and step.note == f"returned {CANARY_ROWS}", explain(result)
     assert {r.owner for r in step.rows} == {A} and len(step.rows) == CANARY_ROWS
+
+
+@pytest.mark.parametrize("action, verdict", [("action:safe_total", "pass"), ("action:leaky_total", "fail")])
+def test_named_scenarios_read_the_teams_tables_and_run_its_code_wherever_they_read(shop, action, verdict):
+    own_stack, schemas = shop
+    program = woven(NAMED_SCENARIOS["after_commit"].program(schemas.tenants), ("team_read:invoice", action))
+    result = run_cell(own_stack, schemas, load_strategy("shop.tenancy:make_tenancy"), "transaction",
+                      "after_commit", program)
+    for client in {s.client for s in result.history.steps}:
+        names = [s.step for s in result.history.steps if s.client == client]
+        reads = [i for i, name in enumerate(names) if name == "orm_select_all"]
+        assert reads and all(names[i + 1:i + 3] == ["team_read:invoice", action] for i in reads), names
+    team_rows = [r for s in result.history.steps if s.step == "team_read:invoice" for r in s.rows]
+    assert team_rows and all(r.table == "invoice" for r in team_rows)
+    assert result.verdict.value == verdict, explain(result)

@@ -10,6 +10,7 @@ runner records every row the step touched, whatever SQL ran.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any, Callable
 
@@ -17,12 +18,13 @@ from sqlalchemy import BLANK_SCHEMA, MetaData, Table, and_, delete, event, inser
 from sqlalchemy.orm import Session
 
 from harness.checks.history import RowSeen
-from harness.checks.steps import Effect
-from harness.team import Team
+from harness.checks.steps import Effect, step_kind
+from harness.team import ACTION_PREFIX, Team
 from harness.team.models import CANARY_ROWS, TeamModels, canary_value
 from harness.team.observer import Observed
 from harness.tenancy.tenants import PLACEHOLDER_SCHEMA
 from harness.workload.actions import FRESH, Context, Outcome
+from harness.workload.program import Program, Request
 
 READ, INSERT, UPDATE, DELETE = "team_read", "team_insert", "team_update", "team_delete"
 
@@ -42,6 +44,27 @@ def step_names(team: Team | None) -> tuple[str, ...]:
             names.append(f"{DELETE}:{table.name}")
     names.extend(action.step for action in team.actions)
     return tuple(names)
+
+
+def read_names(team: Team | None) -> tuple[str, ...]:
+    """The team's steps that only read (its tables' reads) and its actions: what a named scenario adds."""
+    return tuple(name for name in step_names(team) if name.startswith((f"{READ}:", ACTION_PREFIX)))
+
+
+def woven(program: Program, steps: tuple[str, ...]) -> Program:
+    """The named program with ``steps`` after each of its steps that reads a whole table, so the team's
+    tables and code are read wherever the scenario reads (after a commit, a rollback, on a reused
+    connection). Named programs have no schedule (round robin), so added steps keep it valid."""
+    if not steps or program.schedule is not None:
+        return program
+
+    def weave(request: Request) -> Request:
+        return Request(request.tenant, tuple(added for step in request.steps
+                                             for added in ((step, *steps) if step_kind(step).reads_all
+                                                           else (step,))))
+
+    return dataclasses.replace(program, clients=tuple(tuple(weave(r) for r in requests)
+                                                      for requests in program.clients))
 
 
 @functools.lru_cache(maxsize=16)

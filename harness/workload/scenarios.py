@@ -19,6 +19,7 @@ from typing import Any, Callable
 from harness.checks import Verdict
 from harness.config import SETTINGS_BY_NAME, HarnessConfig, setting_text
 from harness.stack import Stack
+from harness.team import steps as team_steps
 from harness.tenancy.provisioning import Tenancy
 from harness.tenancy.strategy import BUILTIN_SPECS, StrategySpec
 from harness.workload.cell import CellResult, run_cell
@@ -74,8 +75,10 @@ def hammer_history_path(report_dir: Path, spec: StrategySpec, route: str) -> Pat
 
 def _named(name: str) -> Callable[[CellContext, StrategySpec, str], CellResult]:
     def run(ctx: CellContext, spec: StrategySpec, route: str) -> CellResult:
-        program = NAMED_SCENARIOS[name].program(ctx.tenancy.tenants, ctx.tenancy.hostile,
-                                                layout=spec.layout(ctx.stack.url(route)))
+        layout = spec.layout(ctx.stack.url(route))
+        program = NAMED_SCENARIOS[name].program(ctx.tenancy.tenants, ctx.tenancy.hostile, layout=layout)
+        if layout == "schema":  # the team's tables and code are read wherever the scenario reads
+            program = team_steps.woven(program, team_steps.read_names(ctx.tenancy.team))
         return run_cell(ctx.stack, ctx.tenancy, spec, route, name, program)
     return run
 
