@@ -46,6 +46,23 @@ def step_names(team: Team | None) -> tuple[str, ...]:
     return tuple(names)
 
 
+def groups(team_steps: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The team's steps split into its table steps and its actions (drawn as groups of their own)."""
+    actions = tuple(name for name in team_steps if name.startswith(ACTION_PREFIX))
+    return tuple(name for name in team_steps if name not in actions), actions
+
+
+def weighted(builtin: tuple[str, ...], everything: tuple[str, ...]) -> tuple[str, ...]:
+    """The hammer's step list (``everything``: ``builtin`` then the team's steps) with each group of the
+    team's steps (tables, actions) repeated so that a uniform choice picks from the built-in steps, the
+    team's tables and its actions about equally often, as generated programs do."""
+    out = builtin
+    for group in groups(everything[len(builtin):]):
+        if group:
+            out += group * max(1, round(len(builtin) / len(group)))
+    return out
+
+
 def read_names(team: Team | None) -> tuple[str, ...]:
     """The team's steps that only read (its tables' reads) and its actions: what a named scenario adds."""
     return tuple(name for name in step_names(team) if name.startswith((f"{READ}:", ACTION_PREFIX)))

@@ -53,9 +53,14 @@ PROFILES = {p.name: p for p in (
 )}
 
 
-def requests_of(tenants: tuple[str, ...], steps: tuple[str, ...]) -> st.SearchStrategy[Request]:
-    return st.builds(Request, st.sampled_from(tenants),
-                     st.lists(st.sampled_from(steps), max_size=MAX_STEPS).map(tuple))
+def requests_of(tenants: tuple[str, ...], steps: tuple[str, ...],
+                team: tuple[str, ...] = ()) -> st.SearchStrategy[Request]:
+    """Requests of up to MAX_STEPS steps. With the team's steps (``team``), the built-in steps, the team's
+    table steps and its actions are drawn about equally often: the run is there to test the team's app,
+    whose steps would otherwise be a few among many."""
+    groups = [group for group in (steps, *team_steps.groups(team)) if group]
+    step = st.one_of(*(st.sampled_from(group) for group in groups))
+    return st.builds(Request, st.sampled_from(tenants), st.lists(step, max_size=MAX_STEPS).map(tuple))
 
 
 @st.composite
@@ -67,7 +72,9 @@ def programs(draw: Any, tenants: tuple[str, ...], probe: str = "end", layout: st
     goes next", an index that shrinks towards 0: towards running the clients
     one after the other.
     """
-    clients = draw(st.lists(st.lists(requests_of(tenants, drawable(layout=layout, team=team)), max_size=MAX_REQUESTS).map(tuple),
+    builtin = drawable(layout=layout)
+    teams = drawable(layout=layout, team=team)[len(builtin):]  # the team's steps this layout allows
+    clients = draw(st.lists(st.lists(requests_of(tenants, builtin, teams), max_size=MAX_REQUESTS).map(tuple),
                             min_size=2, max_size=MAX_CLIENTS).map(tuple))
     remaining = [sum(len(r.actions()) for r in requests) for requests in clients]
     schedule: list[int] = []

@@ -95,7 +95,8 @@ def hammer(stack: Stack, tenancy: Tenancy, spec: StrategySpec, route: str, *, th
         out.close()
         raise
     runner, strategy = cell.runner, cell.strategy
-    steps = drawable(hammer=True, layout=strategy.layout, team=team_steps.step_names(cell.team))
+    steps = team_steps.weighted(drawable(hammer=True, layout=strategy.layout),
+                                drawable(hammer=True, layout=strategy.layout, team=team_steps.step_names(cell.team)))
     checkouts = [0]
     if strategy.engine is not None:
         event.listen(getattr(strategy.engine, "sync_engine", strategy.engine), "checkout",
