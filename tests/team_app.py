@@ -43,3 +43,17 @@ def signup(session, tenant):
 
 async def async_total(session, tenant):
     return (await session.execute(select(func.count()).select_from(Invoice))).scalar_one()
+
+
+def savepoint_undone(session, tenant):
+    """A savepoint rolled back inside the action: the request's transaction goes on."""
+    savepoint = session.begin_nested()
+    session.add(Customer(id=4100, name="undone", email=f"undone-{tenant}@example.org"))
+    session.flush()
+    savepoint.rollback()
+
+
+def savepoint_kept(session, tenant):
+    """A savepoint released inside the action: nothing is committed yet."""
+    with session.begin_nested():
+        session.add(Customer(id=4200, name="kept", email=f"kept-{tenant}@example.org"))

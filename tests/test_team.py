@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import decimal
+import json
 import sys
 import uuid
 from pathlib import Path
@@ -22,8 +23,9 @@ from harness.team.models import CANARY_ROWS, CanaryError, TeamModels, canary_val
 from harness.team.steps import step_names, woven
 from harness.tenancy.provisioning import Tenancy
 from harness.tenancy.strategy import load_strategy
-from harness.tenancy.tenants import DEFAULT_TENANTS
+from harness.tenancy.tenants import DEFAULT_TENANTS, HOSTILE_TENANTS
 from harness.workload.cell import run_cell
+from harness.workload.hammer import hammer
 from harness.workload.named import NAMED_SCENARIOS
 from harness.workload.program import Program, Request
 
@@ -105,6 +107,7 @@ def shop(harness_config):
     with start_stack(harness_config) as own_stack:
         schemas = Tenancy(own_stack, DEFAULT_TENANTS, team=team)
         schemas.provision()
+        schemas.provision(HOSTILE_TENANTS)  # quotes, '%', backslashes, long names: in policies and canaries
         yield own_stack, schemas
         schemas.close()
 
@@ -158,8 +161,11 @@ def test_a_write_into_another_tenants_table_is_a_misplaced_write(shop):
 
 
 def test_an_action_that_commits_is_recorded_as_committing(shop):
-    result = _run(shop, ["action:signup", "rollback"])
+    # the insert before the action is committed by it: the rollback after must not make it "lost"
+    result = _run(shop, ["orm_insert", "action:signup", "rollback"])
     assert _step(result, "action:signup").effect == "commit", explain(result)
+    inserted = _step(result, "orm_insert").writes[0]
+    assert [r for r in result.history.final_state[A]["product"] if r[0] == inserted.id], explain(result)
     assert not [f for f in result.findings if f.kind in ("lost_write", "misplaced_write")], explain(result)
 
 
@@ -181,6 +187,8 @@ def test_team_steps_read_and_write_through_the_teams_tables(shop, strategy):
 def test_a_reset_puts_the_canaries_back(shop):
     _run(shop, ["team_insert:customer", "commit"])
     own_stack, schemas = shop
+    with schemas.engine.connect() as conn:
+        assert conn.execute(text(f'SELECT count(*) FROM "{A}".customer')).scalar() == CANARY_ROWS + 1
     schemas.reset()
     with schemas.engine.connect() as conn:
         assert conn.execute(text(f'SELECT count(*) FROM "{A}".customer')).scalar() == CANARY_ROWS
@@ -222,3 +230,70 @@ def test_named_scenarios_read_the_teams_tables_and_run_its_code_wherever_they_re
     team_rows = [r for s in result.history.steps if s.step == "team_read:invoice" for r in s.rows]
     assert team_rows and all(r.table == "invoice" for r in team_rows)
     assert result.verdict.value == verdict, explain(result)
+
+
+@pytest.mark.parametrize("action", ["savepoint_undone", "savepoint_kept"])
+def test_a_savepoint_inside_an_action_leaves_the_requests_writes_pending(shop, action):
+    own_stack, schemas = shop
+    team = dataclasses.replace(schemas.team, actions=(load_action(f"team_app:{action}"),))
+    original, schemas.team = schemas.team, team
+    try:
+        # the insert before the action is rolled back with the request: it must not be expected to be there
+        result = _run(shop, ["orm_insert", f"action:{action}", "rollback", "orm_select_all"])
+    finally:
+        schemas.team = original
+    assert _step(result, f"action:{action}").effect is None, explain(result)
+    assert not [f for f in result.findings if f.kind in ("lost_write", "misplaced_write")], explain(result)
+
+
+def test_tables_of_every_common_kind_are_seeded_observed_and_stepped_through(harness_config):
+    team = load_team(dataclasses.replace(harness_config, models="team_rich_models:Base"))
+    names = step_names(team)
+    # an association table's new rows would repeat a canary, an always-generated key cannot be given
+    assert "team_read:account_label" in names and "team_insert:account_label" not in names
+    assert "team_insert:label" not in names and "team_insert:account" in names
+    # the column in a unique constraint is left alone (two clients' updates would wait on each other)
+    assert team.models.updatable_column(team.models.table("account")).name == "holder"
+    with start_stack(harness_config) as own_stack:
+        schemas = Tenancy(own_stack, DEFAULT_TENANTS[:2], team=team)
+        schemas.provision()
+        try:
+            program = Program(((Request(A, tuple(n for n in names if not n.startswith("team_delete"))
+                                        + ("commit",) + tuple(n for n in names if n.startswith("team_read"))),),))
+            result = run_cell(own_stack, schemas, load_strategy("translate_map"), "transaction", "team", program)
+            assert all(s.error is None for s in result.history.steps), explain(result)
+            reads = [s for s in result.history.steps if s.step.startswith("team_read")]
+            assert all(s.rows and {r.owner for r in s.rows} == {A} for s in reads), explain(result)
+            with schemas.engine.connect() as conn:  # the smallserial continues below its maximum
+                sequence = conn.execute(text("SELECT pg_get_serial_sequence(:t, 'id')"), {"t": f'"{A}".account'})
+                assert conn.execute(text("SELECT nextval(:s)"), {"s": sequence.scalar()}).scalar() > CANARY_ROWS
+        finally:
+            schemas.close()
+
+
+@pytest.mark.parametrize("tenant", HOSTILE_TENANTS)
+def test_hostile_tenant_names_get_their_own_canaries_and_attribution(shop, tenant):
+    result = _run(shop, ["team_read:invoice", "team_insert:customer", "action:safe_total", "commit"], tenant=tenant,
+                  route="transaction")
+    assert all(s.error is None for s in result.history.steps), explain(result)
+    rows = [r for s in result.history.steps for r in s.rows]
+    assert rows and {r.owner for r in rows} == {tenant}, explain(result)
+    assert {r.owner for s in result.history.steps for r in s.wrote} == {tenant}
+
+
+def test_the_hammers_threads_attribute_team_reads_to_their_own_requests(shop, tmp_path):
+    """Real threads, one sink each: a sound layer's team steps show only its own tenant's rows."""
+    own_stack, schemas = shop
+    team = dataclasses.replace(schemas.team, actions=(load_action("team_app:safe_total"),))
+    original, schemas.team = schemas.team, team
+    try:
+        result, _ = hammer(own_stack, schemas, load_strategy("shop.tenancy:make_tenancy"), "transaction",
+                           threads=4, max_requests=120, max_seconds=20, seed=3, history_path=tmp_path / "h.jsonl")
+    finally:
+        schemas.team = original
+    steps = [json.loads(line) for line in (tmp_path / "h.jsonl").read_text().splitlines()]
+    team_steps = [s for s in steps if s["step"].startswith(("team_read", "action:"))]
+    assert len({s["client"] for s in team_steps}) > 1 and all(s["rows"] for s in team_steps if not s["error"])
+    assert all(r["owner"] == s["tenant"] for s in team_steps for r in s["rows"])
+    assert not [f for f in result.findings if f.gating and f.kind in ("cross_tenant_read", "misplaced_write")], \
+        explain(result)

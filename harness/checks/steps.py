@@ -102,7 +102,7 @@ REQUEST_STEPS = tuple(name for name, kind in STEP_KINDS.items() if not kind.fram
 # ``action:monthly_report``): declared by their prefix, drawn only where the run
 # has a team (see harness.team.steps), in the schema layout.
 TEAM_STEP_KINDS: dict[str, StepKind] = {kind.name: kind for kind in (
-    StepKind("team_read:", layouts=("schema",)),
+    StepKind("team_read:", reads_all=True, layouts=("schema",)),  # every tenant's copy holds canaries
     StepKind("team_insert:", layouts=("schema",)),
     StepKind("team_update:", layouts=("schema",)),
     StepKind("team_delete:", layouts=("schema",)),

@@ -91,8 +91,17 @@ def load_team(config: HarnessConfig) -> Team | None:
     if config.models:
         from harness.tenancy.models import load_user_metadata
 
-        metadata = load_user_metadata(config.models)
+        metadata = load_user_metadata(config.models, config.pythonpath)
         models = team_models(config.models, _resolve(config.models, "Models spec", config.pythonpath), metadata)
+        from harness.tenancy.models import model_set
+
+        ours = {t.name for t in model_set("placeholder").metadata.tables.values()}
+        clash = sorted(ours & {t.name for t in models.tenant_tables})
+        if clash:
+            raise UsageError(f"Models spec {config.models!r} has tenant table(s) named like the harness's own: "
+                             f"{', '.join(clash)}.",
+                             fix=["the harness keeps its own tables next to yours in every tenant schema: "
+                                  "give it a models set without those names (a test copy of the metadata)"])
         from harness.team import observer
 
         observer.install()  # before any strategy makes a pool: every connection reports what it reads

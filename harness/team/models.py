@@ -18,7 +18,7 @@ import hashlib
 import uuid
 from typing import Any
 
-from sqlalchemy import JSON, MetaData, Table, types
+from sqlalchemy import JSON, MetaData, Table, UniqueConstraint, types
 from sqlalchemy.sql.schema import Column
 
 from harness.errors import UsageError
@@ -65,10 +65,30 @@ def _number(column: Column, owner: str, row: int, key: bool) -> int:
     return value
 
 
+_BY_PYTHON_TYPE = {datetime.datetime: lambda: types.DateTime(timezone=True), datetime.date: types.Date,
+                   decimal.Decimal: types.Numeric, int: types.Integer, str: types.String, bool: types.Boolean}
+
+
 def canary_value(column: Column, owner: str, row: int, *, key: bool) -> Any:
     """A value of ``column``'s type for row ``row`` of ``owner``; ``key``: part of the primary key."""
     kind = column.type
     tag = tenant_tag(owner)
+    if isinstance(kind, types.TypeDecorator):
+        # A decorator (the GUID recipe, a tz-aware DateTime) binds values of its Python type: build one
+        # of those when it says which, else a value of the type it wraps.
+        try:
+            python_type = kind.python_type
+        except NotImplementedError:
+            python_type = None
+        if python_type is uuid.UUID:
+            kind = types.Uuid()
+        elif python_type is not None and python_type in _BY_PYTHON_TYPE:
+            kind = _BY_PYTHON_TYPE[python_type]()
+        else:
+            kind = kind.impl_instance
+        original, column = column, Column(column.name, kind, nullable=column.nullable,
+                                          primary_key=column.primary_key)
+        column.table = original.table  # type: ignore[attr-defined]
     if isinstance(kind, types.Enum) and kind.enums:
         return kind.enums[row % len(kind.enums)]
     if isinstance(kind, types.Boolean):
@@ -141,13 +161,24 @@ class TeamModels:
         return list(table.primary_key.columns)
 
     def writable(self, table: Table) -> bool:
-        """Steps may insert, update and delete rows of a table with a primary key."""
-        return bool(table.primary_key.columns)
+        """Steps may insert, update and delete rows of a table with a primary key whose new rows cannot
+        collide with a canary: not an association or one-to-one table (a key or unique column that is also
+        a foreign key points at an existing row, so a new row would repeat one), no identity column the
+        database always generates (the harness gives every row its key)."""
+        if not table.primary_key.columns:
+            return False
+        if any(column.identity is not None and column.identity.always for column in table.columns):
+            return False
+        references = {column for column in table.columns if column.foreign_keys}
+        # a key made of foreign keys only: new rows point at canary row 1 and would repeat it
+        return not any(columns <= references for columns in _unique_sets(table))
 
     def updatable_column(self, table: Table) -> Column | None:
-        """A column an update step may change: not in the key, not a foreign key, not unique-constrained alone."""
+        """A column an update step may change: not in the key, not a foreign key, in no unique constraint
+        or index (two clients' updates would then wait on each other, and the runner runs one step at a time)."""
+        unique = _unique_columns(table)
         for column in table.columns:
-            if column.primary_key or column.foreign_keys or column.unique or column.computed is not None:
+            if column.primary_key or column.foreign_keys or column in unique or column.computed is not None:
                 continue
             if isinstance(column.type, (types.String, types.Integer, types.Numeric, JSON)):
                 return column
@@ -159,8 +190,7 @@ class TeamModels:
         (or row 1 for rows past the canaries) of the referenced table."""
         values: dict[str, Any] = {}
         for column in table.columns:
-            if column.computed is not None or (column.identity is not None and
-                                                column.identity.always):
+            if column.computed is not None:
                 continue
             ref = next(iter(column.foreign_keys), None)
             if ref is not None:
@@ -179,6 +209,19 @@ class TeamModels:
     def key_of(self, table: Table, values: dict[str, Any]) -> str:
         """The text the observer reports for a row's key (its key columns, comma-joined)."""
         return ",".join(str(values[c.name]) for c in self.key_columns(table))
+
+
+def _unique_sets(table: Table) -> list[set[Column]]:
+    """The column sets ``table`` holds unique: its key, unique columns, unique constraints and indexes."""
+    sets = [set(table.primary_key.columns)] + [{c} for c in table.columns if c.unique]
+    sets += [set(c.columns) for c in table.constraints if isinstance(c, UniqueConstraint)]
+    sets += [{c for c in i.columns if isinstance(c, Column)} for i in table.indexes if i.unique]
+    return [columns for columns in sets if columns]
+
+
+def _unique_columns(table: Table) -> set[Column]:
+    """Columns in a unique constraint or a unique index of ``table`` (alone or with others), or its key."""
+    return set().union(*_unique_sets(table))
 
 
 def _classes(target: Any, metadata: MetaData) -> dict[str, type]:

@@ -7,8 +7,11 @@ whose expression calls :data:`FUNCTION` with the copy's owner (the schema it
 lives in), the table and the row's key. The function raises an ``INFO``
 message and returns true, so:
 
-- what the code sees is unchanged: the policy admits every row (a permissive
-  ``true`` policy next to it), plans and results stay as they were;
+- the rows and results the code gets are unchanged: the policy admits every row
+  (a permissive ``true`` policy next to it). Row-level security does change a
+  few things, on these test copies only: ``COPY FROM`` is refused, a unique or
+  CHECK violation's DETAIL is left out, plans may differ (the function is not
+  leakproof);
 - every row the executor scans for the code under test, in a plain select, a
   join, an aggregate, an UPDATE or DELETE (their ``USING``) or an INSERT or
   UPDATE (``WITH CHECK``: a write), is reported on the very connection that ran
@@ -19,7 +22,7 @@ message and returns true, so:
 
 The driver hands each message to a notice handler the harness attaches to every
 pooled DBAPI connection (a ``connect`` listener on SQLAlchemy's ``Pool`` class),
-which adds it to the sink of the thread running the current step. The runner
+which adds it to the sink of the context running the current step. The runner
 opens the sink around a step (:func:`observing`), so the rows land in that
 step's record, under the tenant that step acts for.
 """
@@ -27,6 +30,7 @@ step's record, under the tenant that step acts for.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import json
 import threading
 from typing import Any, Iterator, NamedTuple
@@ -49,23 +53,30 @@ class Observed(NamedTuple):
     key: str
 
 
-_local = threading.local()
+# A context variable, not a thread-local: code that runs its SQL on a worker thread (asyncio.to_thread,
+# an executor given a copied context) and the tasks of an event loop see the sink of the step they serve.
+_sink: contextvars.ContextVar[list[Observed] | None] = contextvars.ContextVar("harness_observer_sink", default=None)
 
 
 @contextlib.contextmanager
 def observing() -> Iterator[list[Observed]]:
-    """Collect what the code under test reads and writes on this thread until the block ends."""
-    outer = getattr(_local, "sink", None)
+    """Collect what the code under test reads and writes in this context until the block ends."""
     sink: list[Observed] = []
-    _local.sink = sink
+    token = _sink.set(sink)
     try:
         yield sink
     finally:
-        _local.sink = outer
+        _sink.reset(token)
+
+
+def seen() -> int:
+    """How many rows the open sink holds (0 outside :func:`observing`)."""
+    sink = _sink.get()
+    return 0 if sink is None else len(sink)
 
 
 def _record(message: str | None) -> None:
-    sink = getattr(_local, "sink", None)
+    sink = _sink.get()
     if sink is None or not message or not message.startswith(MARKER):
         return
     try:
@@ -129,7 +140,9 @@ def policies_sql(conn: Connection, function_schema: str, schema: str, owner: str
     def observe(op: str) -> str:
         return f"{quote(function_schema)}.{FUNCTION}('{op}', {_literal(owner)}, {_literal(table.name)}, {key})"
 
+    # FORCE: the policies hold even for a role that owns the table (a layer that creates its own tables).
     return (f"ALTER TABLE {target} ENABLE ROW LEVEL SECURITY;\n"
+            f"ALTER TABLE {target} FORCE ROW LEVEL SECURITY;\n"
             f"CREATE POLICY {PERMISSIVE} ON {target} USING (true) WITH CHECK (true);\n"
             f"CREATE POLICY {RESTRICTIVE} ON {target} AS RESTRICTIVE USING ({observe('r')}) "
             f"WITH CHECK ({observe('w')})")

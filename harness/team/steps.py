@@ -21,6 +21,7 @@ from harness.checks.history import RowSeen
 from harness.checks.steps import Effect, step_kind
 from harness.team import ACTION_PREFIX, Team
 from harness.team.models import CANARY_ROWS, TeamModels, canary_value
+from harness.team import observer
 from harness.team.observer import Observed
 from harness.tenancy.tenants import PLACEHOLDER_SCHEMA
 from harness.workload.actions import FRESH, Context, Outcome
@@ -129,11 +130,17 @@ def run(team: Team, ctx: Context, session: Session, name: str) -> Outcome:
     tenant = ctx.client.tenant
     mapped = models.classes.get(target) if flavour == "placeholder" else None
     if operation == READ:
+        before = observer.seen()
         if mapped is not None:
             found = session.scalars(select(mapped), execution_options=FRESH).all()
         else:
             found = session.execute(select(table)).all()
-        return Outcome(note=f"{len(found)} row(s) returned")
+        if observer.seen() - before < len(found):  # the observer must see what the read returned
+            raise ObserverBlind(f"the read observer saw {observer.seen() - before} of the {len(found)} row(s) "
+                                f"{target} returned: the login role bypasses row-level security, or the driver "
+                                "reports no notices; the team's reads cannot be attributed")
+        # no note when nothing came back: an empty read is the tenant context gone (context_lost)
+        return Outcome(note=f"{len(found)} row(s) returned" if found else "")
     if operation == INSERT:
         number = ctx.new_id()
         values = models.row(table, tenant, number)
@@ -196,26 +203,36 @@ def _tracked(session: Session, call: Callable[[], Any]) -> Outcome:
     so the write checks know whether the client's pending writes became durable."""
     ended: list[str] = []
 
-    def committed(_session: Session) -> None:
-        ended.append(Effect.COMMIT.value)
+    # Only the root transaction counts: a savepoint (begin_nested) released or rolled back fires the same
+    # events, with the savepoint still the session's current transaction, and leaves pending writes pending.
+    def on_commit(sess: Session) -> None:
+        if not sess.in_nested_transaction():
+            ended.append(Effect.COMMIT.value)
 
-    def rolled_back(_session: Session) -> None:
-        ended.append(Effect.DISCARD.value)
+    def on_rollback(sess: Session) -> None:
+        if not sess.in_nested_transaction():
+            ended.append(Effect.DISCARD.value)
 
-    event.listen(session, "after_commit", committed)
-    event.listen(session, "after_rollback", rolled_back)
+    event.listen(session, "after_commit", on_commit)
+    event.listen(session, "after_rollback", on_rollback)
     try:
         returned = call()
     finally:
-        event.remove(session, "after_commit", committed)
-        event.remove(session, "after_rollback", rolled_back)
+        event.remove(session, "after_commit", on_commit)
+        event.remove(session, "after_rollback", on_rollback)
     note = "" if returned is None else f"returned {_short(returned)}"
-    return Outcome(note=note, effect=ended[-1] if ended else "")
+    # A commit anywhere made the writes pending before it durable, whatever came after.
+    effect = Effect.COMMIT.value if Effect.COMMIT.value in ended else (ended[-1] if ended else "")
+    return Outcome(note=note, effect=effect)
 
 
 def _short(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
+
+
+class ObserverBlind(RuntimeError):
+    """The read observer missed rows a team read returned: the run cannot attribute the team's reads."""
 
 
 def observed_rows(observed: list[Observed]) -> tuple[tuple[RowSeen, ...], tuple[RowSeen, ...]]:

@@ -85,8 +85,9 @@ class Tenancy:
         new = [t for t in wanted if t not in self.provisioned]
         with self.engine.begin() as conn:
             if not self.provisioned and self.team_models is not None:
+                team_provisioning.check_shared_tables(self.team_models, self.stack.owns_public)
                 self._create_schema(conn, self.observer_schema)
-                team_provisioning.prepare_observer(conn, self.observer_schema)
+                team_provisioning.prepare_observer(conn, self.observer_schema, self.stack.app_role)
             if not self.provisioned and self.decoys:
                 self._create_tables(conn, PUBLIC, create_schema=False)
             for tenant in new:
@@ -110,11 +111,12 @@ class Tenancy:
         mapped = conn.execution_options(schema_translate_map={"tenant": schema})
         self.models.metadata.create_all(mapped)
         if self.team_models is not None:
-            team_provisioning.create_tables(conn, self.team_models, schema, schema, self.observer_schema)
+            team_provisioning.create_tables(conn, self.team_models, schema, schema, self.observer_schema,
+                                            self.stack.app_role)
             team_provisioning.continue_sequences(conn, self.team_models, schema)
         role = quote(conn, self.stack.app_role)
         conn.execute(text(f"GRANT USAGE ON SCHEMA {q} TO {role}"))
-        conn.execute(text(f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {q} TO {role}"))
+        conn.execute(text(f"GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON ALL TABLES IN SCHEMA {q} TO {role}"))
         conn.execute(text(f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA {q} TO {role}"))
 
     def _tables(self):

@@ -118,11 +118,15 @@ class Runner:
         seq = next(self.seq)
         kind = step_kind(action)
         base = dict(seq=seq, client=client.index, request=r, tenant=request.tenant, step=action, style=kind.style)
-        if action == "open":
-            return self._open(client, r, request.tenant, base)
-        if action == "end_request":
-            error = self._end(client)
-            return StepRecord(**base, error=error)
+        if action in ("open", "end_request"):
+            # What the layer itself does as a request opens or ends (a flush on exit, say) is observed too.
+            with observer.observing() as observed:
+                record = (self._open(client, r, request.tenant, base) if action == "open"
+                          else StepRecord(**base, error=self._end(client)))
+            if observed:
+                read, wrote = team_steps.observed_rows(observed)
+                record = dataclasses.replace(record, rows=record.rows + read, wrote=wrote)
+            return record
         if client.session is None:
             return StepRecord(**base, note="skipped: the session did not open")
         pid_info: dict[str, Any] = {}
