@@ -197,7 +197,11 @@ class TeamModels:
                 target = ref.column
                 referenced = number if number <= CANARY_ROWS else 1
                 # a shared table (a lookup in public) holds the rows of SHARED_OWNER, seeded once
-                ref_owner = owner if target.table.schema == PLACEHOLDER_SCHEMA else SHARED_OWNER
+                # (the schema-less copy a search_path-only layer uses has its tenant tables without a schema)
+                tenant = target.table.schema == PLACEHOLDER_SCHEMA or (
+                    target.table.schema is None and table.schema is None
+                    and any(t.name == target.table.name for t in self.tenant_tables))
+                ref_owner = owner if tenant else SHARED_OWNER
                 values[column.name] = canary_value(target, ref_owner, referenced, key=target.primary_key)
             else:
                 values[column.name] = canary_value(column, owner, number, key=column.primary_key)
