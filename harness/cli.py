@@ -80,7 +80,8 @@ def cmd_setup(args: argparse.Namespace) -> int:
 
 VERIFY_SETTINGS = STACK_SETTINGS + ("routes", "scenarios", "profile", "tenants", "report_dir", "seed", "models", "actions",
                                     "pythonpath", "decoys",
-                                    "example_db", "hammer_threads", "hammer_requests", "hammer_seconds", "jobs", "shard")
+                                    "example_db", "hammer_threads", "hammer_requests", "hammer_seconds", "jobs", "shard",
+                                    "step_deadline")
 
 
 def cmd_verify(args: argparse.Namespace) -> int:

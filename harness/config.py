@@ -165,6 +165,11 @@ SETTINGS: tuple[Setting, ...] = (
             "Requests per hammer run (default: the profile's)."),
     Setting("hammer_seconds", None, lambda v: None if v in (None, "") else float(v),
             "Duration bound of a hammer run in seconds (default: the profile's)."),
+    Setting("step_deadline", 10.0, float,
+            "Seconds one step may take. A step still running then is stopped: the harness reads on the server "
+            "what its backend waits on (the lock and the backend holding it) and cancels its statement "
+            "(terminates the backend after a second deadline); the cell ends with a lock_wait finding and "
+            "is inconclusive. At least 0.1."),
     Setting("decoys", True, _bool,
             "Put decoy copies of the tenant tables, owned by 'public', into public (a fallback to public "
             "then shows as cross_tenant_read; without decoys, as context_lost)."),
@@ -213,6 +218,7 @@ class HarnessConfig:
     hammer_threads: int
     hammer_requests: int | None
     hammer_seconds: float | None
+    step_deadline: float
     decoys: bool
     jobs: int | None
     shard: tuple[int, int] | None
@@ -310,7 +316,8 @@ def resolve_config(
     bounds = [("tenants", config.tenants, 2), ("hammer_threads", config.hammer_threads, 1),
               ("hammer_requests", config.hammer_requests, 1), ("hammer_seconds", config.hammer_seconds, 0.001),
               ("session_pool_size", config.session_pool_size, 1), ("transaction_pool_size", config.transaction_pool_size, 1),
-              ("start_timeout", config.start_timeout, 0.001), ("jobs", config.jobs, 1)]
+              ("start_timeout", config.start_timeout, 0.001), ("jobs", config.jobs, 1),
+              ("step_deadline", config.step_deadline, 0.1)]
     for name, value, least in bounds:
         if value is not None and value < least:
             setting = SETTINGS_BY_NAME[name]

@@ -162,7 +162,7 @@ class StackCells:
                                  checked=[f"{item['what']}: {item['reason']}" for item in not_run],
                                  fix=["give the routes' DSNs, or use the native or docker backend"])
             self.tenancy = Tenancy(stack, default_tenants(config.tenants), decoys=config.decoys,
-                                   team=self.team)
+                                   team=self.team, step_deadline=config.step_deadline)
             self.info = StackInfo(routes, runnable, not_run,
                                   environment(stack, config, self.seed, self.tenancy.decoys, self.team))
             self.tenancy.provision()

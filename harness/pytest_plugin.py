@@ -32,7 +32,7 @@ PLUGIN_SETTINGS = ("backend", "pg_bindir", "pgbouncer", "cache_dir", "keep_tmp",
                    "postgres_image", "pgbouncer_image", "direct_dsn", "session_dsn", "transaction_dsn",
                    "superuser_dsn", "i_own_this_database",
                    "routes", "tenants", "report_dir", "models", "decoys", "profile", "derandomize", "seed",
-                   "example_db", "hammer_threads", "hammer_requests", "hammer_seconds")
+                   "example_db", "hammer_threads", "hammer_requests", "hammer_seconds", "step_deadline")
 RESULTS_KEY = pytest.StashKey[list]()
 
 
@@ -90,7 +90,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 def tenancy(stack: Stack, harness_config: HarnessConfig) -> Iterator[Tenancy]:
     """The tenant schemas (the default set plus the hostile names), provisioned once per session."""
     schemas = Tenancy(stack, default_tenants(harness_config.tenants), decoys=harness_config.decoys,
-                      team=load_team(harness_config))
+                      team=load_team(harness_config), step_deadline=harness_config.step_deadline)
     schemas.provision()
     schemas.provision(HOSTILE_TENANTS)
     try:

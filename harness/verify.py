@@ -106,7 +106,8 @@ def plan_id(config: HarnessConfig, specs: list[StrategySpec], scenarios: list[st
             "profile": config.profile, "tenants": config.tenants, "models": config.models,
             "decoys": config.decoys, "seed": None if config.derandomize else seed,
             "derandomize": config.derandomize, "hammer": [config.hammer_threads, config.hammer_requests,
-                                                          config.hammer_seconds]}
+                                                          config.hammer_seconds],
+            "step_deadline": config.step_deadline}
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
 
 

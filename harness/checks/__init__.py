@@ -21,6 +21,7 @@ from harness.checks.isolation import (check_context_lost, check_cross_tenant_rea
                                       check_unsafe_identifiers)
 from harness.checks.pool import check_pool_pollution
 from harness.checks.verdict import Judgement, Verdict, verdict
+from harness.checks.waits import check_lock_waits
 from harness.checks.writes import check_writes
 
 __all__ = ["CHECKS", "Check", "Coverage", "Finding", "ISOLATION_KINDS", "Judgement", "KINDS", "Verdict",
@@ -46,6 +47,7 @@ CHECKS: tuple[Check, ...] = (
     Check("pool_pollution", check_pool_pollution, streams=False),  # reads the probes
     Check("unsafe_identifier", check_unsafe_identifiers, streams=True),
     Check("error", check_errors, streams=True),
+    Check("lock_wait", check_lock_waits, streams=True),  # steps the step deadline stopped
 )
 
 

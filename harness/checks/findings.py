@@ -6,7 +6,9 @@ import dataclasses
 
 ISOLATION_KINDS = ("cross_tenant_read", "misplaced_write", "lost_write", "context_lost", "pool_pollution",
                    "unsafe_identifier")
-KINDS = ISOLATION_KINDS + ("error",)
+#: not about isolation, kept apart: ``error`` (any other failure) and ``lock_wait`` (a step that outlived the
+#: step deadline, stopped by the harness; its explanation names what it waited on and who held it)
+KINDS = ISOLATION_KINDS + ("error", "lock_wait")
 
 
 @dataclasses.dataclass(frozen=True)

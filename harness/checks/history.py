@@ -40,6 +40,35 @@ class ErrorSeen:
 
 
 @dataclasses.dataclass(frozen=True)
+class Holder:
+    """A backend a stuck step waited for, as ``pg_stat_activity`` showed it when the deadline passed."""
+
+    pid: int
+    state: str = ""  # idle, idle in transaction, active, ...
+    query: str = ""  # its last statement (shortened)
+    application_name: str = ""
+    #: who last ran a step on that backend, as the runner recorded it (None: no step of the run did)
+    client: int | None = None
+    tenant: str | None = None
+    step: int | None = None  # that step's seq
+
+
+@dataclasses.dataclass(frozen=True)
+class Wait:
+    """What a step that outlived its deadline waited on, read from the server as superuser, and what
+    the watchdog did about it."""
+
+    deadline: float  # seconds
+    pid: int | None = None  # the backend that waited; None: nothing on the server waited or ran for the step
+    event: str = ""  # wait_event_type/wait_event, e.g. "Lock/advisory"
+    lock: str = ""  # the lock it waited for, e.g. "advisory lock 1234 (ExclusiveLock)"
+    query: str = ""  # the statement that waited (shortened)
+    seconds: float = 0.0  # how long that statement had run when the watchdog looked
+    holders: tuple[Holder, ...] = ()
+    stopped: str = ""  # what the watchdog did: "canceled backend 4242", ...
+
+
+@dataclasses.dataclass(frozen=True)
 class StepRecord:
     seq: int
     client: int
@@ -59,6 +88,8 @@ class StepRecord:
     #: what the step did to pending writes when its kind cannot say (a team action that committed
     #: or rolled back), as an Effect value; None: the kind's own effect
     effect: str | None = None
+    #: the step outlived the step deadline: what it waited on (its error is then the watchdog's cancel)
+    waited: Wait | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,7 +153,7 @@ def step_to_json(step: StepRecord) -> dict[str, Any]:
             "error": None if error is None else {"sqlstate": error.sqlstate, "type": error.type,
                                                   "message": error.message},
             "note": step.note, "wrote": [{"table": r.table, "id": r.id, "owner": r.owner} for r in step.wrote],
-            "effect": step.effect}
+            "effect": step.effect, "waited": None if step.waited is None else dataclasses.asdict(step.waited)}
 
 
 def step_from_json(d: dict[str, Any]) -> StepRecord:
@@ -130,7 +161,14 @@ def step_from_json(d: dict[str, Any]) -> StepRecord:
     return StepRecord(**{**d, "rows": tuple(RowSeen(**r) for r in d["rows"]),
                          "writes": tuple(Write(**w) for w in d["writes"]),
                          "wrote": tuple(RowSeen(**r) for r in d.get("wrote", ())),
-                         "error": ErrorSeen(**d["error"]) if d["error"] else None})
+                         "error": ErrorSeen(**d["error"]) if d["error"] else None,
+                         "waited": _wait_from_json(d.get("waited"))})
+
+
+def _wait_from_json(d: dict[str, Any] | None) -> Wait | None:
+    if not d:
+        return None
+    return Wait(**{**d, "holders": tuple(Holder(**h) for h in d.get("holders", ()))})
 
 
 class HistoryFileSteps:

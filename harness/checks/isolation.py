@@ -130,9 +130,10 @@ def _error_explanation(step: StepRecord) -> str:
 
 
 def check_errors(history: History) -> list[Finding]:
-    """Any other failure: kept apart from isolation findings."""
+    """Any other failure: kept apart from isolation findings. A step the step deadline stopped failed with
+    the harness's cancel: the lock_wait check words it."""
     return [Finding("error", _error_explanation(step), (step.seq,), step.tenant, _gating(history, step))
             for step in history.steps
-            if step.error and step.error.sqlstate != UNDEFINED_TABLE
+            if step.error and step.waited is None and step.error.sqlstate != UNDEFINED_TABLE
             and not (step.error.sqlstate == INSUFFICIENT_PRIVILEGE and "row-level security" in step.error.message)
             and not (needs_quoting(step.tenant) and step.error.sqlstate in IDENTIFIER_SQLSTATES)]

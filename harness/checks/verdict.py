@@ -11,7 +11,8 @@ from harness.checks.findings import Finding
 
 class Verdict(enum.StrEnum):
     """pass: isolation held, with evidence the pooling was exercised; fail: an isolation finding;
-    inconclusive: the run could not create the conditions (errors, no backend reuse)."""
+    inconclusive: the run could not create the conditions (errors, a step stopped by the step deadline,
+    no backend reuse)."""
 
     PASS = "pass"
     FAIL = "fail"
@@ -26,11 +27,16 @@ class Judgement(NamedTuple):
 
 
 def verdict(findings: list[Finding], cov: Coverage) -> Judgement:
-    """fail on any gating isolation finding; inconclusive on errors or without backend reuse; else pass."""
+    """fail on any gating isolation finding; inconclusive on a step the step deadline stopped, on errors or
+    without backend reuse; else pass."""
     failing = [f for f in findings if f.isolation and f.gating]
     if failing:
         kinds = sorted({f.kind for f in failing})
         return Judgement(Verdict.FAIL, f"{len(failing)} isolation finding(s): {', '.join(kinds)}")
+    stuck = [f for f in findings if f.kind == "lock_wait"]
+    if stuck:
+        more = f" (and {len(stuck) - 1} more step(s) stopped by the step deadline)" if len(stuck) > 1 else ""
+        return Judgement(Verdict.INCONCLUSIVE, stuck[0].explanation.rstrip(".") + more)
     errors = [f for f in findings if f.kind == "error" and f.gating]
     if errors:
         return Judgement(Verdict.INCONCLUSIVE, f"{len(errors)} error(s) stopped part of the run")

@@ -17,6 +17,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Connection, Engine
 
 from harness.checks.history import Snapshot
+from harness.config import SETTINGS_BY_NAME
 from harness.errors import StartupTimeout, UsageError
 from harness.stack import POOLED_ROUTES, Missing, Stack
 from harness.team import Team, observer
@@ -31,8 +32,10 @@ KILL_GRACE = 0.25  # seconds a backend may take to exit after PgBouncer's KILL
 class Tenancy:
     """The tenant schemas of one stack: provision once, reset often, read back as superuser."""
 
-    def __init__(self, stack: Stack, tenants: Iterable[str], *, decoys: bool = True, team: Team | None = None):
+    def __init__(self, stack: Stack, tenants: Iterable[str], *, decoys: bool = True, team: Team | None = None,
+                 step_deadline: float = SETTINGS_BY_NAME["step_deadline"].default):
         self.stack = stack
+        self.step_deadline = step_deadline  # seconds a step of a cell on these schemas may take
         self.tenants: tuple[str, ...] = validate_tenants(tuple(stack.tenant_name(t) for t in tenants))
         # The hostile set as this stack names it (the external backend prefixes every schema).
         self.hostile: tuple[str, ...] = tuple(stack.tenant_name(t) for t in HOSTILE_TENANTS)

@@ -66,7 +66,7 @@ class CellSetup:
             self.team = None if own_models else tenancy.team
             self.runner = Runner(stack, route, self.strategy, tenants=tenancy.tenants, lean=lean,
                                  models=self.target.models if own_models else None, url=self.target.url(route),
-                                 team=self.team)
+                                 team=self.team, step_deadline=tenancy.step_deadline)
         except BaseException:
             self.strategy.close()
             raise
@@ -85,8 +85,9 @@ class CellSetup:
         """
         runner = Runner(self.stack, self.route, self.spec.create(self.target.url(self.route)),
                         tenants=self.tenancy.tenants, lean=self.runner.lean, models=self.runner.models,
-                        url=self.runner.url, team=self.team)
+                        url=self.runner.url, team=self.team, step_deadline=None)
         runner.ids, runner.seq = self.runner.ids, self.runner.seq
+        runner.watchdog, runner.owns_watchdog = self.runner.watchdog, False  # one watchdog for the cell
         return runner
 
     def history(self, tenants: tuple[str, ...] | None = None, **fields: Any) -> History:

@@ -105,6 +105,7 @@ class Exploration:
     last: CellResult | None = None
     last_failure: CellResult | None = None
     failing_program: Program | None = None
+    stuck: CellResult | None = None  # the first example with a step the step deadline stopped
 
 
 def explore(stack: Stack, tenancy: Tenancy, spec: StrategySpec, route: str, profile: Profile, *,
@@ -128,6 +129,8 @@ def explore(stack: Stack, tenancy: Tenancy, spec: StrategySpec, route: str, prof
         seen.shared_backends += result.coverage.shared_backends
         seen.probed += result.coverage.probed_connections
         seen.errors += sum(1 for f in result.findings if f.kind == "error" and f.gating)
+        if seen.stuck is None and any(f.kind == "lock_wait" for f in result.findings):
+            seen.stuck = result
         if result.verdict is Verdict.FAIL:
             if seen.seconds_to_first_failure is None:
                 seen.seconds_to_first_failure = time.monotonic() - started
@@ -161,6 +164,9 @@ def explore(stack: Stack, tenancy: Tenancy, spec: StrategySpec, route: str, prof
                   f"({program} program step{'s' * (program != 1)}) after {seen.examples} example(s)"
                   + (" (flaky on replay)" if flaky else ""))
         judged = Judgement(Verdict.FAIL, reason)
+    elif seen.stuck is not None:  # a blocked step is the first thing to say, with its example's evidence
+        final = seen.stuck
+        judged = Judgement(Verdict.INCONCLUSIVE, f"{final.reason} (in one of {seen.examples} examples)")
     elif seen.errors:
         final, judged = seen.last, Judgement(Verdict.INCONCLUSIVE, f"{seen.errors} error(s) in {seen.examples} examples")
     elif not cov.exercised:

@@ -29,7 +29,7 @@ from harness.workload.cell import CellResult, CellSetup
 from harness.workload.program import Request
 from harness.workload.runner import Client
 
-STUCK_GRACE = 60.0  # seconds past the duration bound before a thread is called stuck
+STUCK_GRACE = 60.0  # seconds past the duration bound (and two step deadlines) before a thread is given up on
 
 
 @dataclasses.dataclass
@@ -105,13 +105,14 @@ def hammer(stack: Stack, tenancy: Tenancy, spec: StrategySpec, route: str, *, th
     lock = threading.Lock()
     deadline = time.monotonic() + max_seconds
     failures: list[BaseException] = []
+    buffers: dict[int, list[str]] = {}  # each thread's lines not yet written, kept for a thread given up on
 
     def worker(index: int) -> None:
         rng = random.Random(seed * 1000 + index)
         # An async layer gets an event loop per thread (several loops on threads), and so an instance per thread.
         mine = cell.runner_for_thread() if strategy.is_async else runner
         client = Client(index, loop=mine.loop() if strategy.is_async else None)
-        lines: list[str] = []
+        lines = buffers[index] = []
         try:
             while True:
                 with lock:
@@ -134,15 +135,25 @@ def hammer(stack: Stack, tenancy: Tenancy, spec: StrategySpec, route: str, *, th
     workers = [threading.Thread(target=worker, args=(i,), name=f"hammer-{i}", daemon=True) for i in range(threads)]
     for thread in workers:
         thread.start()
+    # The step deadline stops a blocked step (cancel, then terminate a deadline later); a thread still
+    # running after that and the grace hangs where the server cannot help (Python, PgBouncer's queue).
+    grace = max_seconds + STUCK_GRACE + (2 * runner.watchdog.deadline if runner.watchdog else 0)
     for thread in workers:
-        thread.join(max_seconds + STUCK_GRACE)
+        thread.join(max(0.0, started + grace - time.monotonic()))
     stuck = [t.name for t in workers if t.is_alive()]
     seconds = time.monotonic() - started
     if stuck:
-        runner.close_strategy()
-        out.close()
-        raise RuntimeError(f"hammer threads {', '.join(stuck)} did not finish within {max_seconds + STUCK_GRACE:.0f}s "
-                           "(a step hangs: a lock wait or a pool exhausted); no verdict is given for this cell")
+        if runner.watchdog is None:
+            runner.close_strategy()
+            out.close()
+            raise RuntimeError(f"hammer threads {', '.join(stuck)} did not finish within {grace:.0f}s "
+                               "(a step hangs: a lock wait or a pool exhausted); no verdict is given for this cell")
+        # Given up on: their buffered steps and the step each is stuck in go into the history, the rest is checked.
+        for index, thread in enumerate(workers):
+            if thread.is_alive():
+                out.flush(buffers[index])
+        out.flush([json.dumps(step_to_json(record), ensure_ascii=False) for record in runner.watchdog.in_flight(
+            f"the hammer gave up on its thread after {grace:.0f} s")])
     try:
         probes = runner.probe(after_step=0)
     finally:

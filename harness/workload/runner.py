@@ -27,6 +27,7 @@ from harness.team import steps as team_steps
 from harness.tenancy.strategy import Strategy
 from harness.workload import probe as pool_probe
 from harness.workload.actions import ACTIONS, Context, error_seen
+from harness.workload.deadline import DEFAULT_STEP_DEADLINE, Slot, Watchdog
 from harness.workload.program import Program, Request
 
 T = TypeVar("T")
@@ -50,6 +51,7 @@ class Client:
     is_async: bool = False  # the strategy's session() gave an AsyncSession
     loop: asyncio.AbstractEventLoop | None = None  # where this client's async steps run
     step_context: Any = None  # the Context its steps get (models, id counter, client), made once
+    watch: Slot | None = None  # its slot in the step deadline's watchdog, made once
 
 
 class Runner:
@@ -57,7 +59,7 @@ class Runner:
 
     def __init__(self, stack: Stack, route: str, strategy: Strategy, *,
                  tenants: tuple[str, ...] = (), lean: bool = False, models: ModelSet | None = None,
-                 url=None, team: Team | None = None):
+                 url=None, team: Team | None = None, step_deadline: float | None = DEFAULT_STEP_DEADLINE):
         self.url = url or stack.url(route)  # what the strategy connects to
         self.stack = stack
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -71,6 +73,9 @@ class Runner:
         self.team = team  # the team's tables and code paths, whose steps programs may list
         self.ids = itertools.count(FIRST_WRITTEN_ID)
         self.seq = itertools.count(1)
+        # Stops a step blocked past the deadline (None: no deadline); no thread or connection until a step runs.
+        self.watchdog = Watchdog(stack.superuser_url, stack.app_role, step_deadline) if step_deadline else None
+        self.owns_watchdog = True  # False for a runner sharing another's (the hammer's per-thread instances)
 
     # -- program --------------------------------------------------------------------
     def run(self, program: Program, history: History) -> History:
@@ -115,7 +120,27 @@ class Runner:
 
     # -- one action -----------------------------------------------------------------
     def act(self, client: Client, r: int, request: Request, action: str) -> StepRecord:
+        """Run one action of a client and record it; past the step deadline, the watchdog stops it and the
+        record says what it waited on."""
         seq = next(self.seq)
+        watchdog = self.watchdog
+        if watchdog is None:
+            return self._act(client, r, request, action, seq)
+        slot = client.watch or self._watch(client, watchdog)
+        watchdog.begin(slot, seq, r, request.tenant, action)
+        record = None
+        try:
+            record = self._act(client, r, request, action, seq)
+        finally:
+            waited = watchdog.end(slot, None if record is None else record.pid)
+        return record if waited is None else dataclasses.replace(record, waited=waited)
+
+    @staticmethod
+    def _watch(client: Client, watchdog: Watchdog) -> Slot:
+        client.watch = watchdog.slot(client.index)
+        return client.watch
+
+    def _act(self, client: Client, r: int, request: Request, action: str, seq: int) -> StepRecord:
         kind = step_kind(action)
         base = dict(seq=seq, client=client.index, request=r, tenant=request.tenant, step=action, style=kind.style)
         if action in ("open", "end_request"):
@@ -214,8 +239,10 @@ class Runner:
         return None
 
     def close_strategy(self) -> None:
-        """Close the strategy (on the loop its async engine lives on), then the loop."""
+        """Close the strategy (on the loop its async engine lives on), then the loop; stop the watchdog."""
         try:
+            if self.watchdog is not None and self.owns_watchdog:
+                self.watchdog.close()
             if self._bouncer_probe is not None:
                 self._bouncer_probe.close()
             self.strategy.close(loop=self._loop)
