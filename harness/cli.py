@@ -101,11 +101,51 @@ def cmd_verify(args: argparse.Namespace) -> int:
     for path in scan:
         if not path.exists():
             raise UsageError(f"--scan {path}: no such file or folder.", fix=["give the folder of your application code"])
-    with signals.teardown_on_signals():
-        run = run_verify(config, seed=seed, scan=scan)
+    gathered = PartialResults(config.report_dir)
+    try:
+        with signals.teardown_on_signals():
+            run = run_verify(config, seed=seed, scan=scan, on_progress=gathered.update)
+    except BaseException:
+        gathered.keep()  # a run that fails late keeps the cells it finished, in a report marked incomplete
+        raise
     folder = write_report(run, config.report_dir)
     print(summary(run, folder / "index.html"))
     return 0 if run.ok else 1
+
+
+class PartialResults:
+    """results.json rewritten as cells finish (at most once a second), and a whole report of the finished
+    cells when the run stops early: what a late failure cannot take away."""
+
+    INTERVAL = 1.0
+
+    def __init__(self, report_dir: Path):
+        self.report_dir = report_dir
+        self.run = None
+        self.written = 0.0
+
+    def update(self, run) -> None:
+        from harness.report.results import results_json
+        from harness.report.writer import write_partial_results
+
+        self.run = run
+        now = time.monotonic()
+        if now - self.written >= self.INTERVAL:
+            self.written = now
+            write_partial_results(results_json(run), self.report_dir)
+
+    def keep(self) -> None:
+        from harness.report import write_report
+
+        if self.run is None or not self.run.cells:
+            return
+        try:
+            folder = write_report(self.run, self.report_dir)
+        except Exception as exc:  # noqa: BLE001 - the run's own error is what the user must see first
+            print(f"harness: the {len(self.run.cells)} finished cell(s) could not be written: {exc}", file=sys.stderr)
+            return
+        print(f"harness: the run stopped early; the {len(self.run.cells)} cell(s) that finished are in "
+              f"{folder / 'index.html'} (marked incomplete)", file=sys.stderr)
 
 
 def summary(run, report: Path) -> str:

@@ -55,6 +55,8 @@ class VerifyRun:
     #: {"index": K, "count": N} for `--shard K/N`, else None
     shard: dict[str, int] | None = None
     jobs: int = 1
+    #: False while cells are still running (or when the run stopped before its last cell)
+    complete: bool = True
 
     @property
     def failing_cells(self) -> list[CellResult]:
@@ -121,8 +123,12 @@ def shard_of(cells: list[PlannedCell], shard: tuple[int, int] | None) -> list[Pl
 
 def run_verify(config: HarnessConfig, *, seed: int, scan: list[Path] | None = None,
                progress_out: TextIO = sys.stderr,
-               on_cell: Callable[[CellResult], None] | None = None) -> VerifyRun:
-    """Load everything first (bad input fails before a server starts), then run every cell."""
+               on_cell: Callable[[CellResult], None] | None = None,
+               on_progress: Callable[[VerifyRun], None] | None = None) -> VerifyRun:
+    """Load everything first (bad input fails before a server starts), then run every cell.
+
+    ``on_progress`` gets the run after each cell, with the cells so far in plan order and ``complete``
+    False, so a front end can keep what was gathered if the run fails late."""
     names = list(config.strategies) or list(BUILTINS)
     specs: list[StrategySpec] = [load_strategy(n) for n in names]
     load_team(config)  # a broken --models or --actions fails here, before any server starts
@@ -133,6 +139,7 @@ def run_verify(config: HarnessConfig, *, seed: int, scan: list[Path] | None = No
     run = VerifyRun(run_id=dt.datetime.now().strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6],
                     started=dt.datetime.now(dt.timezone.utc), config=config, strategies=[s.name for s in specs],
                     scenarios=scenarios, builtin_self_check=not config.strategies, seed=seed)
+    run.complete = False  # until the last cell is in
     started = time.monotonic()
     if scan:
         run.scan_paths = [str(p) for p in scan]
@@ -162,10 +169,15 @@ def run_verify(config: HarnessConfig, *, seed: int, scan: list[Path] | None = No
         progress.cell(result)
         if on_cell:
             on_cell(result)
+        if on_progress:
+            run.cells = [results[i] for i in sorted(results)]
+            run.seconds = time.monotonic() - started
+            on_progress(run)
 
     if cells:
         run_cells(config, specs, cells, seed, gate=not run.builtin_self_check, jobs=run.jobs, on_info=on_info,
                   on_result=on_result)
     run.cells = [results[i] for i in sorted(results)]
     run.seconds = time.monotonic() - started
+    run.complete = True
     return run

@@ -30,7 +30,7 @@ def test_a_sound_user_strategy_passes_the_gate(tmp_path):
     assert "harness verify: PASS" in done.stdout
     assert (tmp_path / "reports" / "latest" / "index.html").exists()
     data = results(tmp_path)
-    assert data["verdict"] == "pass" and not data["builtin_self_check"]
+    assert data["verdict"] == "pass" and not data["builtin_self_check"] and data["complete"] is True
     assert {c["scenario"] for c in data["cells"]} >= {"fresh_session", "pool_state", "generated", "hammer"}
     assert all(c["required"] == "pass" for c in data["cells"])
     # Progress lines name the cell, the count and the time left.
@@ -73,3 +73,34 @@ def test_a_report_folder_that_is_a_file_is_refused_before_anything_starts(tmp_pa
     assert done.returncode == 2, done.stdout + done.stderr
     assert "--report-dir" in done.stderr and "To fix this" in done.stderr
     assert "[  1/" not in done.stderr  # no cell ran
+
+
+def test_results_are_written_as_cells_finish_and_kept_when_the_run_stops_early(tmp_path):
+    import signal
+    import time
+
+    reports = tmp_path / "reports"
+    proc = subprocess.Popen([sys.executable, "-m", "harness", "verify", "--jobs", "1", "--profile", "dev",
+                             "--strategy", "translate_map_pinned", "--routes", "direct", "--report-dir", str(reports),
+                             "--example-db", str(tmp_path / "examples"), "--seed", "1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    try:
+        progress = ""
+        while not progress.startswith("[  2/") and proc.poll() is None:
+            progress = proc.stderr.readline()
+        deadline = time.monotonic() + 10  # the first cells are in results.json while the run goes on
+        while not list(reports.glob("*/results.json")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        (during,) = reports.glob("*/results.json")
+        partial = json.loads(during.read_text())
+        assert partial["complete"] is False and partial["verdict"] == "fail" and partial["cells"]
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "cell(s) that finished are in" in err, err
+    kept = json.loads((reports / "latest" / "results.json").read_text())
+    assert kept["complete"] is False and kept["verdict"] == "fail" and 2 <= len(kept["cells"]) < 10
+    assert "INCOMPLETE" in (reports / "latest" / "index.html").read_text()

@@ -105,6 +105,8 @@ def merge_results(shards: list[Shard]) -> dict[str, Any]:
         scan["not_scanned"] = _once(f for s in scans for f in s.get("not_scanned", []))
     ok = all(c["as_required"] for c in cells) and not (scan and any(f.get("gating", True)
                                                                      for f in scan["findings"]))
+    complete = all(s.results.get("complete", True) for s in ordered)  # a shard that stopped early: no pass
+    ok = ok and complete
     started = min(s.results["started"] for s in ordered)
     environment = next((_environment(s) for s in ordered if _environment(s)), {})
     stamp = dt.datetime.fromisoformat(started).strftime("%Y%m%d-%H%M%S")
@@ -121,7 +123,7 @@ def merge_results(shards: list[Shard]) -> dict[str, Any]:
         "not_run": _once(item for s in ordered for item in s.results.get("not_run", [])),
         "migration": migration_rows(cells),
         "scan": scan,
-        "plan": first["plan"], "shard": None,
+        "plan": first["plan"], "shard": None, "complete": complete,
         "merged_from": [{"run_id": s.results["run_id"], "started": s.results["started"],
                          "seconds": s.results["seconds"], "index": s.index, "count": s.count} for s in ordered],
     }

@@ -39,6 +39,9 @@ removal or a change of meaning bumps it):
   every shard of one run
 - ``shard``: null for a whole run, or ``index`` (1..count) and ``count``: this
   report holds that shard's cells only (``harness report merge`` joins them)
+- ``complete``: true for a finished run; false in the results.json that
+  `harness verify` rewrites as cells finish, and in the report of a run that
+  stopped early (its finished cells only; its verdict is then ``fail``)
 - ``merged_from`` (merged reports only): one object per shard: ``run_id``,
   ``started``, ``seconds``, ``index``, ``count``
 """
@@ -104,11 +107,13 @@ def cell_json(cell: CellResult) -> dict[str, Any]:
 
 def results_json(run) -> dict[str, Any]:
     cells = [cell_json(c) for c in run.cells]
+    complete = bool(getattr(run, "complete", True))
     shard = getattr(run, "shard", None)
     return {
         "schema": SCHEMA, "version": VERSION, "run_id": run.run_id, "started": run.started.isoformat(),
-        "seconds": round(run.seconds, 1), "verdict": Verdict.PASS if run.ok else Verdict.FAIL,
-        "exit_status": 0 if run.ok else 1, "builtin_self_check": run.builtin_self_check,
+        # an incomplete run (still going, or stopped early) is not a pass, whatever its finished cells say
+        "seconds": round(run.seconds, 1), "verdict": Verdict.PASS if run.ok and complete else Verdict.FAIL,
+        "exit_status": 0 if run.ok and complete else 1, "builtin_self_check": run.builtin_self_check,
         "strategies": run.strategies, "routes": list(run.routes or run.config.routes),
         "scenarios": _planned_scenarios(run), "environment": run.environment,
         "cells": cells,
@@ -117,6 +122,8 @@ def results_json(run) -> dict[str, Any]:
         "scan": None if run.scan is None else _scan(run),
         "plan": getattr(run, "plan", None) or None,  # a run that was given no plan says null, not ""
         "shard": None if shard is None else {"index": int(shard["index"]), "count": int(shard["count"])},
+        # False while the run is going (results.json is rewritten as cells finish) or when it stopped early
+        "complete": complete,
     }
 
 

@@ -30,6 +30,9 @@ def headline(results: dict[str, Any]) -> str:
     findings = scan.get("findings", [])
     gating = sum(bool(f.get("gating", True)) for f in findings)
     tail = (f"; the static scan found {len(findings)} finding(s), {gating} gating" if findings else "")
+    if results.get("complete") is False:
+        return (f"INCOMPLETE: the run stopped after {len(cells)} cell(s), so it cannot pass; of those, "
+                + _cells_sentence(results, cells, off) + tail)
     return ("PASS: " if results["verdict"] == Verdict.PASS else "FAIL: ") + _cells_sentence(results, cells, off) + tail
 
 
@@ -69,6 +72,17 @@ def render_html(results: dict[str, Any], history: list[dict[str, Any]]) -> str:
         # on a stack (not_run) would otherwise be a row of empty marks.
         rows={d: [s for s in plan.strategies if (d, s) in measured] for d in plan.deployments},
         letters=route_letters(plan.routes), migration_columns=COLUMNS, trend=history)
+
+
+def write_partial_results(results: dict[str, Any], report_dir: Path) -> Path:
+    """Rewrite <report_dir>/<run_id>/results.json while the run goes on (atomically: a reader never sees
+    half a file); the full report replaces it at the end. Return the folder."""
+    folder = report_dir / results["run_id"]
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".results-{os.getpid()}.json"
+    tmp.write_text(json.dumps(results, indent=1, ensure_ascii=False, default=str), encoding="utf-8")
+    os.replace(tmp, folder / "results.json")
+    return folder
 
 
 def write_report_folder(results: dict[str, Any], report_dir: Path) -> Path:
