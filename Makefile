@@ -69,6 +69,7 @@ bench: setup
 	$(BIN)/python bench/workload.py
 	$(BIN)/python bench/verify_wall_time.py
 	$(BIN)/python bench/team.py
+	$(BIN)/python bench/probe.py
 	$(BIN)/python bench/scan.py
 
 clean:

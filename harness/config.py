@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from harness.errors import UsageError
+from harness.tenancy.tenants import parse_tenants, tenant_set
 
 
 def _bool(value: Any) -> bool:
@@ -138,7 +139,10 @@ SETTINGS: tuple[Setting, ...] = (
             "Routes to run, comma-separated: direct, session, transaction."),
     Setting("scenarios", (), _names,
             "Scenarios to run, comma-separated (default: all): the named ones, generated, hammer."),
-    Setting("tenants", 4, int, "How many tenant schemas to provision (at least 2; the first four are fixed names)."),
+    Setting("tenants", 4, parse_tenants,
+            "The tenant set: a count of tenant schemas to provision (at least 2; the first four are fixed names), "
+            "or your own names, comma-separated (--tenants acme,tenant_acme,globex; in [tool.harness] a list: "
+            "tenants = [\"acme\", \"tenant_acme\"]): at least two, each a valid schema name."),
     Setting("models", None, lambda v: str(v) if v not in (None, "") else None,
             "Your own SQLAlchemy metadata (package.module:attr) to create in every tenant schema "
             "next to the harness's models; it must hold tables in the 'tenant' schema. Every tenant's copy "
@@ -206,7 +210,7 @@ class HarnessConfig:
     strategies: tuple[str, ...]
     routes: tuple[str, ...]
     scenarios: tuple[str, ...]
-    tenants: int
+    tenants: int | tuple[str, ...]  # a count of default tenants, or the names given
     models: str | None
     actions: tuple[str, ...]
     #: absolute folders, resolved by :func:`resolve_config` (never empty after it)
@@ -313,7 +317,9 @@ def resolve_config(
     values["pythonpath"] = _absolute_pythonpath(values["pythonpath"], sources["pythonpath"], cwd, pyproject,
                                                 held is not None)
     config = HarnessConfig(**values, sources=sources)
-    bounds = [("tenants", config.tenants, 2), ("hammer_threads", config.hammer_threads, 1),
+    if isinstance(config.tenants, tuple):
+        tenant_set(config.tenants)  # every name checked before anything starts
+    bounds = [("tenants", config.tenants if isinstance(config.tenants, int) else None, 2), ("hammer_threads", config.hammer_threads, 1),
               ("hammer_requests", config.hammer_requests, 1), ("hammer_seconds", config.hammer_seconds, 0.001),
               ("session_pool_size", config.session_pool_size, 1), ("transaction_pool_size", config.transaction_pool_size, 1),
               ("start_timeout", config.start_timeout, 0.001), ("jobs", config.jobs, 1),

@@ -41,7 +41,7 @@ from harness.stack import Missing, Stack, signals, start_stack
 from harness.team import Team, load_team
 from harness.tenancy.provisioning import Tenancy
 from harness.tenancy.strategy import StrategySpec, load_strategy
-from harness.tenancy.tenants import HOSTILE_TENANTS, default_tenants
+from harness.tenancy.tenants import HOSTILE_TENANTS, tenant_set
 from harness.workload.cell import CellResult
 from harness.workload.scenarios import (GENERATED, HAMMER, CellContext, Replay, replay_command, replay_settings,
                                         run_scenario)
@@ -97,7 +97,7 @@ def environment(stack: Stack, config: HarnessConfig, seed: int, decoys: bool,
         "seed": "derandomized" if config.derandomize else str(seed),
         "session_pool_size": str(config.session_pool_size),
         "transaction_pool_size": str(config.transaction_pool_size),
-        "tenants": str(config.tenants),
+        "tenants": setting_text(config.tenants),
         "decoys": "on" if decoys else ("off" if stack.owns_public else "off (the harness does not write to public here)"),
         "models": (f"{code['models']} (tenant tables: {', '.join(code['tenant_tables']) or 'none'})"
                    if code["models"] else "the harness's own only"),
@@ -161,7 +161,7 @@ class StackCells:
                 raise UsageError("Nothing can run on this stack.",
                                  checked=[f"{item['what']}: {item['reason']}" for item in not_run],
                                  fix=["give the routes' DSNs, or use the native or docker backend"])
-            self.tenancy = Tenancy(stack, default_tenants(config.tenants), decoys=config.decoys,
+            self.tenancy = Tenancy(stack, tenant_set(config.tenants), decoys=config.decoys,
                                    team=self.team, step_deadline=config.step_deadline)
             self.info = StackInfo(routes, runnable, not_run,
                                   environment(stack, config, self.seed, self.tenancy.decoys, self.team))

@@ -16,7 +16,7 @@ from harness.stack import Missing, Stack, signals, start_stack
 from harness.team import load_team
 from harness.tenancy.provisioning import Tenancy
 from harness.tenancy.strategy import BUILTINS, StrategySpec, load_strategy, resolve_spec, short_name
-from harness.tenancy.tenants import HOSTILE_TENANTS, default_tenants
+from harness.tenancy.tenants import HOSTILE_TENANTS, tenant_set
 from harness.report.explain import verdict_matrix, write_cell_results
 from harness.workload.cell import CellResult
 from harness.workload.generated import Profile
@@ -89,7 +89,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 @pytest.fixture(scope="session")
 def tenancy(stack: Stack, harness_config: HarnessConfig) -> Iterator[Tenancy]:
     """The tenant schemas (the default set plus the hostile names), provisioned once per session."""
-    schemas = Tenancy(stack, default_tenants(harness_config.tenants), decoys=harness_config.decoys,
+    schemas = Tenancy(stack, tenant_set(harness_config.tenants), decoys=harness_config.decoys,
                       team=load_team(harness_config), step_deadline=harness_config.step_deadline)
     schemas.provision()
     schemas.provision(HOSTILE_TENANTS)

@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
-
-from sqlalchemy import create_engine
-from sqlalchemy.orm import Session
+from verdict_strategies import SharedEngine
 
 
-class WrongPassword:
+class WrongPassword(SharedEngine):
     """A layer whose engine cannot log in: every data step fails with an error that is not isolation."""
 
+    raw_sql = ("unqualified",)  # the interface's default
+
     def __init__(self, url):
-        self.engine = create_engine(url.set(password="wrong"), connect_args={"prepare_threshold": None})
-
-    @contextlib.contextmanager
-    def session(self, tenant):
-        with Session(self.engine.execution_options(schema_translate_map={"tenant": tenant})) as session:
-            yield session
-
-    def close(self):
-        self.engine.dispose()
+        super().__init__(url.set(password="wrong"))

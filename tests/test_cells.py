@@ -65,8 +65,10 @@ def test_a_failing_statement_is_not_an_error_finding(stack, tenancy):
 
 
 def test_a_strategy_that_breaks_gives_error_findings_and_no_pass(stack, tenancy):
-    """A step error that is not about isolation is kept apart: inconclusive, never pass."""
+    """A step error that is not about isolation is kept apart, never a pass; a layer whose every
+    connection is refused (it cannot log in) cannot run, and the verdict says what the server answered."""
     program = Program(((Request("acme", ("orm_select_all",)), Request("globex", ("orm_select_all",))),))
     result = run_cell(stack, tenancy, load_strategy("cell_strategies:WrongPassword"), "direct", "broken", program)
     assert {f.kind for f in result.findings} == {"error"}, explain(result)
-    assert result.verdict.value == "inconclusive"
+    assert result.verdict.value == "cannot_run"
+    assert "password authentication failed" in result.reason, result.reason

@@ -108,9 +108,11 @@ def test_needs_quoting(name, expected):
     assert needs_quoting(name) is expected
 
 
-def test_hostile_names_need_quoting_except_the_plain_non_ascii_ones():
-    # café, 東京 and the 63-byte name are valid unquoted identifiers: they test non-ASCII and length.
-    assert [n for n in HOSTILE_TENANTS if not needs_quoting(n)] == ["café", "東京", "t" * 59 + "ää"]
+def test_hostile_names_need_quoting_except_the_plain_non_ascii_ones_and_the_prefix_pairs():
+    # café, 東京 and the 63-byte name are valid unquoted identifiers: they test non-ASCII and length;
+    # x, tenant_x and x_y test layers that derive or match tenants by prefix.
+    assert [n for n in HOSTILE_TENANTS if not needs_quoting(n)] == ["café", "東京", "t" * 59 + "ää",
+                                                                     "x", "tenant_x", "x_y"]
 
 
 # -- settings naming routes and strategies ---------------------------------------------------------

@@ -102,5 +102,6 @@ def test_results_are_written_as_cells_finish_and_kept_when_the_run_stops_early(t
     assert proc.returncode == 128 + signal.SIGTERM, err
     assert "cell(s) that finished are in" in err, err
     kept = json.loads((reports / "latest" / "results.json").read_text())
-    assert kept["complete"] is False and kept["verdict"] == "fail" and 2 <= len(kept["cells"]) < 10
+    # (the signal may land between cell 2's progress line and its results: at least cell 1 is kept)
+    assert kept["complete"] is False and kept["verdict"] == "fail" and 1 <= len(kept["cells"]) < 10
     assert "INCOMPLETE" in (reports / "latest" / "index.html").read_text()

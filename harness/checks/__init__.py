@@ -20,6 +20,7 @@ from harness.checks.history import History, HistoryFileSteps, StepRecord
 from harness.checks.isolation import (check_context_lost, check_cross_tenant_reads, check_errors, check_team_writes,
                                       check_unsafe_identifiers)
 from harness.checks.pool import check_pool_pollution
+from harness.checks.refusals import check_refusals
 from harness.checks.verdict import Judgement, Verdict, verdict
 from harness.checks.waits import check_lock_waits
 from harness.checks.writes import check_writes
@@ -48,6 +49,7 @@ CHECKS: tuple[Check, ...] = (
     Check("unsafe_identifier", check_unsafe_identifiers, streams=True),
     Check("error", check_errors, streams=True),
     Check("lock_wait", check_lock_waits, streams=True),  # steps the step deadline stopped
+    Check("refused", check_refusals, streams=True),  # tenant names the layer refused before any SQL
 )
 
 
@@ -94,4 +96,5 @@ def check_history_file(history: History, path: Path) -> tuple[list[Finding], lis
     whole = dataclasses.replace(history, steps=steps)
     findings.extend(finding for check in CHECKS if not check.streams for finding in check.run(whole))
     counter.probed = sum(len(p.states) for p in history.probes)
+    counter.pools = history.pools
     return _in_step_order(findings), flagged, counter.result()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 
 from harness.checks.history import History, StepRecord
+from harness.checks.refusals import is_connection_refusal, is_name_refusal, server_message
 
 
 @dataclasses.dataclass(frozen=True)
@@ -18,10 +19,22 @@ class Coverage:
     shared_backends: int  # backends that served more than one tenant
     tenants: int
     probed_connections: int
+    #: every tenant's sessions drew their connections from pools no other tenant's sessions used (the layer
+    #: keeps one pool per tenant, so no backend can serve two tenants by construction)
+    separate_pools: bool = False
+    #: the server's message when every failure of the run was a refused connection (else "")
+    connection_refused: str = ""
+    #: tenant names the layer refused before any SQL reached the server
+    refused_tenants: tuple[str, ...] = ()
 
     @property
     def exercised(self) -> bool:
         return self.shared_backends > 0
+
+    @property
+    def structural(self) -> bool:
+        """No backend served two tenants because the layer keeps one pool per tenant, not by chance."""
+        return self.separate_pools and self.shared_backends == 0 and self.backends > 0
 
     def describe(self) -> str:
         return (f"{self.steps} steps over {self.tenants} tenants on {self.backends} backends; "
@@ -37,17 +50,44 @@ class CoverageCounter:
         self.tenants: set[str] = set()
         self.tenants_by_pid: dict[int, set[str]] = {}
         self.probed = 0
+        self.pools: dict[str, tuple[str, ...]] = {}  # the history's pools per tenant
+        self.refusals: list[str] = []  # the server's messages of refused connections (the first few)
+        self.other_errors = 0  # failures that were not a refused connection
+        self.refused: dict[str, None] = {}  # tenant names the layer refused, in order
 
     def feed(self, step: StepRecord) -> None:
         self.steps += 1
         self.tenants.add(step.tenant)
         if step.pid is not None:
             self.tenants_by_pid.setdefault(step.pid, set()).add(step.tenant)
+        if step.error is not None and is_name_refusal(step):
+            self.refused.setdefault(step.tenant)
+        elif step.error is not None:
+            if step.waited is None and is_connection_refusal(step.error):
+                if len(self.refusals) < 3:
+                    self.refusals.append(server_message(step.error))
+            else:
+                self.other_errors += 1
+
+    def _separate_pools(self) -> bool:
+        served = [t for t in self.tenants if t not in self.refused]
+        if len(served) < 2 or any(not self.pools.get(t) for t in served):
+            return False
+        owners: dict[str, str] = {}
+        for tenant in served:
+            for pool in self.pools[tenant]:
+                if owners.setdefault(pool, tenant) != tenant:
+                    return False
+        return True
 
     def result(self) -> Coverage:
+        refused_connection = (self.refusals[0] if self.refusals and not self.other_errors
+                              and not self.tenants_by_pid else "")
         return Coverage(steps=self.steps, backends=len(self.tenants_by_pid),
                         shared_backends=sum(1 for t in self.tenants_by_pid.values() if len(t) > 1),
-                        tenants=len(self.tenants), probed_connections=self.probed)
+                        tenants=len(self.tenants), probed_connections=self.probed,
+                        separate_pools=self._separate_pools(), connection_refused=refused_connection,
+                        refused_tenants=tuple(self.refused))
 
 
 def coverage(history: History) -> Coverage:
@@ -55,4 +95,5 @@ def coverage(history: History) -> Coverage:
     for step in history.steps:
         counter.feed(step)
     counter.probed = sum(len(p.states) for p in history.probes)
+    counter.pools = history.pools
     return counter.result()

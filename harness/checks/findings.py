@@ -6,9 +6,10 @@ import dataclasses
 
 ISOLATION_KINDS = ("cross_tenant_read", "misplaced_write", "lost_write", "context_lost", "pool_pollution",
                    "unsafe_identifier")
-#: not about isolation, kept apart: ``error`` (any other failure) and ``lock_wait`` (a step that outlived the
-#: step deadline, stopped by the harness; its explanation names what it waited on and who held it)
-KINDS = ISOLATION_KINDS + ("error", "lock_wait")
+#: not about isolation, kept apart: ``error`` (any other failure), ``lock_wait`` (a step that outlived the
+#: step deadline, stopped by the harness; its explanation names what it waited on and who held it) and
+#: ``refused`` (the layer refused a tenant name before any SQL reached the server: sound, never gating)
+KINDS = ISOLATION_KINDS + ("error", "lock_wait", "refused")
 
 
 @dataclasses.dataclass(frozen=True)

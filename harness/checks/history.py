@@ -92,36 +92,106 @@ class StepRecord:
     waited: Wait | None = None
 
 
+#: The kinds of session state the pool probe compares with a pristine connection: kind -> (label, what it is,
+#: what clears it). Every pool_pollution leftover starts with or contains its label; the report shows this legend.
+STATE_KINDS: dict[str, tuple[str, str, str]] = {
+    "search_path": ("search_path", "the schema search path, if not the server's default",
+                    "RESET / DISCARD ALL; not ROLLBACK after a committed SET"),
+    "session_setting": ("session setting", "any setting whose source is the session (pg_settings source = "
+                        "'session': statement_timeout, default_transaction_read_only, ...) and whose value differs "
+                        "from a fresh connection's", "RESET ALL / DISCARD ALL"),
+    "custom_setting": ("custom setting", "a placeholder setting such as app.tenant_id (hidden from pg_settings): "
+                       "names come from the strategy's settings, SET/set_config in the run's statements, and "
+                       "current_setting() in row-level security policies and functions",
+                       "RESET ALL / DISCARD ALL (the name then stays, empty)"),
+    "role": ("role", "SET ROLE: the current user differs from the session user", "RESET ROLE / RESET ALL"),
+    "session_authorization": ("session authorization", "SET SESSION AUTHORIZATION (superuser logins only): the "
+                              "session user differs from the login", "RESET SESSION AUTHORIZATION / DISCARD ALL; "
+                              "not RESET ALL"),
+    "prepared_statement": ("prepared statement", "a SQL-level PREPARE (pg_prepared_statements.from_sql); the "
+                           "driver's protocol-level statements (psycopg's _pg3_*) are its own cache and not counted",
+                           "DEALLOCATE ALL / DISCARD ALL"),
+    "temp_table": ("temp table", "a temporary table of the session", "DROP / DISCARD ALL (or ON COMMIT DROP)"),
+    "advisory_lock": ("advisory lock", "a session-level advisory lock held (pg_locks)",
+                      "pg_advisory_unlock_all() / DISCARD ALL; not ROLLBACK"),
+    "listen": ("LISTEN", "a LISTEN channel (pg_listening_channels())", "UNLISTEN * / DISCARD ALL"),
+    "cursor": ("WITH HOLD cursor", "a cursor kept open past its transaction (pg_cursors)",
+               "CLOSE ALL / DISCARD ALL"),
+    "open_transaction": ("open transaction", "the connection was returned inside a transaction", "ROLLBACK"),
+}
+
+
+def _named(count: int, label: str, names: tuple[str, ...]) -> str:
+    return f"{count} {label}(s)" + (f": {', '.join(names)}" if names else "")
+
+
 @dataclasses.dataclass(frozen=True)
 class ConnectionState:
-    """What the pool probe read on one server connection."""
+    """What the pool probe read on one server connection, as differences from a pristine connection."""
 
     pid: int
     search_path: str
     current_user: str
     session_user: str
-    settings: tuple[tuple[str, str], ...] = ()
+    settings: tuple[tuple[str, str], ...] = ()  # custom (placeholder) settings with a value
     temp_tables: int = 0
     advisory_locks: int = 0
     listen_channels: int = 0
     open_transaction: bool = False
+    login_user: str = ""  # who logged in ("" : not read; then the session user is not compared)
+    #: settings whose source is the session and whose value differs from a pristine connection's:
+    #: (name, value, the pristine connection's value)
+    session_settings: tuple[tuple[str, str, str], ...] = ()
+    prepared_statements: tuple[str, ...] = ()  # SQL-level PREPAREd names
+    cursors: tuple[str, ...] = ()  # open (WITH HOLD) cursors
+    temp_table_names: tuple[str, ...] = ()
+    advisory_lock_keys: tuple[str, ...] = ()
+    channel_names: tuple[str, ...] = ()
 
-    def leftovers(self) -> list[str]:
+    def differences(self) -> list[tuple[str, str]]:
+        """(kind, description) of every piece of state a pristine connection would not have."""
         found = []
         if self.search_path != DEFAULT_SEARCH_PATH:
-            found.append(f"search_path = {self.search_path}")
-        found.extend(f"{name} = {value!r}" for name, value in self.settings if value)
+            found.append(("search_path", f"search_path = {self.search_path}"))
+        found.extend(("session_setting", f"session setting {name} = {value!r} (a fresh connection has "
+                                         f"{pristine!r})") for name, value, pristine in self.session_settings)
+        found.extend(("custom_setting", f"custom setting {name} = {value!r}") for name, value in self.settings if value)
+        if self.login_user and self.session_user != self.login_user:
+            found.append(("session_authorization", f"session authorization {self.session_user} "
+                                                   f"(logged in as {self.login_user})"))
         if self.current_user != self.session_user:
-            found.append(f"role {self.current_user} (logged in as {self.session_user})")
+            found.append(("role", f"role {self.current_user} (logged in as {self.session_user})"))
         if self.open_transaction:
-            found.append("an open transaction")
-        if self.temp_tables:
-            found.append(f"{self.temp_tables} temp table(s)")
-        if self.advisory_locks:
-            found.append(f"{self.advisory_locks} advisory lock(s)")
-        if self.listen_channels:
-            found.append(f"LISTEN on {self.listen_channels} channel(s)")
+            found.append(("open_transaction", "an open transaction"))
+        if self.prepared_statements:
+            found.append(("prepared_statement", _named(len(self.prepared_statements), "SQL prepared statement",
+                                                       self.prepared_statements)))
+        if self.temp_tables or self.temp_table_names:
+            found.append(("temp_table", _named(self.temp_tables or len(self.temp_table_names), "temp table",
+                                               self.temp_table_names)))
+        if self.advisory_locks or self.advisory_lock_keys:
+            found.append(("advisory_lock", _named(self.advisory_locks or len(self.advisory_lock_keys),
+                                                  "advisory lock", self.advisory_lock_keys)))
+        if self.listen_channels or self.channel_names:
+            count = self.listen_channels or len(self.channel_names)
+            found.append(("listen", f"LISTEN on {count} channel(s)"
+                                    + (f": {', '.join(self.channel_names)}" if self.channel_names else "")))
+        if self.cursors:
+            found.append(("cursor", _named(len(self.cursors), "WITH HOLD cursor", self.cursors)))
         return found
+
+    def kinds(self) -> set[str]:
+        return {kind for kind, _ in self.differences()}
+
+    def leftovers(self) -> list[str]:
+        return [text for _, text in self.differences()]
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "ConnectionState":
+        """From ``dataclasses.asdict`` output: JSON lists back to (nested) tuples."""
+        def tupled(value: Any) -> Any:
+            return tuple(tupled(v) for v in value) if isinstance(value, list) else value
+        return cls(**{k: tupled(v) for k, v in d.items()})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -201,6 +271,9 @@ class History:
     seed_ids: dict[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)
     gating_styles: tuple[str, ...] = ("orm", "raw_unqualified", "control")  # the interface's default raw_sql
     layout: str = "schema"
+    #: per tenant, the connection pools its sessions' connections came from (the runner reads
+    #: ``session.get_bind()``); empty when not recorded
+    pools: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -210,8 +283,8 @@ class History:
         step = step_from_json
 
         def probe(d: dict[str, Any]) -> ProbeRecord:
-            return ProbeRecord(**{**d, "states": tuple(ConnectionState(**{**s, "settings": tuple(
-                tuple(x) for x in s["settings"])}) for s in d["states"]), "server_pids": tuple(d["server_pids"])})
+            return ProbeRecord(**{**d, "states": tuple(ConnectionState.from_json(s) for s in d["states"]),
+                                  "server_pids": tuple(d["server_pids"])})
 
         final = data.get("final_state")
         return cls(strategy=data["strategy"], route=data["route"], tenants=tuple(data["tenants"]),
@@ -221,4 +294,5 @@ class History:
                        s: {t: [tuple(r) for r in rows] for t, rows in tables.items()} for s, tables in final.items()},
                    seed_ids={k: tuple(v) for k, v in data.get("seed_ids", {}).items()},
                    gating_styles=tuple(data.get("gating_styles") or cls.gating_styles),
-                   layout=data.get("layout", "schema"))
+                   layout=data.get("layout", "schema"),
+                   pools={k: tuple(v) for k, v in data.get("pools", {}).items()})

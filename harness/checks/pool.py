@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Iterable
+
 from harness.checks.findings import Finding
 from harness.checks.history import History, ProbeRecord, StepRecord
 
@@ -14,6 +16,8 @@ def check_pool_pollution(history: History) -> list[Finding]:
     findings = []
     last_on = _last_steps_on(history, {s.pid for p in history.probes if p.after_step == AFTER_THE_RUN
                                        for s in p.states if s.leftovers()})
+    steps_on = _steps_on(history, {s.pid for p in history.probes if p.after_step != AFTER_THE_RUN
+                                   for s in p.states if s.leftovers()})
     for probe in history.probes:
         if probe.error:
             findings.append(Finding("error", f"probe {probe.seq} of {probe.target} {_when(probe)} failed: "
@@ -31,8 +35,29 @@ def check_pool_pollution(history: History) -> list[Finding]:
                 findings.append(Finding(
                     "pool_pollution",
                     f"{ended}, {probe.target} connection on backend {state.pid} still carried "
-                    f"{'; '.join(leftovers)}.", steps))
+                    f"{'; '.join(leftovers)}{_left_by(probe, steps_on.get(state.pid, ()))}.", steps))
     return findings
+
+
+def _steps_on(history: History, pids: set[int]) -> dict[int, list[StepRecord]]:
+    """The recorded steps on each of ``pids``, in order."""
+    found: dict[int, list[StepRecord]] = {}
+    if pids:
+        for step in history.steps:
+            if step.pid in pids:
+                found.setdefault(step.pid, []).append(step)
+    return found
+
+
+def _left_by(probe: ProbeRecord, steps: Iterable[StepRecord]) -> str:
+    """The request that most likely left the state: the last one before the probe whose step ran on that
+    backend (steps record the backend of their reads only)."""
+    before = [s for s in steps if s.seq <= probe.after_step]
+    if probe.after_step == AFTER_THE_RUN or not before:
+        return ""
+    step = max(before, key=lambda s: s.seq)
+    return (f" (the last request seen on it: client {step.client}'s request {step.request} for {step.tenant!r}, "
+            f"step {step.seq} {step.step})")
 
 
 def _when(probe: ProbeRecord) -> str:

@@ -10,13 +10,17 @@ from harness.checks.findings import Finding
 
 
 class Verdict(enum.StrEnum):
-    """pass: isolation held, with evidence the pooling was exercised; fail: an isolation finding;
-    inconclusive: the run could not create the conditions (errors, a step stopped by the step deadline,
-    no backend reuse)."""
+    """pass: isolation held, with evidence the pooling was exercised (or, for a layer that keeps one pool
+    per tenant, with evidence that no backend could serve two tenants: structural isolation); fail: an
+    isolation finding; inconclusive: the run could not create the conditions (errors, a step stopped by the
+    step deadline, no backend reuse on a shared pool); cannot_run: the layer cannot run on this route at all
+    (every connection it made was refused; the reason carries the server's message). Only pass passes a
+    gate."""
 
     PASS = "pass"
     FAIL = "fail"
     INCONCLUSIVE = "inconclusive"
+    CANNOT_RUN = "cannot_run"
 
 
 class Judgement(NamedTuple):
@@ -26,13 +30,20 @@ class Judgement(NamedTuple):
     reason: str
 
 
+STRUCTURAL = "structural isolation: no backend served two tenants, and the layer keeps one pool per tenant"
+
+
 def verdict(findings: list[Finding], cov: Coverage) -> Judgement:
-    """fail on any gating isolation finding; inconclusive on a step the step deadline stopped, on errors or
-    without backend reuse; else pass."""
+    """fail on any gating isolation finding; cannot_run when every connection was refused; inconclusive on a
+    step the step deadline stopped, on errors or without backend reuse on a shared pool; else pass (a
+    tenant name the layer refused before any SQL counts as sound, and the reason names it)."""
     failing = [f for f in findings if f.isolation and f.gating]
     if failing:
         kinds = sorted({f.kind for f in failing})
         return Judgement(Verdict.FAIL, f"{len(failing)} isolation finding(s): {', '.join(kinds)}")
+    if cov.connection_refused:
+        return Judgement(Verdict.CANNOT_RUN, "cannot run on this route: every connection the layer made was "
+                                             f"refused ({cov.connection_refused})")
     stuck = [f for f in findings if f.kind == "lock_wait"]
     if stuck:
         more = f" (and {len(stuck) - 1} more step(s) stopped by the step deadline)" if len(stuck) > 1 else ""
@@ -42,6 +53,21 @@ def verdict(findings: list[Finding], cov: Coverage) -> Judgement:
         return Judgement(Verdict.INCONCLUSIVE, f"{len(errors)} error(s) stopped part of the run")
     if cov.steps == 0:
         return Judgement(Verdict.INCONCLUSIVE, "nothing was exercised")
+    refused = _refused(cov)
+    if cov.refused_tenants and cov.backends == 0:
+        return Judgement(Verdict.PASS, f"every tenant name was {refused[2:]}")
+    if cov.structural:
+        return Judgement(Verdict.PASS, f"{STRUCTURAL}; {cov.describe()}{refused}")
     if not cov.exercised:
-        return Judgement(Verdict.INCONCLUSIVE, "no backend served more than one tenant: pooling was not exercised")
-    return Judgement(Verdict.PASS, cov.describe())
+        return Judgement(Verdict.INCONCLUSIVE, "no backend served more than one tenant: pooling was not exercised"
+                                               + refused)
+    return Judgement(Verdict.PASS, cov.describe() + refused)
+
+
+def _refused(cov: Coverage) -> str:
+    if not cov.refused_tenants:
+        return ""
+    names = ", ".join(repr(t) for t in cov.refused_tenants[:4])
+    more = f" and {len(cov.refused_tenants) - 4} more" if len(cov.refused_tenants) > 4 else ""
+    return (f"; refused by the layer before any SQL reached the server (sound): {len(cov.refused_tenants)} "
+            f"name(s), {names}{more}")

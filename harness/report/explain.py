@@ -15,7 +15,8 @@ from harness.report.results import cell_json
 from harness.workload.cell import CellResult
 from harness.workload.program import describe_program, step_count
 
-LABELS = {Verdict.PASS: "pass", Verdict.FAIL: "FAIL", Verdict.INCONCLUSIVE: "inconclusive"}
+LABELS = {Verdict.PASS: "pass", Verdict.FAIL: "FAIL", Verdict.INCONCLUSIVE: "inconclusive",
+          Verdict.CANNOT_RUN: "cannot run"}
 
 
 def explain(cell: CellResult, limit: int = 40) -> str:
@@ -53,7 +54,8 @@ def explain(cell: CellResult, limit: int = 40) -> str:
 
 
 def verdict_matrix(results: list[CellResult]) -> list[str]:
-    """strategy x scenario rows, one column per route: pass / FAIL / inconclusive (* = not as required)."""
+    """strategy x scenario rows, one column per route: pass / FAIL / inconclusive / cannot run
+    (* = not as required)."""
     routes = list(dict.fromkeys(r.route for r in results))
     cells = {(r.strategy, r.scenario, r.route): r for r in results}
     rows = list(dict.fromkeys((r.strategy, r.scenario) for r in results))

@@ -12,11 +12,11 @@ removal or a change of meaning bumps it):
   backend, profile, seed, pool sizes, tenants, decoys, ``models`` (the team's spec and its
   tenant tables), ``actions`` (the team's specs)
 - ``cells``: one object per strategy x route x scenario:
-  ``strategy``, ``route``, ``scenario``, ``layout`` (schema | rls), ``verdict`` (pass | fail | inconclusive),
+  ``strategy``, ``route``, ``scenario``, ``layout`` (schema | rls), ``verdict`` (pass | fail | inconclusive | cannot_run),
   ``verdict_reason``, ``required``, ``required_reason``, ``as_required`` (bool),
   ``findings`` (``kind``, ``explanation``, ``steps``, ``tenant``, ``gating``),
   ``coverage`` (``steps``, ``backends``, ``shared_backends``, ``tenants``,
-  ``probed_connections``), ``seconds``, ``replay`` (null, or the command that reruns exactly this cell: every
+  ``probed_connections``, ``separate_pools``, ``connection_refused``, ``refused_tenants``), ``seconds``, ``replay`` (null, or the command that reruns exactly this cell: every
   generated cell has one, any other cell when it fails or is not as required),
   ``figures`` (hammer: requests, requests_per_second, pool_checkouts, threads, history),
   ``schema_in_sql`` (bool or null), ``counterexample`` (null, or ``program``:

@@ -32,6 +32,12 @@ HOSTILE_TENANTS = (
     "café",
     "東京",
     "t" * 59 + "ää",  # exactly 63 bytes in UTF-8
+    # Prefix pairs: plain names, hostile to a layer that derives or matches tenants by prefix. A library
+    # that strips "tenant_" from a role name serves tenant_x as x; one that matches LIKE 'x%' or
+    # startswith("x") serves x_y as x (or the reverse). Each pair's rows are told apart by their owner.
+    "x",
+    "tenant_x",
+    "x_y",
 )
 
 # PostgreSQL's unquoted identifiers: a letter (any non-ASCII letter too) or
@@ -75,6 +81,35 @@ def validate_tenants(names: list[str] | tuple[str, ...]) -> tuple[str, ...]:
         raise UsageError("At least two tenants are needed to observe isolation.",
                          fix=["give two or more tenants"])
     return checked
+
+
+def parse_tenants(value: object) -> int | tuple[str, ...]:
+    """The ``tenants`` setting: a count (``6``, ``"6"``) or a list of names (``"acme,tenant_acme"`` or a
+    TOML list). Names are validated by :func:`tenant_set`, counts by the settings' bounds."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a count or a list of tenant names, got {value!r}")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, (list, tuple)):
+        return tuple(value)  # validated whole by tenant_set: a non-string gets its own message
+    text = str(value).strip()
+    if text.lstrip("-").isdigit():
+        return int(text)
+    return tuple(name.strip() for name in text.split(",") if name.strip())
+
+
+def tenant_set(setting: int | tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """The tenant set a ``tenants`` setting names: the default set of that size, or the names given
+    (at least two, each a valid schema name, no name twice)."""
+    if isinstance(setting, int):
+        return default_tenants(setting)
+    try:
+        return validate_tenants(tuple(setting))
+    except UsageError as exc:
+        raise UsageError(f"--tenants / HARNESS_TENANTS / [tool.harness] tenants = {list(setting)!r}: {exc.problem}",
+                         fix=[*exc.fix, "give a count (--tenants 6) or two or more names (--tenants acme,globex; "
+                                        "in [tool.harness]: tenants = [\"acme\", \"globex\"]); a name holding a "
+                                        "comma can only be given in the TOML list"]) from exc
 
 
 def default_tenants(count: int = len(DEFAULT_TENANTS)) -> tuple[str, ...]:

@@ -85,7 +85,8 @@ class CellSetup:
         """
         runner = Runner(self.stack, self.route, self.spec.create(self.target.url(self.route)),
                         tenants=self.tenancy.tenants, lean=self.runner.lean, models=self.runner.models,
-                        url=self.runner.url, team=self.team, step_deadline=None)
+                        url=self.runner.url, team=self.team, step_deadline=None,
+                        setting_names=self.runner.setting_names)
         runner.ids, runner.seq = self.runner.ids, self.runner.seq
         runner.watchdog, runner.owns_watchdog = self.runner.watchdog, False  # one watchdog for the cell
         return runner

@@ -23,6 +23,7 @@ from hypothesis.database import DirectoryBasedExampleDatabase
 from hypothesis.errors import Flaky
 
 from harness.checks import Coverage, Judgement, Verdict
+from harness.checks.verdict import STRUCTURAL
 from harness.checks.steps import drawable
 from harness.stack import Stack
 from harness.team import steps as team_steps
@@ -106,6 +107,11 @@ class Exploration:
     last_failure: CellResult | None = None
     failing_program: Program | None = None
     stuck: CellResult | None = None  # the first example with a step the step deadline stopped
+    cannot_run: CellResult | None = None  # the first example in which every connection was refused
+    runnable: int = 0  # examples in which a step reached a backend
+    structural: int = 0  # examples over two or more tenants on pools no two tenants shared
+    #: examples over two or more tenants that reached a backend, on a pool two tenants shared (or unseen)
+    not_structural: int = 0
 
 
 def explore(stack: Stack, tenancy: Tenancy, spec: StrategySpec, route: str, profile: Profile, *,
@@ -131,6 +137,12 @@ def explore(stack: Stack, tenancy: Tenancy, spec: StrategySpec, route: str, prof
         seen.errors += sum(1 for f in result.findings if f.kind == "error" and f.gating)
         if seen.stuck is None and any(f.kind == "lock_wait" for f in result.findings):
             seen.stuck = result
+        if result.verdict is Verdict.CANNOT_RUN:
+            seen.cannot_run = seen.cannot_run or result
+        seen.runnable += result.coverage.backends > 0
+        seen.structural += result.coverage.structural
+        seen.not_structural += (result.coverage.tenants > 1 and result.coverage.backends > 0
+                                and not result.coverage.structural)
         if result.verdict is Verdict.FAIL:
             if seen.seconds_to_first_failure is None:
                 seen.seconds_to_first_failure = time.monotonic() - started
@@ -153,8 +165,9 @@ def explore(stack: Stack, tenancy: Tenancy, spec: StrategySpec, route: str, prof
     except Flaky:
         failed = flaky = True
     seconds = time.monotonic() - started
+    structural = seen.structural > 0 and not seen.not_structural
     cov = Coverage(steps=seen.steps, backends=seen.backends, shared_backends=seen.shared_backends,
-                   tenants=len(tenancy.tenants), probed_connections=seen.probed)
+                   tenants=len(tenancy.tenants), probed_connections=seen.probed, separate_pools=structural)
     if failed and seen.last_failure is not None:
         final = seen.last_failure
         # In the unit the timeline shows: every recorded step (the frames and each step of a scheduler
@@ -164,11 +177,17 @@ def explore(stack: Stack, tenancy: Tenancy, spec: StrategySpec, route: str, prof
                   f"({program} program step{'s' * (program != 1)}) after {seen.examples} example(s)"
                   + (" (flaky on replay)" if flaky else ""))
         judged = Judgement(Verdict.FAIL, reason)
+    elif seen.cannot_run is not None and not seen.runnable:
+        final = seen.cannot_run
+        judged = Judgement(Verdict.CANNOT_RUN, f"{final.reason} (no step of {seen.examples} examples reached a backend)")
     elif seen.stuck is not None:  # a blocked step is the first thing to say, with its example's evidence
         final = seen.stuck
         judged = Judgement(Verdict.INCONCLUSIVE, f"{final.reason} (in one of {seen.examples} examples)")
     elif seen.errors:
         final, judged = seen.last, Judgement(Verdict.INCONCLUSIVE, f"{seen.errors} error(s) in {seen.examples} examples")
+    elif cov.structural:
+        final, judged = seen.last, Judgement(Verdict.PASS, f"{STRUCTURAL} (in every example that reached a "
+                                                           f"backend for two or more tenants); {seen.examples} examples; {cov.describe()}")
     elif not cov.exercised:
         final, judged = seen.last, Judgement(Verdict.INCONCLUSIVE, f"no backend served two tenants in {seen.examples} examples")
     else:

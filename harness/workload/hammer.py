@@ -106,6 +106,7 @@ def hammer(stack: Stack, tenancy: Tenancy, spec: StrategySpec, route: str, *, th
     deadline = time.monotonic() + max_seconds
     failures: list[BaseException] = []
     buffers: dict[int, list[str]] = {}  # each thread's lines not yet written, kept for a thread given up on
+    thread_pools: list[dict[str, tuple[str, ...]]] = []  # the pools seen by an async layer's per-thread instances
 
     def worker(index: int) -> None:
         rng = random.Random(seed * 1000 + index)
@@ -129,6 +130,7 @@ def hammer(stack: Stack, tenancy: Tenancy, spec: StrategySpec, route: str, *, th
         finally:
             mine._end(client)
             if mine is not runner:
+                thread_pools.append(mine.pools_seen())
                 mine.close_strategy()
 
     started = time.monotonic()
@@ -162,7 +164,10 @@ def hammer(stack: Stack, tenancy: Tenancy, spec: StrategySpec, route: str, *, th
     if failures:
         raise failures[0]
 
-    history = cell.history(probes=probes)
+    pools = runner.pools_seen()
+    for seen in thread_pools:
+        pools = runner.pools_seen({tenant: pools.get(tenant, ()) + seen.get(tenant, ()) for tenant in {*pools, *seen}})
+    history = cell.history(probes=probes, pools=pools)
     cell.read_back(history)
     findings, flagged, cov = check_history_file(history, history_path)
     history.steps = flagged

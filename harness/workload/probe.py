@@ -9,17 +9,35 @@ Two places can hold a connection's state:
   every checked-in connection is checked out and read. SQLAlchemy resets a
   returned connection with ROLLBACK only, so session state survives it.
 
-Custom settings cannot be listed (placeholder GUCs are hidden from
-``pg_settings``), so the probe reads a list of names: common ones plus those the
-strategy declares in ``settings``.
+One query per connection reads every kind of session state (history.STATE_KINDS)
+and the probe keeps what differs from a pristine connection: a fresh direct
+connection of the same login to the same database, read once per probe.
+
+Custom (placeholder) settings cannot be listed: PostgreSQL hides them from
+``pg_settings`` (checked on 15: ``SET myx.yy = 'q'`` leaves no row). The probe
+reads a list of names: common ones, those the strategy declares in ``settings``,
+those the run's statements set (``SET x.y``, ``set_config('x.y', ...)``, with the
+name inline or bound; :class:`SettingNames` records them from every SQLAlchemy
+engine of the process while a cell runs) and those row-level-security policies
+and functions read (``current_setting('x.y'`` in ``pg_policies`` and ``pg_proc``).
+A layer that sets a custom setting through a raw driver connection, outside
+SQLAlchemy, with a name no policy or function reads, is not seen.
+
+Protocol-level prepared statements (psycopg's ``_pg3_*``, after
+``prepare_threshold`` executions) are the driver's own cache, tied to its client
+connection and replanned when search_path changes; only SQL-level ``PREPARE``
+(``pg_prepared_statements.from_sql``) counts as state a request left behind.
 """
 
 from __future__ import annotations
 
+import re
+import threading
 from typing import Any, Iterable
 
 import psycopg
 from psycopg import sql
+from sqlalchemy import event
 from sqlalchemy.engine import URL, Engine
 
 from harness.stack import Stack
@@ -27,26 +45,139 @@ from harness.checks.history import ConnectionState
 
 COMMON_SETTINGS = ("app.tenant", "app.tenant_id", "app.current_tenant", "app.schema")
 IDLE_SERVER_STATES = {"idle", "used", "tested"}
+# Read apart (search_path has a kind of its own) or set per transaction by the server itself.
+NOT_SESSION_STATE = ("search_path", "transaction_isolation", "transaction_read_only", "transaction_deferrable")
+
+_NAME = r"[A-Za-z_][\w$]*\.[A-Za-z_][\w$]*"
+_SET_NAME = re.compile(r"\bSET\s+(?:SESSION\s+|LOCAL\s+)?(" + _NAME + r")\s*(?:=|\bTO\b)", re.IGNORECASE)
+_SET_CONFIG = re.compile(r"\bset_config\s*\(\s*'(" + _NAME + r")'", re.IGNORECASE)
+_BOUND_NAME = re.compile(_NAME)
+_READ_IN_CATALOG = r"current_setting\(\s*'(" + _NAME + r")'"
+CATALOG_NAMES_QUERY = (
+    "SELECT DISTINCT m[1] FROM ("
+    " SELECT regexp_matches(coalesce(qual, '') || ' ' || coalesce(with_check, ''), %(pattern)s, 'g') AS m"
+    " FROM pg_policies"
+    " UNION ALL SELECT regexp_matches(prosrc, %(pattern)s, 'g') FROM pg_proc"
+    " WHERE prosrc LIKE '%%current_setting%%' AND pronamespace <> 'pg_catalog'::regnamespace) AS found")
+
+
+def setting_names_in(statement: str, parameters: Any = None) -> set[str]:
+    """Custom setting names a statement sets: inline in ``SET``/``set_config``, or bound to a ``set_config``."""
+    found = set(_SET_NAME.findall(statement)) | set(_SET_CONFIG.findall(statement))
+    if parameters and "set_config" in statement.lower():
+        values = parameters.values() if isinstance(parameters, dict) else parameters
+        for value in values if isinstance(values, Iterable) and not isinstance(values, (str, bytes)) else ():
+            if isinstance(value, dict):
+                found |= {v for v in value.values() if isinstance(v, str) and _BOUND_NAME.fullmatch(v)}
+            elif isinstance(value, str) and _BOUND_NAME.fullmatch(value):
+                found.add(value)
+    return found
+
+
+class SettingNames:
+    """Custom setting names seen in the statements SQLAlchemy executed while a cell ran.
+
+    Listens on the Engine class (so on every engine, also those a layer makes
+    per request or binds through a Connection) from :meth:`start` to
+    :meth:`stop`; a statement costs one regular-expression scan.
+    """
+
+    def __init__(self) -> None:
+        self.names: set[str] = set()
+        self._lock = threading.Lock()
+        self._listening = False
+
+    def _seen(self, conn, cursor, statement, parameters, context, executemany) -> None:
+        if "set" in statement or "SET" in statement or "Set" in statement:
+            found = setting_names_in(statement, parameters)
+            if found - self.names:
+                with self._lock:
+                    self.names |= found
+
+    def start(self) -> None:
+        if not self._listening:
+            event.listen(Engine, "before_cursor_execute", self._seen)
+            self._listening = True
+
+    def stop(self) -> None:
+        if self._listening:
+            event.remove(Engine, "before_cursor_execute", self._seen)
+            self._listening = False
+
+
+def catalog_setting_names(conn: psycopg.Connection) -> tuple[str, ...]:
+    """Custom setting names that row-level-security policies and functions read."""
+    rows = conn.execute(CATALOG_NAMES_QUERY, {"pattern": _READ_IN_CATALOG}).fetchall()
+    return tuple(sorted(r[0] for r in rows))
 
 
 def _probe_query(settings: Iterable[str]) -> sql.Composed:
     custom = [sql.SQL("current_setting({}, true)").format(sql.Literal(name)) for name in settings]
     array = sql.SQL("ARRAY[{}]::text[]").format(sql.SQL(", ").join(custom)) if custom else sql.SQL("ARRAY[]::text[]")
+    excluded = sql.SQL(", ").join(sql.Literal(n) for n in NOT_SESSION_STATE)
     return sql.SQL(
         "SELECT pg_backend_pid(), current_setting('search_path'), current_user::text, session_user::text, "
         "{settings}, "
-        "(SELECT count(*) FROM pg_class WHERE relnamespace = pg_my_temp_schema())::int, "
-        "(SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid())::int, "
-        "(SELECT count(*) FROM pg_listening_channels())::int"
-    ).format(settings=array)
+        "ARRAY(SELECT relname::text FROM pg_class WHERE relnamespace = pg_my_temp_schema() "
+        "AND relkind IN ('r', 'p', 'v', 'm', 'S', 'f') ORDER BY 1), "
+        "ARRAY(SELECT CASE WHEN objsubid = 1 THEN ((classid::bigint << 32) | objid::bigint)::text "
+        "ELSE classid::text || ',' || objid::text END || CASE WHEN mode = 'ShareLock' THEN ' (shared)' ELSE '' END "
+        "FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted ORDER BY 1), "
+        "ARRAY(SELECT pg_listening_channels() ORDER BY 1), "
+        # the login role: the function behind pg_stat_activity, for this backend only (the view joins more)
+        # (regrole's text would quote a mixed-case name; session_user's does not)
+        "(SELECT rolname::text FROM pg_roles WHERE oid = "
+        "(SELECT usesysid FROM pg_stat_get_activity(pg_backend_pid()))), "
+        "ARRAY(SELECT name || '=' || setting FROM pg_settings WHERE source = 'session' AND name NOT IN ({excluded}) "
+        "ORDER BY 1), "
+        "ARRAY(SELECT name FROM pg_prepared_statements WHERE from_sql ORDER BY 1), "
+        "ARRAY(SELECT name FROM pg_cursors ORDER BY 1)"
+    ).format(settings=array, excluded=excluded)
 
 
-def _state(row: tuple[Any, ...], names: tuple[str, ...], open_transaction: bool = False) -> ConnectionState:
-    pid, path, current_user, session_user, values, temp, locks, channels = row
+def _state(row: tuple[Any, ...], names: tuple[str, ...], pristine: dict[str, str],
+           open_transaction: bool = False) -> ConnectionState:
+    (pid, path, current_user, session_user, values, temp, locks, channels, login, session, prepared,
+     cursors) = row
+    differing = []
+    for entry in session or ():
+        name, _, value = entry.partition("=")
+        if pristine.get(name) != value:
+            differing.append((name, value, pristine.get(name, "")))
     return ConnectionState(pid=pid, search_path=path, current_user=current_user, session_user=session_user,
                            settings=tuple((n, v) for n, v in zip(names, values or []) if v),
-                           temp_tables=temp, advisory_locks=locks, listen_channels=channels,
-                           open_transaction=open_transaction)
+                           temp_tables=len(temp or ()), advisory_locks=len(locks or ()),
+                           listen_channels=len(channels or ()), open_transaction=open_transaction,
+                           login_user=login or "", session_settings=tuple(differing),
+                           prepared_statements=tuple(prepared or ()), cursors=tuple(cursors or ()),
+                           temp_table_names=tuple(temp or ()), advisory_lock_keys=tuple(locks or ()),
+                           channel_names=tuple(channels or ()))
+
+
+def probed_names(settings: Iterable[str], *more: Iterable[str]) -> tuple[str, ...]:
+    """The custom setting names to read: the common ones, then the others in a stable order."""
+    extra = sorted({n for group in (settings, *more) for n in group} - set(COMMON_SETTINGS))
+    return COMMON_SETTINGS + tuple(extra)
+
+
+_PRISTINE: dict[tuple[str, ...], tuple[dict[str, str], tuple[str, ...]]] = {}
+
+
+def read_pristine(stack: Stack, url: URL, strategy: str = "") -> tuple[dict[str, str], tuple[str, ...]]:
+    """A fresh direct connection as ``url``'s login to its database: every setting's value, and the custom
+    setting names its row-level-security policies and functions read.
+
+    Read once per stack, login, database and strategy (whose provisioning may add policies) and kept: a
+    generated cell runs dozens of programs, each probed, and a fresh login each time would cost more
+    than the probes themselves."""
+    key = (stack.run_id, str(url.username), str(url.database), strategy)
+    if key not in _PRISTINE:
+        direct = stack.url("direct") if "direct" in stack.routes else url
+        with psycopg.connect(host=direct.host, port=direct.port, user=url.username, password=url.password,
+                             dbname=url.database, prepare_threshold=None, connect_timeout=5) as conn:
+            settings = dict(conn.execute("SELECT name, setting FROM pg_settings").fetchall())
+            _PRISTINE[key] = (settings, catalog_setting_names(conn))
+    return _PRISTINE[key]
 
 
 class PgBouncerProbe:
@@ -63,8 +194,9 @@ class PgBouncerProbe:
         self.stack = stack
         self.route = route
         self.url: URL = url or stack.url(route)  # the database the code under test uses
-        self.names = COMMON_SETTINGS + tuple(s for s in settings if s not in COMMON_SETTINGS)
-        self.query = _probe_query(self.names)
+        self.settings = tuple(settings)
+        self.names: tuple[str, ...] = ()
+        self.query: sql.Composed | None = None
         self.keep = stack.bouncers[route].pool_mode == "transaction"
         self.spare: list[psycopg.Connection] = []
 
@@ -75,8 +207,15 @@ class PgBouncerProbe:
         return psycopg.connect(host=url.host, port=url.port, user=url.username, password=url.password,
                                dbname=url.database, prepare_threshold=None, connect_timeout=5)
 
-    def probe(self) -> tuple[list[ConnectionState], tuple[int, ...]]:
-        """Probe every idle server connection; return the states and the SHOW SERVERS pids."""
+    def probe(self, names: Iterable[str] = (), pristine: dict[str, str] | None = None
+              ) -> tuple[list[ConnectionState], tuple[int, ...]]:
+        """Probe every idle server connection; return the states and the SHOW SERVERS pids.
+
+        ``names``: custom setting names to read besides the common and declared ones; ``pristine``: a fresh
+        connection's settings (:func:`read_pristine`), which session settings are compared with."""
+        wanted = probed_names(self.settings, names)
+        if wanted != self.names:
+            self.names, self.query = wanted, _probe_query(wanted)
         servers = [s for s in self.stack.admin(self.route, "SHOW SERVERS")
                    if s.get("user") == self.url.username and s.get("database") == self.url.database]
         idle = [s for s in servers if s.get("state") in IDLE_SERVER_STATES]
@@ -87,7 +226,7 @@ class PgBouncerProbe:
                 conn = self._client()
                 clients.append(conn)
                 # The open transaction pins this client to one server until rollback.
-                states.append(_state(conn.execute(self.query).fetchone(), self.names))
+                states.append(_state(conn.execute(self.query).fetchone(), self.names, pristine or {}))
         finally:
             for conn in clients:
                 try:
@@ -107,9 +246,10 @@ class PgBouncerProbe:
         self.spare.clear()
 
 
-def probe_engine(engine: Engine, settings: tuple[str, ...]) -> list[ConnectionState]:
+def probe_engine(engine: Engine, settings: tuple[str, ...], names: Iterable[str] = (),
+                 pristine: dict[str, str] | None = None) -> list[ConnectionState]:
     """Check out every idle connection of the strategy's pool and read its state."""
-    names = COMMON_SETTINGS + tuple(s for s in settings if s not in COMMON_SETTINGS)
+    names = probed_names(settings, names)
     query = _probe_query(names)
     pool = engine.pool
     count = pool.checkedin() if hasattr(pool, "checkedin") else 0
@@ -123,7 +263,7 @@ def probe_engine(engine: Engine, settings: tuple[str, ...]) -> list[ConnectionSt
             open_transaction = driver.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
             with driver.cursor() as cur:
                 cur.execute(query, prepare=False)
-                states.append(_state(cur.fetchone(), names, open_transaction))
+                states.append(_state(cur.fetchone(), names, pristine or {}, open_transaction))
             driver.rollback()
     finally:
         for proxy in held:
@@ -131,9 +271,10 @@ def probe_engine(engine: Engine, settings: tuple[str, ...]) -> list[ConnectionSt
     return states
 
 
-async def probe_async_engine(engine, settings: tuple[str, ...]) -> list[ConnectionState]:
+async def probe_async_engine(engine, settings: tuple[str, ...], names: Iterable[str] = (),
+                             pristine: dict[str, str] | None = None) -> list[ConnectionState]:
     """The same for an AsyncEngine: check out every idle connection at once, read each."""
-    names = COMMON_SETTINGS + tuple(s for s in settings if s not in COMMON_SETTINGS)
+    names = probed_names(settings, names)
     query = _probe_query(names).as_string(None)
     pool = engine.sync_engine.pool
     count = pool.checkedin() if hasattr(pool, "checkedin") else 0
@@ -144,7 +285,7 @@ async def probe_async_engine(engine, settings: tuple[str, ...]) -> list[Connecti
             held.append(await engine.connect())
         for conn in held:
             row = (await conn.exec_driver_sql(query)).one()
-            states.append(_state(tuple(row), names))
+            states.append(_state(tuple(row), names, pristine or {}))
             await conn.rollback()
     finally:
         for conn in held:

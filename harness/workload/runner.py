@@ -15,9 +15,11 @@ import itertools
 from typing import Any, Callable, TypeVar
 
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from harness.checks.history import ErrorSeen, History, ProbeRecord, StepRecord
+from harness.checks.refusals import NAME_REFUSED
 from harness.checks.steps import PidTiming, Style, step_kind
 from harness.stack import Stack
 from harness.tenancy.models import ModelSet, model_set
@@ -34,6 +36,7 @@ T = TypeVar("T")
 FIRST_WRITTEN_ID = 1000
 SCHEDULER_CLIENT = 100
 SCHEDULER_STEPS = ("job_read", "task_insert", "commit", "task_read")
+DRIVER_MODULES = ("psycopg", "psycopg2", "psycopg_pool", "asyncpg", "pg8000")
 PID_QUERY = text("SELECT pg_backend_pid(), current_setting('search_path'), current_user")
 
 
@@ -54,12 +57,37 @@ class Client:
     watch: Slot | None = None  # its slot in the step deadline's watchdog, made once
 
 
+def _pool_label(session: Any) -> str | None:
+    """Which connection pool the session's connections come from (None: it cannot say, e.g. no single bind)."""
+    sync = getattr(session, "sync_session", session)  # an AsyncSession's binds are its sync session's
+    try:
+        bind = sync.get_bind()
+    except Exception:  # noqa: BLE001 - binds per mapper, or none: no evidence, not an error
+        return None
+    engine = getattr(bind, "engine", bind)  # a Session bound to a Connection
+    pool = getattr(engine, "pool", None)
+    return None if pool is None else f"{type(pool).__name__}@{id(pool):x}"
+
+
+def _from_database(exc: BaseException) -> bool:
+    """The exception, or one it was raised from, came from the database driver (SQL reached the server)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, DBAPIError) or type(current).__module__.split(".")[0] in DRIVER_MODULES:
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
 class Runner:
     """Runs programs for one strategy instance on one route of a stack."""
 
     def __init__(self, stack: Stack, route: str, strategy: Strategy, *,
                  tenants: tuple[str, ...] = (), lean: bool = False, models: ModelSet | None = None,
-                 url=None, team: Team | None = None, step_deadline: float | None = DEFAULT_STEP_DEADLINE):
+                 url=None, team: Team | None = None, step_deadline: float | None = DEFAULT_STEP_DEADLINE,
+                 setting_names: pool_probe.SettingNames | None = None):
         self.url = url or stack.url(route)  # what the strategy connects to
         self.stack = stack
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -67,6 +95,10 @@ class Runner:
         # lean: no extra query per step (the hammer); reads carry the backend pid in their own statement.
         self.lean = lean
         self._bouncer_probe: pool_probe.PgBouncerProbe | None = None
+        # Custom setting names the run's statements set, for the pool probe; shared by a cell's runners.
+        self.owns_setting_names = setting_names is None
+        self.setting_names = setting_names or pool_probe.SettingNames()
+        self._pristine: tuple[dict[str, str], tuple[str, ...]] | None = None  # read at the first probe
         self.route = route
         self.strategy = strategy
         self.models: ModelSet = models or model_set(strategy.models)
@@ -76,6 +108,9 @@ class Runner:
         # Stops a step blocked past the deadline (None: no deadline); no thread or connection until a step runs.
         self.watchdog = Watchdog(stack.superuser_url, stack.app_role, step_deadline) if step_deadline else None
         self.owns_watchdog = True  # False for a runner sharing another's (the hammer's per-thread instances)
+        #: per tenant, the pools its sessions' connections came from (structural isolation's evidence)
+        self.pools: dict[str, dict[str, None]] = {}
+        self.setting_names.start()  # last: a runner that failed to start leaves no listener behind
 
     # -- program --------------------------------------------------------------------
     def run(self, program: Program, history: History) -> History:
@@ -102,7 +137,15 @@ class Runner:
                 self._end(client)
             if self._bouncer_probe is not None:
                 self._bouncer_probe.close()
+            history.pools = self.pools_seen(history.pools)
         return history
+
+    def pools_seen(self, before: dict[str, tuple[str, ...]] | None = None) -> dict[str, tuple[str, ...]]:
+        """The pools each tenant's sessions drew from, added to ``before`` (a history's)."""
+        merged = {tenant: dict.fromkeys(pools) for tenant, pools in (before or {}).items()}
+        for tenant, pools in self.pools.items():
+            merged.setdefault(tenant, {}).update(pools)
+        return {tenant: tuple(pools) for tenant, pools in merged.items()}
 
     def scheduler_pass(self, client: Client, r: int, request: Request) -> list[StepRecord]:
         """A background job inside a request: one session per tenant, in turn, over every tenant.
@@ -217,12 +260,18 @@ class Runner:
             else:
                 client.is_async = False
                 client.session = client.context.__enter__()
+            pool = _pool_label(client.session)
+            if pool is not None:
+                self.pools.setdefault(tenant, {})[pool] = None
             return StepRecord(**base, **({} if self.lean else self._call(client, self._where)))
         except Exception as exc:  # noqa: BLE001
+            # session(tenant) or entering it raised, not the driver: no session was handed over and no
+            # statement failed on the server. The layer refused the name (see harness.checks.refusals).
+            refused = client.session is None and not _from_database(exc)
             if client.session is not None:
                 self._end(client)  # entered, then failed: leave no connection checked out
             client.context = client.session = None
-            return StepRecord(**base, error=error_seen(exc))
+            return StepRecord(**base, error=error_seen(exc), note=NAME_REFUSED if refused else "")
 
     def _end(self, client: Client) -> ErrorSeen | None:
         context, client.context, client.session = client.context, None, None
@@ -245,6 +294,8 @@ class Runner:
                 self.watchdog.close()
             if self._bouncer_probe is not None:
                 self._bouncer_probe.close()
+            if self.owns_setting_names:
+                self.setting_names.stop()
             self.strategy.close(loop=self._loop)
         finally:
             if self._loop is not None:
@@ -272,11 +323,20 @@ class Runner:
     def probe(self, after_step: int) -> list[ProbeRecord]:
         records = []
         settings = self.strategy.settings
+        try:
+            if self._pristine is None:
+                self._pristine = pool_probe.read_pristine(self.stack, self.url, self.strategy.name)
+            pristine, read_in_catalog = self._pristine
+        except Exception as exc:  # noqa: BLE001 - then every setting of the session counts, none compared
+            pristine, read_in_catalog = {}, ()
+            records.append(ProbeRecord(next(self.seq), after_step, "pristine", (),
+                                       error=f"reading a fresh connection failed: {type(exc).__name__}: {exc}"))
+        names = read_in_catalog + tuple(self.setting_names.names)
         if self.route in self.stack.bouncers:
             try:
                 if self._bouncer_probe is None:
                     self._bouncer_probe = pool_probe.PgBouncerProbe(self.stack, self.route, settings, self.url)
-                states, servers = self._bouncer_probe.probe()
+                states, servers = self._bouncer_probe.probe(names, pristine)
                 records.append(ProbeRecord(next(self.seq), after_step, f"pgbouncer:{self.route}", tuple(states), servers))
             except Exception as exc:  # noqa: BLE001
                 records.append(ProbeRecord(next(self.seq), after_step, f"pgbouncer:{self.route}", (),
@@ -285,9 +345,10 @@ class Runner:
         if engine is not None:
             try:
                 if self.strategy.is_async:
-                    states = self.loop().run_until_complete(pool_probe.probe_async_engine(engine, settings))
+                    states = self.loop().run_until_complete(pool_probe.probe_async_engine(engine, settings, names,
+                                                                                           pristine))
                 else:
-                    states = pool_probe.probe_engine(engine, settings)
+                    states = pool_probe.probe_engine(engine, settings, names, pristine)
                 records.append(ProbeRecord(next(self.seq), after_step, "engine", tuple(states)))
             except Exception as exc:  # noqa: BLE001
                 records.append(ProbeRecord(next(self.seq), after_step, "engine", (),
