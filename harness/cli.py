@@ -12,18 +12,10 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from harness.config import SETTINGS, HarnessConfig, resolve_config
+from harness.config import FLAGS, REPEATABLE, SETTINGS, STACK_SETTINGS, VERIFY_SETTINGS, HarnessConfig, resolve_config
 from harness.errors import HarnessError, UsageError
 from harness.stack import signals
 
-STACK_SETTINGS = ("backend", "pg_bindir", "pgbouncer", "cache_dir", "keep_tmp", "start_timeout",
-                  "session_pool_size", "transaction_pool_size", "postgres_image", "pgbouncer_image",
-                  "direct_dsn", "session_dsn", "transaction_dsn", "superuser_dsn", "i_own_this_database")
-
-# Settings given as a bare flag on the command line.
-FLAGS = ("i_own_this_database",)
-# Settings whose option may be repeated (each adds to the list).
-REPEATABLE = ("actions",)
 
 
 def _add_settings(parser: argparse.ArgumentParser, names: Sequence[str]) -> None:
@@ -76,12 +68,6 @@ def cmd_setup(args: argparse.Namespace) -> int:
     print(f"pgbouncer  {binaries.pgbouncer} ({binaries.pgbouncer_version()})")
     print(f"servers run as account {account.name!r}")
     return 0
-
-
-VERIFY_SETTINGS = STACK_SETTINGS + ("routes", "scenarios", "profile", "tenants", "report_dir", "seed", "models", "actions",
-                                    "pythonpath", "decoys",
-                                    "example_db", "hammer_threads", "hammer_requests", "hammer_seconds", "jobs", "shard",
-                                    "step_deadline")
 
 
 def cmd_verify(args: argparse.Namespace) -> int:

@@ -186,6 +186,18 @@ SETTINGS: tuple[Setting, ...] = (
 )
 SETTINGS_BY_NAME = {s.name: s for s in SETTINGS}
 
+# Which settings each command takes on its command line (the CLI and a replay command both use them).
+STACK_SETTINGS = ("backend", "pg_bindir", "pgbouncer", "cache_dir", "keep_tmp", "start_timeout",
+                  "session_pool_size", "transaction_pool_size", "postgres_image", "pgbouncer_image",
+                  "direct_dsn", "session_dsn", "transaction_dsn", "superuser_dsn", "i_own_this_database")
+VERIFY_SETTINGS = STACK_SETTINGS + ("routes", "scenarios", "profile", "tenants", "report_dir", "seed", "models",
+                                    "actions", "pythonpath", "decoys", "example_db", "hammer_threads",
+                                    "hammer_requests", "hammer_seconds", "jobs", "shard", "step_deadline")
+# Settings given as a bare flag on the command line.
+FLAGS = ("i_own_this_database",)
+# Settings whose option may be repeated (each adds to the list).
+REPEATABLE = ("actions",)
+
 
 @dataclasses.dataclass(frozen=True)
 class HarnessConfig:
@@ -338,3 +350,26 @@ def resolve_config(
         raise UsageError(f"Unknown route(s) {', '.join(unknown_routes) or '(none given)'}.",
                          fix=[f"use some of: {', '.join(ROUTE_NAMES)}"])
     return config
+
+
+def import_user_module(what: str, module_name: str, pythonpath: Sequence[str] | None) -> Any:
+    """Import a module of the user's code with the pythonpath folders first on sys.path.
+
+    ``pythonpath``: the resolved setting (:attr:`HarnessConfig.pythonpath`); None reads it from the
+    environment and the pyproject.toml of the current folder. A failure names the folders it looked in.
+    """
+    folders = configured_pythonpath() if pythonpath is None else tuple(pythonpath)
+    put_first_on_sys_path(folders)
+    try:
+        return importlib.import_module(module_name)
+    except Exception as exc:  # noqa: BLE001 - any import-time failure is the user's to fix
+        missing = isinstance(exc, ModuleNotFoundError) and (module_name + ".").startswith(f"{exc.name}.")
+        raise UsageError(
+            f"{what}: module {module_name!r} does not import ({type(exc).__name__}: {exc}).",
+            checked=[f"sys.path, first the pythonpath folder(s): {', '.join(folders)}"],
+            fix=[f"put the package of {module_name!r} in one of those folders: run harness from your project's "
+                 "root (the folder of the pyproject.toml holding [tool.harness])",
+                 "or set pythonpath (in [tool.harness], or HARNESS_PYTHONPATH) to the folder(s) your "
+                 "package lives in (e.g. pythonpath = [\"src\"])"] if missing else
+                [f"fix the error the module raised when it was imported (a module it imports must be installed "
+                 f"in this Python, {sys.executable})"]) from exc

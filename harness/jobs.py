@@ -34,8 +34,8 @@ from typing import Any, Callable, Iterator
 import psycopg
 import sqlalchemy
 
-from harness.cli import REPEATABLE, VERIFY_SETTINGS
-from harness.config import SETTINGS_BY_NAME, HarnessConfig, put_first_on_sys_path, setting_text
+from harness.config import (REPEATABLE, SETTINGS_BY_NAME, VERIFY_SETTINGS, HarnessConfig, put_first_on_sys_path,
+                            setting_text)
 from harness.errors import HarnessError, UsageError
 from harness.stack import Missing, Stack, signals, start_stack
 from harness.team import Team, load_team

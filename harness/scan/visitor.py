@@ -15,7 +15,7 @@ import functools
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from harness.scan import bindings
+import harness.scan.bindings as bindings
 from harness.scan.findings import message
 from harness.scan.literals import Resolver, SqlText, call_name, snippet, split_lines
 from harness.scan.models import CoreTable, MappedClass, ModelFacts

@@ -13,7 +13,7 @@ import dataclasses
 import inspect
 from typing import Any, Callable
 
-from harness.config import HarnessConfig
+from harness.config import HarnessConfig, import_user_module
 from harness.errors import UsageError
 from harness.team.models import TeamModels, team_models
 
@@ -53,7 +53,6 @@ class Team:
 
 def _resolve(spec: str, what: str, pythonpath: tuple[str, ...] | None = None) -> Any:
     """``package.module:attr`` of the user's code, imported with the pythonpath folders first on sys.path."""
-    from harness.tenancy.strategy import import_user_module
 
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:

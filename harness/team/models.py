@@ -28,7 +28,6 @@ from harness.tenancy.tenants import PLACEHOLDER_SCHEMA
 # each client updates a row of its own (the runner runs one step at a time: two clients' updates of one
 # row would wait on each other for ever).
 CANARY_ROWS = 8
-NEW_ROWS = 1000  # numbers of the rows steps insert start here (the canaries are 1..CANARY_ROWS)
 SHARED_OWNER = "shared"  # whose rows the team's shared (non-tenant) tables get
 SEQUENCE_START = 1_000_000  # serial/identity columns continue from here, above anything the harness writes
 _EPOCH = datetime.datetime(2001, 1, 1, tzinfo=datetime.timezone.utc)
@@ -157,9 +156,6 @@ class TeamModels:
                 return table
         raise KeyError(name)
 
-    def key_columns(self, table: Table) -> list[Column]:
-        return list(table.primary_key.columns)
-
     def writable(self, table: Table) -> bool:
         """Steps may insert, update and delete rows of a table with a primary key whose new rows cannot
         collide with a canary: not an association or one-to-one table (a key or unique column that is also
@@ -212,7 +208,7 @@ class TeamModels:
 
     def key_of(self, table: Table, values: dict[str, Any]) -> str:
         """The text the observer reports for a row's key (its key columns, comma-joined)."""
-        return ",".join(str(values[c.name]) for c in self.key_columns(table))
+        return ",".join(str(values[c.name]) for c in table.primary_key.columns)
 
 
 def _unique_sets(table: Table) -> list[set[Column]]:

@@ -18,6 +18,7 @@ from typing import Any, Sequence
 from sqlalchemy import Column, ForeignKeyConstraint, Integer, MetaData, Numeric, String, Table
 from sqlalchemy.orm import registry
 
+from harness.config import import_user_module
 from harness.errors import UsageError
 from harness.tenancy.tenants import PLACEHOLDER_SCHEMA
 
@@ -134,7 +135,6 @@ def load_user_metadata(spec: str, pythonpath: Sequence[str] | None = None) -> Me
     The module is imported with the ``pythonpath`` folders first on sys.path (None: the setting as the
     environment and the current folder's pyproject.toml give it), as a strategy is.
     """
-    from harness.tenancy.strategy import import_user_module  # late: strategy.py imports this module
 
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:

@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import importlib
 import inspect
-import sys
 from typing import Any, Callable, Sequence
 
 from sqlalchemy.engine import URL
 
-from harness.config import configured_pythonpath, put_first_on_sys_path
+from harness.config import import_user_module
 from harness.errors import UsageError
 from harness.tenancy.models import FLAVOURS
 
@@ -85,34 +83,11 @@ class StrategySpec:
         return Strategy.wrap(self.name, instance)
 
 
-def import_user_module(what: str, module_name: str, pythonpath: Sequence[str] | None) -> Any:
-    """Import a module of the user's code with the pythonpath folders first on sys.path.
-
-    ``pythonpath``: the resolved setting (:attr:`HarnessConfig.pythonpath`); None reads it from the
-    environment and the pyproject.toml of the current folder. A failure names the folders it looked in.
-    """
-    folders = configured_pythonpath() if pythonpath is None else tuple(pythonpath)
-    put_first_on_sys_path(folders)
-    try:
-        return importlib.import_module(module_name)
-    except Exception as exc:  # noqa: BLE001 - any import-time failure is the user's to fix
-        missing = isinstance(exc, ModuleNotFoundError) and (module_name + ".").startswith(f"{exc.name}.")
-        raise UsageError(
-            f"{what}: module {module_name!r} does not import ({type(exc).__name__}: {exc}).",
-            checked=[f"sys.path, first the pythonpath folder(s): {', '.join(folders)}"],
-            fix=[f"put the package of {module_name!r} in one of those folders: run harness from your project's "
-                 "root (the folder of the pyproject.toml holding [tool.harness])",
-                 "or set pythonpath (in [tool.harness], or HARNESS_PYTHONPATH) to the folder(s) your "
-                 "package lives in (e.g. pythonpath = [\"src\"])"] if missing else
-                [f"fix the error the module raised when it was imported (a module it imports must be installed "
-                 f"in this Python, {sys.executable})"]) from exc
-
-
 def load_strategy(spec: str, pythonpath: Sequence[str] | None = None) -> StrategySpec:
     """Import a strategy factory; a clear error names the spec when it cannot be used.
 
     The module is imported with the ``pythonpath`` folders first on sys.path (see
-    :func:`import_user_module`).
+    :func:`harness.config.import_user_module`).
     """
     full = resolve_spec(spec)
     module_name, _, attr = full.partition(":")
