@@ -70,6 +70,7 @@ bench: setup
 	$(BIN)/python bench/verify_wall_time.py
 	$(BIN)/python bench/team.py
 	$(BIN)/python bench/probe.py
+	$(BIN)/python bench/faults.py
 	$(BIN)/python bench/scan.py
 
 clean:

@@ -101,6 +101,9 @@ def _default_cache_dir() -> Path:
 ROUTE_NAMES = ("direct", "session", "transaction")
 BACKENDS = ("auto", "native", "docker", "external")
 PROFILE_NAMES = ("dev", "ci", "nightly")
+#: the scenario whose programs interleave faults, and the profiles that run it without being asked
+FAULTS_SCENARIO = "faults"
+FAULT_PROFILES = ("nightly",)
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("backend", "auto", str,
@@ -138,7 +141,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("routes", ("direct", "session", "transaction"), _names,
             "Routes to run, comma-separated: direct, session, transaction."),
     Setting("scenarios", (), _names,
-            "Scenarios to run, comma-separated (default: all): the named ones, generated, hammer."),
+            "Scenarios to run, comma-separated (default: all but faults, which the nightly profile adds): "
+            "the named ones, generated, hammer, faults."),
     Setting("tenants", 4, parse_tenants,
             "The tenant set: a count of tenant schemas to provision (at least 2; the first four are fixed names), "
             "or your own names, comma-separated (--tenants acme,tenant_acme,globex; in [tool.harness] a list: "
@@ -243,6 +247,12 @@ class HarnessConfig:
     @property
     def template_cache(self) -> Path:
         return self.cache_dir or _default_cache_dir()
+
+    @property
+    def runs_faults(self) -> bool:
+        """The run includes the faults scenario: named, or by default in a profile that has it (nightly).
+        Its stack then puts a fault proxy between the PgBouncers and PostgreSQL (native backend)."""
+        return FAULTS_SCENARIO in self.scenarios or (not self.scenarios and self.profile in FAULT_PROFILES)
 
 
 # A setting is declared once, in SETTINGS; the config object must hold exactly those.

@@ -43,12 +43,12 @@ from harness.tenancy.provisioning import Tenancy
 from harness.tenancy.strategy import StrategySpec, load_strategy
 from harness.tenancy.tenants import HOSTILE_TENANTS, tenant_set
 from harness.workload.cell import CellResult
-from harness.workload.scenarios import (GENERATED, HAMMER, CellContext, Replay, replay_command, replay_settings,
+from harness.workload.scenarios import (FAULTS, GENERATED, HAMMER, CellContext, Replay, replay_command, replay_settings,
                                         run_scenario)
 from harness.workload.generated import Profile
 
 #: scenarios that take longest: queued first, so the last cells to finish are short ones
-LONG_SCENARIOS = (GENERATED, HAMMER)
+LONG_SCENARIOS = (GENERATED, HAMMER, FAULTS)
 WORKER_POLL = 1.0  # seconds between checks that the parent and the workers are still there
 STOP_GRACE = 30.0  # seconds a stopped worker has to tear its stack down before it is killed
 

@@ -6,6 +6,8 @@ Registered through the ``pytest11`` entry point, so ``scenarios/`` and
 
 from __future__ import annotations
 
+import contextlib
+
 import random
 from typing import Iterator
 
@@ -86,17 +88,24 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("route", list(config.routes), scope="session")
 
 
-@pytest.fixture(scope="session")
-def tenancy(stack: Stack, harness_config: HarnessConfig) -> Iterator[Tenancy]:
-    """The tenant schemas (the default set plus the hostile names), provisioned once per session."""
-    schemas = Tenancy(stack, tenant_set(harness_config.tenants), decoys=harness_config.decoys,
-                      team=load_team(harness_config), step_deadline=harness_config.step_deadline)
-    schemas.provision()
-    schemas.provision(HOSTILE_TENANTS)
+@contextlib.contextmanager
+def provisioned(stack: Stack, config: HarnessConfig) -> Iterator[Tenancy]:
+    """The run's tenant schemas (its tenant set plus the hostile names) on ``stack``, closed on exit."""
+    schemas = Tenancy(stack, tenant_set(config.tenants), decoys=config.decoys, team=load_team(config),
+                      step_deadline=config.step_deadline)
     try:
+        schemas.provision()
+        schemas.provision(HOSTILE_TENANTS)
         yield schemas
     finally:
         schemas.close()
+
+
+@pytest.fixture(scope="session")
+def tenancy(stack: Stack, harness_config: HarnessConfig) -> Iterator[Tenancy]:
+    """The tenant schemas (the default set plus the hostile names), provisioned once per session."""
+    with provisioned(stack, harness_config) as schemas:
+        yield schemas
 
 
 @pytest.fixture(scope="session")

@@ -25,7 +25,7 @@ from harness.stack import choose_backend
 from harness.team import load_team
 from harness.tenancy.strategy import BUILTINS, StrategySpec, load_strategy
 from harness.workload.cell import CellResult
-from harness.workload.scenarios import SCENARIOS
+from harness.workload.scenarios import SCENARIOS, default_scenarios
 
 
 @dataclasses.dataclass
@@ -132,7 +132,7 @@ def run_verify(config: HarnessConfig, *, seed: int, scan: list[Path] | None = No
     names = list(config.strategies) or list(BUILTINS)
     specs: list[StrategySpec] = [load_strategy(n) for n in names]
     load_team(config)  # a broken --models or --actions fails here, before any server starts
-    scenarios = list(config.scenarios) or list(SCENARIOS)
+    scenarios = list(config.scenarios) or default_scenarios(config)
     unknown = [s for s in scenarios if s not in SCENARIOS]
     if unknown:
         raise UsageError(f"Unknown scenario(s) {', '.join(unknown)}.", fix=[f"use some of: {', '.join(SCENARIOS)}"])

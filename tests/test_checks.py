@@ -244,7 +244,7 @@ def test_a_committed_insert_in_another_schema_is_misplaced_and_lost():
 
     findings = check_writes(run.history)
 
-    assert summary(findings) == [("lost_write", (wrote,)), ("misplaced_write", (wrote,))]
+    assert summary(findings) == [("lost_write", (wrote, wrote + 1)), ("misplaced_write", (wrote,))]
     assert all(f.tenant == "acme" and f.gating for f in findings)
     misplaced = next(f for f in findings if f.kind == "misplaced_write")
     assert "schema 'Acme'" in misplaced.explanation
@@ -256,7 +256,7 @@ def test_an_insert_into_public_is_misplaced():
     run.control("globex", "commit")
     run.put("public", 10, "globex", "ins:10")
 
-    assert summary(check_writes(run.history)) == [("lost_write", (wrote,)), ("misplaced_write", (wrote,))]
+    assert summary(check_writes(run.history)) == [("lost_write", (wrote, wrote + 1)), ("misplaced_write", (wrote,))]
 
 
 def test_a_rolled_back_insert_is_expected_nowhere():
@@ -282,7 +282,7 @@ def test_rollback_to_savepoint_drops_only_the_writes_after_it():
     assert check_writes(run.history) == []
 
     run.remove("acme", 10)
-    assert summary(check_writes(run.history)) == [("lost_write", (before,))]
+    assert summary(check_writes(run.history)) == [("lost_write", (before, before + 4))]
 
 
 def test_a_failed_step_discards_the_pending_writes():
@@ -327,7 +327,7 @@ def test_a_committed_update_that_landed_in_another_schema_is_misplaced():
     findings = check_writes(run.history)
 
     # Acme's own row kept its old name (lost), globex's row got acme's label (misplaced).
-    assert summary(findings) == [("lost_write", (upd,)), ("misplaced_write", (upd,))]
+    assert summary(findings) == [("lost_write", (upd, upd + 1)), ("misplaced_write", (upd,))]
     misplaced = next(f for f in findings if f.kind == "misplaced_write")
     assert misplaced.tenant == "acme" and "schema 'globex'" in misplaced.explanation
 
@@ -339,7 +339,7 @@ def test_a_committed_update_that_was_not_applied_is_lost():
 
     findings = check_writes(run.history)
 
-    assert summary(findings) == [("lost_write", (upd,))]
+    assert summary(findings) == [("lost_write", (upd, upd + 1))]
     assert "'acme product 2'" in findings[0].explanation and "'upd:21'" in findings[0].explanation
 
 
@@ -353,7 +353,7 @@ def test_a_committed_delete_whose_row_is_still_there_is_lost():
 
     findings = check_writes(run.history)
 
-    assert summary(findings) == [("lost_write", (gone,))]
+    assert summary(findings) == [("lost_write", (gone, gone + 1))]
     assert "still there" in findings[0].explanation
 
 
@@ -408,7 +408,7 @@ def test_a_finding_from_a_style_the_strategy_does_not_rely_on_does_not_gate():
     assert sorted((f.kind, f.steps, f.gating) for f in findings) == [
         ("cross_tenant_read", (read,), False),
         ("cross_tenant_read", (orm,), True),
-        ("lost_write", (raw,), False),
+        ("lost_write", (raw, raw + 1), False),
         ("misplaced_write", (raw,), False),
     ]
 

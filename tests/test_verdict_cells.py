@@ -101,3 +101,20 @@ def test_generated_programs_on_a_refused_route_cannot_run(stack, tenancy):
                         PROFILES["dev"], seed=1)
     assert result.verdict.value == "cannot_run", explain(result)
     assert "unsupported startup parameter: options" in result.reason
+
+
+@pytest.mark.parametrize("layer, kinds", [("PerTenantEngines", set()), ("StartupOptions", set()),
+                                          ("PerTenantLeavesTimeout", {"pool_pollution"})])
+def test_pool_state_probes_each_engine_of_a_pool_per_tenant(stack, tenancy, layer, kinds):
+    """Without one engine to probe, the probe reads every engine the sessions drew from; a tenant's own binding
+    on its own pool (StartupOptions' search_path) is not state carried to another tenant, anything else is."""
+    program = NAMED_SCENARIOS["pool_state"].program(PLAIN, ())
+    result = run_cell(stack, tenancy, load_strategy(f"verdict_strategies:{layer}"), "direct", "pool_state", program)
+    assert {f.kind for f in result.findings if f.isolation} == kinds, explain(result)
+    assert result.coverage.probed_connections > 0
+    assert {p.target for p in result.history.probes} >= {"engine of 'acme'", "engine of 'globex'"}
+    if not kinds:
+        assert result.verdict.value == "pass" and result.reason.startswith("structural isolation"), result.reason
+    else:
+        assert "session setting statement_timeout" in next(f.explanation for f in result.findings
+                                                           if f.kind == "pool_pollution")

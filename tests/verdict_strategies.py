@@ -103,3 +103,16 @@ class QuotesNaively(SharedEngine):
         with Session(self.engine) as session:
             session.execute(text(f'SET LOCAL search_path TO "{tenant}"'))
             yield session
+
+
+class PerTenantLeavesTimeout(PerTenantEngines):
+    """One engine per tenant whose requests end by committing ``SET statement_timeout``: the tenant's next
+    request gets a connection with it (pool_pollution, even though no other tenant ever gets it)."""
+
+    @contextlib.contextmanager
+    def session(self, tenant):
+        with super().session(tenant) as session:
+            yield session
+            session.rollback()
+            session.execute(text("SET statement_timeout = '5s'"))
+            session.commit()

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable, NamedTuple
 
 from harness.checks.coverage import Coverage, CoverageCounter, coverage
+from harness.checks.faults import after_faults
 from harness.checks.findings import ISOLATION_KINDS, KINDS, Finding
 from harness.checks.history import History, HistoryFileSteps, StepRecord
 from harness.checks.isolation import (check_context_lost, check_cross_tenant_reads, check_errors, check_team_writes,
@@ -58,8 +59,9 @@ def _in_step_order(findings: list[Finding]) -> list[Finding]:
 
 
 def check_history(history: History) -> list[Finding]:
-    """Every finding of a history, in the order of the steps that show it."""
-    return _in_step_order([finding for check in CHECKS for finding in check.run(history)])
+    """Every finding of a history, in the order of the steps that show it (worded with the fault before it)."""
+    findings = _in_step_order([finding for check in CHECKS for finding in check.run(history)])
+    return after_faults(findings, history.steps) if history.faults else findings
 
 
 def check_history_file(history: History, path: Path) -> tuple[list[Finding], list[StepRecord], Coverage]:

@@ -9,7 +9,12 @@ from __future__ import annotations
 import dataclasses
 
 from harness.checks.history import History, StepRecord
+from harness.checks.faults import fault_counts
+from harness.checks.steps import is_fault
 from harness.checks.refusals import is_connection_refusal, is_name_refusal, server_message
+
+
+FAULT_PREFIX = "fault_"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,6 +31,8 @@ class Coverage:
     connection_refused: str = ""
     #: tenant names the layer refused before any SQL reached the server
     refused_tenants: tuple[str, ...] = ()
+    #: (fault, times injected), for a cell that injects faults
+    faults: tuple[tuple[str, int], ...] = ()
 
     @property
     def exercised(self) -> bool:
@@ -37,9 +44,11 @@ class Coverage:
         return self.separate_pools and self.shared_backends == 0 and self.backends > 0
 
     def describe(self) -> str:
+        faults = (f"; faults injected: {', '.join(f'{name.removeprefix(FAULT_PREFIX)} x{count}' for name, count in self.faults)}"
+                  if self.faults else "")
         return (f"{self.steps} steps over {self.tenants} tenants on {self.backends} backends; "
                 f"{self.shared_backends} backend(s) served more than one tenant; "
-                f"{self.probed_connections} pooled connection(s) probed")
+                f"{self.probed_connections} pooled connection(s) probed{faults}")
 
 
 class CoverageCounter:
@@ -54,9 +63,14 @@ class CoverageCounter:
         self.refusals: list[str] = []  # the server's messages of refused connections (the first few)
         self.other_errors = 0  # failures that were not a refused connection
         self.refused: dict[str, None] = {}  # tenant names the layer refused, in order
+        self.faults: dict[str, int] = {}  # faults injected, by kind
 
     def feed(self, step: StepRecord) -> None:
         self.steps += 1
+        if is_fault(step.step):
+            for name, count in fault_counts((step,)).items():
+                self.faults[name] = self.faults.get(name, 0) + count
+            return  # a fault's own error is no failure of the layer
         self.tenants.add(step.tenant)
         if step.pid is not None:
             self.tenants_by_pid.setdefault(step.pid, set()).add(step.tenant)
@@ -87,7 +101,7 @@ class CoverageCounter:
                         shared_backends=sum(1 for t in self.tenants_by_pid.values() if len(t) > 1),
                         tenants=len(self.tenants), probed_connections=self.probed,
                         separate_pools=self._separate_pools(), connection_refused=refused_connection,
-                        refused_tenants=tuple(self.refused))
+                        refused_tenants=tuple(self.refused), faults=tuple(sorted(self.faults.items())))
 
 
 def coverage(history: History) -> Coverage:

@@ -8,8 +8,9 @@ ISOLATION_KINDS = ("cross_tenant_read", "misplaced_write", "lost_write", "contex
                    "unsafe_identifier")
 #: not about isolation, kept apart: ``error`` (any other failure), ``lock_wait`` (a step that outlived the
 #: step deadline, stopped by the harness; its explanation names what it waited on and who held it) and
-#: ``refused`` (the layer refused a tenant name before any SQL reached the server: sound, never gating)
-KINDS = ISOLATION_KINDS + ("error", "lock_wait", "refused")
+#: ``refused`` (the layer refused a tenant name before any SQL reached the server: sound, never gating) and
+#: ``indeterminate`` (a commit raised under a fault: its writes may be there or not; never gating)
+KINDS = ISOLATION_KINDS + ("error", "lock_wait", "refused", "indeterminate")
 
 
 @dataclasses.dataclass(frozen=True)

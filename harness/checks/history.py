@@ -180,6 +180,16 @@ class ConnectionState:
             found.append(("cursor", _named(len(self.cursors), "WITH HOLD cursor", self.cursors)))
         return found
 
+    def leftovers_for(self, owner: str | None) -> list[str]:
+        """What :meth:`leftovers` says, less the binding of ``owner`` on a pool only ``owner`` uses."""
+        if owner is None:
+            return self.leftovers()
+        own = owner.replace('"', '""')
+        kept = [(kind, text) for kind, text in self.differences()
+                if not (kind == "search_path" and self.search_path.split(",")[0].strip() in (owner, f'"{own}"'))
+                and not (kind == "custom_setting" and text.endswith(f"= {owner!r}"))]
+        return [text for _, text in kept]
+
     def kinds(self) -> set[str]:
         return {kind for kind, _ in self.differences()}
 
@@ -200,10 +210,13 @@ class ProbeRecord:
 
     seq: int
     after_step: int
-    target: str  # "pgbouncer:<route>" or "engine"
+    target: str  # "pgbouncer:<route>", "engine", or "engine of 'acme'" (one engine per tenant)
     states: tuple[ConnectionState, ...]
     server_pids: tuple[int, ...] = ()  # SHOW SERVERS remote_pid, for coverage of the probe
     error: str | None = None
+    #: the one tenant whose sessions use the probed pool (an engine per tenant): its own binding left on its
+    #: own pool (its search_path, a custom setting naming it) is no state carried to another tenant's request
+    owner: str | None = None
 
     @property
     def uncovered(self) -> tuple[int, ...]:
@@ -274,6 +287,8 @@ class History:
     #: per tenant, the connection pools its sessions' connections came from (the runner reads
     #: ``session.get_bind()``); empty when not recorded
     pools: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+    #: the faults the cell could inject (the faults scenario); errors of a broken connection are then expected
+    faults: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -295,4 +310,5 @@ class History:
                    seed_ids={k: tuple(v) for k, v in data.get("seed_ids", {}).items()},
                    gating_styles=tuple(data.get("gating_styles") or cls.gating_styles),
                    layout=data.get("layout", "schema"),
-                   pools={k: tuple(v) for k, v in data.get("pools", {}).items()})
+                   pools={k: tuple(v) for k, v in data.get("pools", {}).items()},
+                   faults=tuple(data.get("faults", ())))

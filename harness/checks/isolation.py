@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from harness.checks.faults import expected_under_faults
 from harness.checks.findings import Finding
 from harness.tenancy.tenants import needs_quoting
 from harness.checks.history import History, StepRecord
@@ -136,6 +137,7 @@ def check_errors(history: History) -> list[Finding]:
     return [Finding("error", _error_explanation(step), (step.seq,), step.tenant, _gating(history, step))
             for step in history.steps
             if step.error and step.waited is None and step.error.sqlstate != UNDEFINED_TABLE
+            and not expected_under_faults(history, step)  # a fault's doing: the request may fail
             and not is_name_refusal(step)  # the refused check words it: sound, not an error
             and not (step.error.sqlstate == INSUFFICIENT_PRIVILEGE and "row-level security" in step.error.message)
             and not (needs_quoting(step.tenant) and step.error.sqlstate in IDENTIFIER_SQLSTATES)]

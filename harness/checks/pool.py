@@ -15,9 +15,9 @@ AFTER_THE_RUN = 0
 def check_pool_pollution(history: History) -> list[Finding]:
     findings = []
     last_on = _last_steps_on(history, {s.pid for p in history.probes if p.after_step == AFTER_THE_RUN
-                                       for s in p.states if s.leftovers()})
+                                       for s in p.states if s.leftovers_for(p.owner)})
     steps_on = _steps_on(history, {s.pid for p in history.probes if p.after_step != AFTER_THE_RUN
-                                   for s in p.states if s.leftovers()})
+                                   for s in p.states if s.leftovers_for(p.owner)})
     for probe in history.probes:
         if probe.error:
             findings.append(Finding("error", f"probe {probe.seq} of {probe.target} {_when(probe)} failed: "
@@ -25,7 +25,7 @@ def check_pool_pollution(history: History) -> list[Finding]:
             continue
         seen: set[int] = set()
         for state in probe.states:
-            leftovers = state.leftovers()
+            leftovers = state.leftovers_for(probe.owner)
             if leftovers and state.pid not in seen:
                 seen.add(state.pid)
                 if probe.after_step == AFTER_THE_RUN:

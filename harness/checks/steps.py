@@ -27,6 +27,7 @@ class Style(enum.StrEnum):
     RAW_QUALIFIED = "raw_qualified"
     CONTROL = "control"
     ACTION = "action"  # the team's own code path: always gating, whatever SQL it runs
+    FAULT = "fault"  # something broken under the layer (harness.workload.faults): reads and writes nothing
 
 
 class Effect(enum.StrEnum):
@@ -64,6 +65,10 @@ class StepKind:
     hammer: bool = True  # drawn by the hammer (a web worker's request)
     frame: bool = False  # opens or ends a request; never drawn
     composite: bool = False  # runs requests of its own, recorded as their steps (not as itself)
+    #: a fault, and what it needs from the stack: "server" (any route), "pgbouncer" (a pooled route),
+    #: "restart" (a PgBouncer the harness can restart), "proxy" (the fault proxy before PostgreSQL); drawn
+    #: only by the faults scenario, where the stack has what it needs
+    fault: str = ""
 
 
 _ORM, _UNQ, _QUAL, _CTL = Style.ORM, Style.RAW_UNQUALIFIED, Style.RAW_QUALIFIED, Style.CONTROL
@@ -89,6 +94,14 @@ STEP_KINDS: dict[str, StepKind] = {kind.name: kind for kind in (
     # A background job inside a request: one session per tenant over every tenant; too heavy for
     # a web worker's request, so the hammer does not draw it.
     StepKind("scheduler_pass", _CTL, hammer=False, composite=True),
+    # Faults (harness.workload.faults; their legend: harness.checks.faults.FAULT_LEGEND).
+    *(StepKind(name, Style.FAULT, pid=PidTiming.NONE, generated=False, hammer=False, fault=needs)
+      for name, needs in (("fault_terminate_backend", "server"), ("fault_idle_timeout", "server"),
+                          ("fault_statement_timeout", "server"), ("fault_pgbouncer_reconnect", "pgbouncer"),
+                          ("fault_pgbouncer_kill", "pgbouncer"), ("fault_pgbouncer_pause", "pgbouncer"),
+                          ("fault_pgbouncer_reload", "pgbouncer"), ("fault_server_lifetime", "pgbouncer"),
+                          ("fault_pgbouncer_restart", "restart"), ("fault_proxy_cut", "proxy"),
+                          ("fault_proxy_delay", "proxy"))),
     StepKind("open", _CTL, effect=Effect.DISCARD, frame=True, generated=False, hammer=False),
     StepKind("end_request", _CTL, effect=Effect.DISCARD, pid=PidTiming.NONE, frame=True, generated=False,
              hammer=False),
@@ -96,6 +109,8 @@ STEP_KINDS: dict[str, StepKind] = {kind.name: kind for kind in (
 
 #: Steps a request may list between its open and its end_request.
 REQUEST_STEPS = tuple(name for name, kind in STEP_KINDS.items() if not kind.frame)
+#: Every fault step, in declaration order.
+FAULT_STEPS = tuple(name for name, kind in STEP_KINDS.items() if kind.fault)
 
 
 # The team's steps, named after its tables and code paths (``team_read:invoice``,
@@ -132,7 +147,11 @@ def step_kind(name: str) -> StepKind:
 
 def drawable(*, hammer: bool = False, layout: str | None = None, team: tuple[str, ...] = ()) -> tuple[str, ...]:
     """The steps generated programs (or the hammer) draw from, in declaration order, then the
-    team's steps (``team``: their names) that the layout allows."""
+    team's steps (``team``: their names) that the layout allows. Faults are drawn apart (the faults scenario)."""
     kinds = [*STEP_KINDS.values(), *(step_kind(name) for name in team)]
     return tuple(kind.name for kind in kinds
                  if (kind.hammer if hammer else kind.generated) and (layout is None or layout in kind.layouts))
+
+
+def is_fault(name: str) -> bool:
+    return bool(step_kind(name).fault)

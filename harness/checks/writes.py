@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Iterable
 
+from harness.checks.faults import check_indeterminate, is_fault_error
 from harness.checks.findings import Finding
 from harness.checks.history import History, StepRecord, Write
 from harness.checks.steps import Effect, step_kind
@@ -21,14 +22,18 @@ class WriteLedger:
     history can be fed from disk without keeping its steps.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, faults: bool = False) -> None:
         self.pending: dict[int, list[tuple[Write, StepRecord]]] = {}
         self.marks: dict[int, list[int]] = {}
         self.committed: list[tuple[Write, StepRecord]] = []
+        self.committed_at: dict[tuple[str, str, int], int] = {}  # the step whose commit was acknowledged
         self.attempted: dict[str, tuple[Write, StepRecord]] = {}
         # Pending when the request ended: a layer may commit on exit (a session_scope
         # helper), so such writes may or may not be there; lost_write ignores their rows.
         self.uncertain: set[tuple[str, str, int]] = set()
+        # Commits that raised under a fault with writes pending: (step seq, writes, tenant); indeterminate.
+        self.indeterminate: list[tuple[int, int, str]] = []
+        self.faults = faults  # the history injects faults: a commit that broke is indeterminate
 
     @classmethod
     def of(cls, steps: Iterable[StepRecord]) -> "WriteLedger":
@@ -47,6 +52,10 @@ class WriteLedger:
         if step.error is None and step.step == "end_request":
             self.uncertain.update((w.owner, w.table, w.id) for w, _ in mine)
         effect = Effect(step.effect) if step.effect else step_kind(step.step).effect
+        if (step.error is not None and mine and self.faults and is_fault_error(step.error)
+                and (effect is Effect.COMMIT or step.step == "end_request")):  # a commit (or one on exit) broke
+            self.uncertain.update((w.owner, w.table, w.id) for w, _ in mine)
+            self.indeterminate.append((step.seq, len(mine), step.tenant))
         if step.error is not None or effect is Effect.DISCARD:
             mine.clear()
             my_marks.clear()
@@ -58,6 +67,7 @@ class WriteLedger:
             del mine[my_marks.pop():]
         elif effect is Effect.COMMIT:
             self.committed.extend(mine)
+            self.committed_at.update(((w.owner, w.table, w.id), step.seq) for w, _ in mine)
             mine.clear()
             my_marks.clear()
 
@@ -67,7 +77,9 @@ def check_writes(history: History, ledger: WriteLedger | None = None) -> list[Fi
     if history.final_state is None:
         return []
     if ledger is None:
-        ledger = WriteLedger.of(history.steps)
+        ledger = WriteLedger(faults=bool(history.faults))
+        for step in history.steps:
+            ledger.feed(step)
     gating = set(history.gating_styles)
     committed = ledger.committed
     # The expected end state of each (table, id) in its owner's schema.
@@ -80,7 +92,7 @@ def check_writes(history: History, ledger: WriteLedger | None = None) -> list[Fi
             labels[write.label] = (write, step)
     attempted_labels = ledger.attempted
 
-    findings: list[Finding] = []
+    findings: list[Finding] = check_indeterminate(history, ledger.indeterminate)
     for schema, tables in history.final_state.items():
         for table, rows in tables.items():
             present = {row[0]: row for row in rows}
@@ -113,10 +125,12 @@ def check_writes(history: History, ledger: WriteLedger | None = None) -> list[Fi
                     problem = f"holds {row[2]!r} instead of the committed {label!r}"
                 else:
                     continue
+                at = ledger.committed_at.get((owner, w_table, row_id), step.seq)
                 findings.append(Finding(
                     "lost_write",
-                    f"{table} #{row_id} of tenant {owner!r} {problem} (step {step.seq}).",
-                    (step.seq,), owner, step.style in gating))
+                    f"{table} #{row_id} of tenant {owner!r} {problem} (step {step.seq}"
+                    f"{f', commit acknowledged at step {at}' if at != step.seq else ''}).",
+                    tuple(dict.fromkeys((step.seq, at))), owner, step.style in gating))
             seeded = history.seed_ids.get(table, ())
             deleted = {row_id for (owner, t, row_id), (label, _) in expected.items()
                        if owner == schema and t == table and label is None}

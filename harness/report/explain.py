@@ -46,7 +46,8 @@ def explain(cell: CellResult, limit: int = 40) -> str:
         lines.append(f"  ... {len(cell.history.steps) - limit} more steps")
     for probe in cell.history.probes[:limit]:
         pids = ", ".join(str(s.pid) for s in probe.states) or "none"
-        against = f"; SHOW SERVERS: {', '.join(map(str, probe.server_pids)) or 'none'}" if probe.target != "engine" else ""
+        against = (f"; SHOW SERVERS: {', '.join(map(str, probe.server_pids)) or 'none'}"
+                   if probe.target.startswith("pgbouncer") else "")
         busy = f"; busy, not probed: {', '.join(map(str, probe.uncovered))}" if probe.uncovered else ""
         lines.append(f"  probe after step {probe.after_step} ({probe.target}): probed {pids}{against}{busy}"
                      + (f" ERROR {probe.error}" if probe.error else ""))

@@ -13,6 +13,7 @@ from typing import Any
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 
+from harness.checks.faults import FAULT_LEGEND
 from harness.checks.history import STATE_KINDS
 from harness.checks.verdict import Verdict
 from harness.report.junit import junit_xml
@@ -73,7 +74,7 @@ def render_html(results: dict[str, Any], history: list[dict[str, Any]]) -> str:
         # on a stack (not_run) would otherwise be a row of empty marks.
         rows={d: [s for s in plan.strategies if (d, s) in measured] for d in plan.deployments},
         letters=route_letters(plan.routes), migration_columns=COLUMNS, trend=history,
-        state_kinds=STATE_KINDS)
+        state_kinds=STATE_KINDS, fault_kinds=FAULT_LEGEND)
 
 
 def write_partial_results(results: dict[str, Any], report_dir: Path) -> Path:

@@ -22,6 +22,7 @@ from harness.stack.ports import PortLease, lease_port, port_in_use
 from harness.stack.postgres import APP_ROLE, SUPERUSER, Logins, PostgresServer, prepare_data_dir
 from harness.stack.parts import ServerPart
 from harness.stack.process import pid_alive
+from harness.stack.proxy import FaultProxy
 from harness.stack.stack import POOLED_ROUTES, Stack, StackAssembly, launch, route_url
 
 PORT_ATTEMPTS = 3
@@ -96,7 +97,7 @@ def _start_on_free_port(assembly: StackAssembly, make: Callable[[int], Process],
 
 
 def start_native_stack(config: HarnessConfig) -> Stack:
-    """Start PostgreSQL and two PgBouncers from local binaries.
+    """Start PostgreSQL and two PgBouncers from local binaries (and the fault proxy between them for faults).
 
     Everything is checked before anything starts (binaries, account); a failure
     part-way stops what was started and removes the temporary folder.
@@ -131,10 +132,20 @@ def _boot(assembly: StackAssembly) -> None:
     stack.superuser_url = route_url(SUPERUSER, logins.superuser, postgres.port)
     assembly.add_route("direct", route_url(APP_ROLE, logins.app, postgres.port))
 
+    # The faults scenario cuts and slows the PgBouncers' server connections: they reach PostgreSQL
+    # through the fault proxy. The direct route stays direct.
+    server_port = postgres.port
+    if config.runs_faults:
+        proxy, _ = _start_on_free_port(
+            assembly, lambda port: FaultProxy(run_dir, port, postgres.port),
+            lambda proxy: proxy.start(config.start_timeout))
+        assembly.add_proxy(proxy)
+        server_port = proxy.port
+
     for mode in POOLED_ROUTES:
         bouncer, version = _start_on_free_port(
             assembly,
-            lambda port, mode=mode: Bouncer(binaries.pgbouncer, account, mode, run_dir, port, postgres.port,
+            lambda port, mode=mode: Bouncer(binaries.pgbouncer, account, mode, run_dir, port, server_port,
                                             logins.users, SUPERUSER, pool_size(config, mode)),
             lambda bouncer: bouncer.start(config.start_timeout))
         assembly.add_bouncer(bouncer)

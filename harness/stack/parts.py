@@ -54,11 +54,34 @@ class ServerPart(Protocol):
 
 
 class BouncerPart(ServerPart, Protocol):
-    """A PgBouncer of a stack: the server part behind a pooled route."""
+    """A PgBouncer of a stack: the server part behind a pooled route.
+
+    A native PgBouncer also has ``restart(timeout: float = 10.0) -> None``: an
+    immediate shutdown, then the same configuration on the same port, ready
+    when its admin console answers; clients connected before it get an error
+    on their next statement. Docker and external PgBouncers do not have it:
+    check ``hasattr(part, "restart")``.
+    """
 
     #: ``session`` or ``transaction``: the route it serves
     pool_mode: str
 
     def admin(self, command: str) -> list[dict[str, Any]]:
         """Run one admin console command (``SHOW POOLS``, ``RECONNECT``...) and return its rows."""
+        ...
+
+
+class ProxyPart(ServerPart, Protocol):
+    """A fault proxy between the PgBouncers and PostgreSQL (native backend, when the faults scenario runs)."""
+
+    def cut(self) -> int:
+        """Reset every relayed connection now, both sides; return how many were cut."""
+        ...
+
+    def delay(self, seconds: float, duration: float) -> None:
+        """For the next ``duration`` seconds, hold every chunk (both ways) ``seconds`` before forwarding it."""
+        ...
+
+    def connections(self) -> int:
+        """How many relayed connections (PgBouncer to PostgreSQL) are open."""
         ...

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -11,12 +12,15 @@ import psycopg
 from psycopg.rows import dict_row
 
 from harness.config import HarnessConfig
+from harness.errors import StartupTimeout
 from harness.stack.account import Account
 from harness.stack.parts import BouncerPart
 from harness.stack.process import ServerProcess
 from harness.stack.wait import wait_until
 
 ADMIN_DATABASE = "pgbouncer"
+#: pause between two attempts of a restart whose port is still taken
+RESTART_RETRY_INTERVAL = 0.05
 
 
 def pool_size(config: HarnessConfig, pool_mode: str) -> int:
@@ -168,6 +172,30 @@ class Bouncer(ServerProcess):
         self.write_config()
         self.spawn([self.binary, self.ini_path], cwd=self.run_dir)
         return wait_for_admin(self, what=f"{self.name} on port {self.port}", timeout=timeout)
+
+    def restart(self, timeout: float = 10.0) -> None:
+        """Stop PgBouncer at once and start it again, same configuration, same port (a fault step).
+
+        Its clients and server connections are gone: a client connected before
+        gets an error on its next statement. PgBouncer binds with SO_REUSEADDR,
+        so the old connections in TIME_WAIT do not keep the port; a port still
+        busy all the same is retried until ``timeout``.
+        """
+        self.stop()  # closes the admin console's connection too: the next command logs in again
+        deadline = time.monotonic() + timeout
+        while True:
+            offset = self.log_size()
+            self.spawn([self.binary, self.ini_path], cwd=self.run_dir)
+            try:
+                wait_for_admin(self, what=f"{self.name} restarting on port {self.port}",
+                               timeout=max(0.1, deadline - time.monotonic()))
+                return
+            except StartupTimeout:
+                busy = "already in use" in self.log_since(offset)
+                super().stop()
+                if not busy or time.monotonic() + RESTART_RETRY_INTERVAL >= deadline:
+                    raise
+            time.sleep(RESTART_RETRY_INTERVAL)
 
     def stop(self, timeout: float = 5.0) -> None:
         self.admin.close()

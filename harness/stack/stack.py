@@ -25,7 +25,7 @@ import psycopg
 from sqlalchemy.engine import URL
 
 from harness.config import HarnessConfig
-from harness.stack.parts import BouncerPart, ServerPart
+from harness.stack.parts import BouncerPart, ProxyPart, ServerPart
 from harness.stack.postgres import APP_ROLE, DATABASE, SUPERUSER
 from harness.stack.wait import wait_until
 
@@ -71,6 +71,8 @@ class Stack:
     not_run: dict[tuple["Missing", str], str] = dataclasses.field(default_factory=dict)
     #: the PostgreSQL part (behind the direct route, and behind every PgBouncer)
     server: ServerPart | None = None
+    #: the fault proxy between the PgBouncers and PostgreSQL; only a native stack that runs the faults scenario
+    proxy: ProxyPart | None = None
     _cleanup: list[Callable[[], object]] = dataclasses.field(default_factory=list, repr=False)
     _closed: bool = dataclasses.field(default=False, repr=False)
 
@@ -157,6 +159,8 @@ class Stack:
         for route, bouncer in self.bouncers.items():
             admin = self.superuser_url.set(port=bouncer.port, database="pgbouncer")
             lines.append(f"  admin:{route:<6} {admin.render_as_string(hide_password=False)}")
+        if self.proxy is not None:
+            lines.append(f"  {'proxy':<12} 127.0.0.1:{self.proxy.port} (fault proxy: PgBouncers -> PostgreSQL)")
         return "\n".join(lines)
 
 
@@ -232,6 +236,10 @@ class StackAssembly:
     def add_bouncer(self, bouncer: BouncerPart) -> None:
         """The PgBouncer behind the route named by its pool mode (tracked, if it is not yet)."""
         self.stack.bouncers[bouncer.pool_mode] = self.track(bouncer)
+
+    def add_proxy(self, proxy: ProxyPart) -> None:
+        """The fault proxy the PgBouncers reach PostgreSQL through (tracked, if it is not yet)."""
+        self.stack.proxy = self.track(proxy)
 
     def add_route(self, route: str, url: URL) -> None:
         """A route the stack serves; :func:`launch` checks it with a query before the stack is handed out."""

@@ -245,6 +245,6 @@ def rollback_to_savepoint(ctx: Context, session: Session) -> Outcome:
 
 
 _UNIMPLEMENTED = [name for name, kind in STEP_KINDS.items()
-                  if not kind.frame and not kind.composite and name not in ACTIONS]
+                  if not kind.frame and not kind.composite and not kind.fault and name not in ACTIONS]
 if _UNIMPLEMENTED:  # a declared step without an implementation is a programming error: fail at import
     raise ImportError(f"declared step kind(s) without an implementation in {__name__}: {_UNIMPLEMENTED}")

@@ -117,7 +117,7 @@ def run_cell(stack: Stack, tenancy: Tenancy, spec: StrategySpec, route: str, sce
         statements = _record_statements(cell.strategy.engine)
         # A scheduler pass writes for every tenant, not only those the program names.
         tenants = tuple(dict.fromkeys(program.tenants + tenancy.tenants))
-        history = cell.history(tenants)
+        history = cell.history(tenants, faults=program.faults)
         cell.runner.run(program, history)
     cell.read_back(history)
     findings = check_history(history)

@@ -55,18 +55,25 @@ PROFILES = {p.name: p for p in (
 
 
 def requests_of(tenants: tuple[str, ...], steps: tuple[str, ...],
-                team: tuple[str, ...] = ()) -> st.SearchStrategy[Request]:
+                team: tuple[str, ...] = (), faults: tuple[str, ...] = ()) -> st.SearchStrategy[Request]:
     """Requests of up to MAX_STEPS steps. With the team's steps (``team``), the built-in steps, the team's
     table steps and its actions are drawn about equally often: the run is there to test the team's app,
-    whose steps would otherwise be a few among many."""
+    whose steps would otherwise be a few among many. With ``faults``, a request may also meet one fault, at
+    any point of it (shrinking towards none): its other steps are drawn as without faults, so the faults
+    scenario finds what generated programs find, and what only a fault shows."""
     groups = [group for group in (steps, *team_steps.groups(team)) if group]
     step = st.one_of(*(st.sampled_from(group) for group in groups))
-    return st.builds(Request, st.sampled_from(tenants), st.lists(step, max_size=MAX_STEPS).map(tuple))
+    drawn = st.lists(step, max_size=MAX_STEPS).map(tuple)
+    if faults:
+        drawn = st.tuples(drawn, st.none() | st.tuples(st.integers(0, MAX_STEPS), st.sampled_from(faults))).map(
+            lambda pair: pair[0] if pair[1] is None else
+            pair[0][:pair[1][0]] + (pair[1][1],) + pair[0][pair[1][0]:])
+    return st.builds(Request, st.sampled_from(tenants), drawn)
 
 
 @st.composite
 def programs(draw: Any, tenants: tuple[str, ...], probe: str = "end", layout: str | None = None,
-             team: tuple[str, ...] = ()) -> Program:
+             team: tuple[str, ...] = (), faults: tuple[str, ...] = ()) -> Program:
     """2 to 6 clients, each with up to 3 requests for tenants of the set, and an interleaving.
 
     The interleaving is drawn as "which of the clients that still have actions
@@ -75,7 +82,7 @@ def programs(draw: Any, tenants: tuple[str, ...], probe: str = "end", layout: st
     """
     builtin = drawable(layout=layout)
     teams = drawable(layout=layout, team=team)[len(builtin):]  # the team's steps this layout allows
-    clients = draw(st.lists(st.lists(requests_of(tenants, builtin, teams), max_size=MAX_REQUESTS).map(tuple),
+    clients = draw(st.lists(st.lists(requests_of(tenants, builtin, teams, faults), max_size=MAX_REQUESTS).map(tuple),
                             min_size=2, max_size=MAX_CLIENTS).map(tuple))
     remaining = [sum(len(r.actions()) for r in requests) for requests in clients]
     schedule: list[int] = []
@@ -107,17 +114,20 @@ class Exploration:
     last_failure: CellResult | None = None
     failing_program: Program | None = None
     stuck: CellResult | None = None  # the first example with a step the step deadline stopped
+    erred: CellResult | None = None  # the first example with an error: the evidence of an inconclusive search
     cannot_run: CellResult | None = None  # the first example in which every connection was refused
     runnable: int = 0  # examples in which a step reached a backend
     structural: int = 0  # examples over two or more tenants on pools no two tenants shared
     #: examples over two or more tenants that reached a backend, on a pool two tenants shared (or unseen)
     not_structural: int = 0
+    faults: dict[str, int] = dataclasses.field(default_factory=dict)  # faults injected, by kind
 
 
 def explore(stack: Stack, tenancy: Tenancy, spec: StrategySpec, route: str, profile: Profile, *,
             seed: int | None = None, derandomize: bool = False, database_dir: Path | None = None,
-            scenario: str = "generated") -> tuple[CellResult, Exploration]:
-    """Search generated programs for an isolation failure; shrink the first one found."""
+            scenario: str = "generated", faults: tuple[str, ...] = ()) -> tuple[CellResult, Exploration]:
+    """Search generated programs for an isolation failure; shrink the first one found. With ``faults``,
+    the programs interleave those fault steps too."""
     seen = Exploration()
     started = time.monotonic()
 
@@ -125,7 +135,8 @@ def explore(stack: Stack, tenancy: Tenancy, spec: StrategySpec, route: str, prof
               database=DirectoryBasedExampleDatabase(str(database_dir)) if database_dir and not derandomize else None,
               suppress_health_check=list(HealthCheck), verbosity=Verbosity.quiet, report_multiple_bugs=False,
               phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink])
-    @given(programs(tenancy.tenants, layout=spec.layout(stack.url(route)), team=team_steps.step_names(tenancy.team)))
+    @given(programs(tenancy.tenants, layout=spec.layout(stack.url(route)), team=team_steps.step_names(tenancy.team),
+                    faults=faults))
     def isolation_holds(program: Program) -> None:
         result = run_cell(stack, tenancy, spec, route, scenario, program)
         seen.examples += 1
@@ -134,12 +145,17 @@ def explore(stack: Stack, tenancy: Tenancy, spec: StrategySpec, route: str, prof
         seen.backends += result.coverage.backends
         seen.shared_backends += result.coverage.shared_backends
         seen.probed += result.coverage.probed_connections
-        seen.errors += sum(1 for f in result.findings if f.kind == "error" and f.gating)
+        errors = sum(1 for f in result.findings if f.kind == "error" and f.gating)
+        seen.errors += errors
+        if errors and seen.erred is None:
+            seen.erred = result
         if seen.stuck is None and any(f.kind == "lock_wait" for f in result.findings):
             seen.stuck = result
         if result.verdict is Verdict.CANNOT_RUN:
             seen.cannot_run = seen.cannot_run or result
         seen.runnable += result.coverage.backends > 0
+        for name, count in result.coverage.faults:
+            seen.faults[name] = seen.faults.get(name, 0) + count
         seen.structural += result.coverage.structural
         seen.not_structural += (result.coverage.tenants > 1 and result.coverage.backends > 0
                                 and not result.coverage.structural)
@@ -154,7 +170,7 @@ def explore(stack: Stack, tenancy: Tenancy, spec: StrategySpec, route: str, prof
     # One example-database key per strategy x route: otherwise a sound cell replays
     # (and deletes) the failures an unsound one saved.
     isolation_holds.hypothesis.inner_test._hypothesis_internal_add_digest = (  # type: ignore[attr-defined]
-        f"{spec.spec}|{route}|{'|'.join(tenancy.tenants)}".encode())
+        f"{spec.spec}|{route}|{'|'.join(tenancy.tenants)}{'|faults' if faults else ''}".encode())
     test = isolation_holds if seed is None else hypothesis_seed(seed)(isolation_holds)
     failed = False
     flaky = False
@@ -167,7 +183,8 @@ def explore(stack: Stack, tenancy: Tenancy, spec: StrategySpec, route: str, prof
     seconds = time.monotonic() - started
     structural = seen.structural > 0 and not seen.not_structural
     cov = Coverage(steps=seen.steps, backends=seen.backends, shared_backends=seen.shared_backends,
-                   tenants=len(tenancy.tenants), probed_connections=seen.probed, separate_pools=structural)
+                   tenants=len(tenancy.tenants), probed_connections=seen.probed, separate_pools=structural,
+                   faults=tuple(sorted(seen.faults.items())))
     if failed and seen.last_failure is not None:
         final = seen.last_failure
         # In the unit the timeline shows: every recorded step (the frames and each step of a scheduler
@@ -184,7 +201,11 @@ def explore(stack: Stack, tenancy: Tenancy, spec: StrategySpec, route: str, prof
         final = seen.stuck
         judged = Judgement(Verdict.INCONCLUSIVE, f"{final.reason} (in one of {seen.examples} examples)")
     elif seen.errors:
-        final, judged = seen.last, Judgement(Verdict.INCONCLUSIVE, f"{seen.errors} error(s) in {seen.examples} examples")
+        final = seen.erred or seen.last
+        judged = Judgement(Verdict.INCONCLUSIVE, f"{seen.errors} error(s) in {seen.examples} examples; the first: "
+                                                 + next((f.explanation for f in final.findings if f.kind == "error"), ""))
+    elif faults and not seen.faults:
+        final, judged = seen.last, Judgement(Verdict.INCONCLUSIVE, f"no fault was injected in {seen.examples} examples")
     elif cov.structural:
         final, judged = seen.last, Judgement(Verdict.PASS, f"{STRUCTURAL} (in every example that reached a "
                                                            f"backend for two or more tenants); {seen.examples} examples; {cov.describe()}")

@@ -72,16 +72,26 @@ class _HistoryFile:
         self.handle.close()
 
 
-def random_request(rng: random.Random, tenants: tuple[str, ...], steps: tuple[str, ...] | None = None) -> Request:
-    """A web worker's request: a tenant and 1 to 6 steps the hammer may draw (``steps``: for the layout)."""
+FAULT_RATE = 0.1  # share of the hammer's requests that meet a fault, when it injects them
+
+
+def random_request(rng: random.Random, tenants: tuple[str, ...], steps: tuple[str, ...] | None = None,
+                   faults: tuple[str, ...] = ()) -> Request:
+    """A web worker's request: a tenant and 1 to 6 steps the hammer may draw (``steps``: for the layout);
+    with ``faults``, one request in ten also meets one of them, at a random point."""
     steps = steps or drawable(hammer=True)
-    return Request(rng.choice(tenants), tuple(rng.choice(steps) for _ in range(rng.randint(1, 6))))
+    drawn = [rng.choice(steps) for _ in range(rng.randint(1, 6))]
+    if faults and rng.random() < FAULT_RATE:
+        drawn.insert(rng.randint(0, len(drawn)), rng.choice(faults))
+    return Request(rng.choice(tenants), tuple(drawn))
 
 
 def hammer(stack: Stack, tenancy: Tenancy, spec: StrategySpec, route: str, *, threads: int = 8,
            max_requests: int | None, max_seconds: float | None, seed: int = 0,
-           history_path: Path, scenario: str = "hammer") -> tuple[CellResult, HammerRun]:
-    """Run the hammer; check the recorded history with the same checks as every cell."""
+           history_path: Path, scenario: str = "hammer",
+           faults: tuple[str, ...] = ()) -> tuple[CellResult, HammerRun]:
+    """Run the hammer; check the recorded history with the same checks as every cell. With ``faults``, a
+    tenth of the requests meet one of them."""
     if not max_requests or not max_seconds or max_requests <= 0 or max_seconds <= 0:
         raise UsageError("The hammer needs both a request count and a duration.",
                          fix=["give max_requests and max_seconds, both above zero"])
@@ -121,7 +131,7 @@ def hammer(stack: Stack, tenancy: Tenancy, spec: StrategySpec, route: str, *, th
                         break
                     issued[0] += 1
                     number = issued[0]
-                request = random_request(rng, tenancy.tenants, steps)
+                request = random_request(rng, tenancy.tenants, steps, faults)
                 for action in request.actions():
                     out.write(lines, mine.act(client, number, request, action))
             out.flush(lines)
@@ -167,7 +177,7 @@ def hammer(stack: Stack, tenancy: Tenancy, spec: StrategySpec, route: str, *, th
     pools = runner.pools_seen()
     for seen in thread_pools:
         pools = runner.pools_seen({tenant: pools.get(tenant, ()) + seen.get(tenant, ()) for tenant in {*pools, *seen}})
-    history = cell.history(probes=probes, pools=pools)
+    history = cell.history(probes=probes, pools=pools, faults=faults)
     cell.read_back(history)
     findings, flagged, cov = check_history_file(history, history_path)
     history.steps = flagged

@@ -36,6 +36,7 @@ import threading
 from typing import Any, Iterable
 
 import psycopg
+from sqlalchemy.exc import DBAPIError
 from psycopg import sql
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Engine
@@ -261,10 +262,15 @@ def probe_engine(engine: Engine, settings: tuple[str, ...], names: Iterable[str]
         for proxy in held:
             driver = proxy.driver_connection
             open_transaction = driver.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
-            with driver.cursor() as cur:
-                cur.execute(query, prepare=False)
-                states.append(_state(cur.fetchone(), names, pristine or {}, open_transaction))
-            driver.rollback()
+            try:
+                with driver.cursor() as cur:
+                    cur.execute(query, prepare=False)
+                    states.append(_state(cur.fetchone(), names, pristine or {}, open_transaction))
+                driver.rollback()
+            except psycopg.OperationalError:
+                # A connection a fault broke (its backend or PgBouncer is gone) carries no session state:
+                # it is invalidated, as the pool would on its next use, and not counted as probed.
+                proxy.invalidate()
     finally:
         for proxy in held:
             proxy.close()
@@ -284,7 +290,13 @@ async def probe_async_engine(engine, settings: tuple[str, ...], names: Iterable[
         for _ in range(count):
             held.append(await engine.connect())
         for conn in held:
-            row = (await conn.exec_driver_sql(query)).one()
+            try:
+                row = (await conn.exec_driver_sql(query)).one()
+            except DBAPIError as exc:
+                if not (exc.connection_invalidated or isinstance(exc.orig, psycopg.OperationalError)):
+                    raise
+                await conn.invalidate()  # broken by a fault: no state (see probe_engine)
+                continue
             states.append(_state(tuple(row), names, pristine or {}))
             await conn.rollback()
     finally:

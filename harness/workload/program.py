@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 
-from harness.checks.steps import REQUEST_STEPS, is_request_step
+from harness.checks.steps import REQUEST_STEPS, is_fault, is_request_step
 from harness.errors import UsageError
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +67,12 @@ class Program:
                 order.append(client)
                 remaining[client] -= 1
         return order
+
+    @property
+    def faults(self) -> tuple[str, ...]:
+        """The fault steps the program takes, each once, in order."""
+        return tuple(dict.fromkeys(step for requests in self.clients for request in requests
+                                   for step in request.steps if is_fault(step)))
 
     @property
     def tenants(self) -> tuple[str, ...]:

@@ -29,6 +29,7 @@ from harness.team import steps as team_steps
 from harness.tenancy.strategy import Strategy
 from harness.workload import probe as pool_probe
 from harness.workload.actions import ACTIONS, Context, error_seen
+from harness.workload.faults import FaultInjector
 from harness.workload.deadline import DEFAULT_STEP_DEADLINE, Slot, Watchdog
 from harness.workload.program import Program, Request
 
@@ -57,8 +58,9 @@ class Client:
     watch: Slot | None = None  # its slot in the step deadline's watchdog, made once
 
 
-def _pool_label(session: Any) -> str | None:
-    """Which connection pool the session's connections come from (None: it cannot say, e.g. no single bind)."""
+def _pool_of(session: Any) -> tuple[str, Any] | None:
+    """Which connection pool the session's connections come from, as (label, engine) (None: it cannot say,
+    e.g. no single bind)."""
     sync = getattr(session, "sync_session", session)  # an AsyncSession's binds are its sync session's
     try:
         bind = sync.get_bind()
@@ -66,7 +68,7 @@ def _pool_label(session: Any) -> str | None:
         return None
     engine = getattr(bind, "engine", bind)  # a Session bound to a Connection
     pool = getattr(engine, "pool", None)
-    return None if pool is None else f"{type(pool).__name__}@{id(pool):x}"
+    return None if pool is None else (f"{type(pool).__name__}@{id(pool):x}", engine)
 
 
 def _from_database(exc: BaseException) -> bool:
@@ -110,6 +112,9 @@ class Runner:
         self.owns_watchdog = True  # False for a runner sharing another's (the hammer's per-thread instances)
         #: per tenant, the pools its sessions' connections came from (structural isolation's evidence)
         self.pools: dict[str, dict[str, None]] = {}
+        #: the engine of each of those pools: probed when the strategy exposes no single engine (one per tenant)
+        self.engines: dict[str, Any] = {}
+        self.faults = FaultInjector(stack, route)  # connects nothing until the first fault step
         self.setting_names.start()  # last: a runner that failed to start leaves no listener behind
 
     # -- program --------------------------------------------------------------------
@@ -204,7 +209,9 @@ class Runner:
         run = self._implementation(client, action, kind.style, context)
         with observer.observing() as observed:
             try:
-                if kind.pid is PidTiming.BEFORE and not self.lean:
+                # Not after a fault: the harness's own query would be the first to meet the broken connection,
+                # and the layer would see its error instead of the step's.
+                if kind.pid is PidTiming.BEFORE and not self.lean and not self.faults.injected:
                     pid_info = self._call(client, self._where)
                 client.lean_pid = {}
                 outcome = run()
@@ -221,6 +228,8 @@ class Runner:
 
     def _implementation(self, client: Client, action: str, style: Style, context: Context) -> Callable[[], Any]:
         """The call that runs a step on the client's session: a built-in one, or the team's."""
+        if style is Style.FAULT:
+            return functools.partial(self.faults.inject, action, functools.partial(self._call, client))
         builtin = ACTIONS.get(action)
         if builtin is not None:
             return functools.partial(self._call, client, functools.partial(builtin, context))
@@ -260,9 +269,10 @@ class Runner:
             else:
                 client.is_async = False
                 client.session = client.context.__enter__()
-            pool = _pool_label(client.session)
+            pool = _pool_of(client.session)
             if pool is not None:
-                self.pools.setdefault(tenant, {})[pool] = None
+                self.pools.setdefault(tenant, {})[pool[0]] = None
+                self.engines.setdefault(pool[0], pool[1])
             return StepRecord(**base, **({} if self.lean else self._call(client, self._where)))
         except Exception as exc:  # noqa: BLE001
             # session(tenant) or entering it raised, not the driver: no session was handed over and no
@@ -298,9 +308,12 @@ class Runner:
                 self.setting_names.stop()
             self.strategy.close(loop=self._loop)
         finally:
-            if self._loop is not None:
-                self._loop.close()
-                self._loop = None
+            try:
+                self.faults.close()  # what a fault changed on the stack is set back for the next cell
+            finally:
+                if self._loop is not None:
+                    self._loop.close()
+                    self._loop = None
 
     def _recover(self, client: Client) -> str:
         """After a failed step, roll back as an application would."""
@@ -341,16 +354,30 @@ class Runner:
             except Exception as exc:  # noqa: BLE001
                 records.append(ProbeRecord(next(self.seq), after_step, f"pgbouncer:{self.route}", (),
                                            error=f"{type(exc).__name__}: {exc}"))
-        engine = self.strategy.engine
-        if engine is not None:
+        for where, (engine, owner) in self._engines_to_probe().items():
             try:
                 if self.strategy.is_async:
                     states = self.loop().run_until_complete(pool_probe.probe_async_engine(engine, settings, names,
                                                                                            pristine))
                 else:
                     states = pool_probe.probe_engine(engine, settings, names, pristine)
-                records.append(ProbeRecord(next(self.seq), after_step, "engine", tuple(states)))
+                records.append(ProbeRecord(next(self.seq), after_step, where, tuple(states), owner=owner))
             except Exception as exc:  # noqa: BLE001
-                records.append(ProbeRecord(next(self.seq), after_step, "engine", (),
-                                           error=f"{type(exc).__name__}: {exc}"))
+                records.append(ProbeRecord(next(self.seq), after_step, where, (),
+                                           error=f"{type(exc).__name__}: {exc}", owner=owner))
         return records
+
+    def _engines_to_probe(self) -> dict[str, tuple[Any, str | None]]:
+        """name -> (engine, the one tenant using it): the strategy's engine; without one, each engine its
+        sessions drew from (a layer with one engine per tenant), named after the tenants that used it."""
+        if self.strategy.engine is not None:
+            return {"engine": (self.strategy.engine, None)}
+        if self.strategy.is_async:
+            return {}
+        users: dict[str, list[str]] = {}
+        for tenant, pools in self.pools.items():
+            for pool in pools:
+                users.setdefault(pool, []).append(tenant)
+        return {f"engine of {', '.join(repr(t) for t in users.get(label, ())) or 'no tenant'}":
+                (engine, users[label][0] if len(users.get(label, ())) == 1 else None)
+                for label, engine in self.engines.items()}

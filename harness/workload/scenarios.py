@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from harness.checks import Verdict
-from harness.config import SETTINGS_BY_NAME, HarnessConfig, setting_text
+from harness.config import FAULT_PROFILES, FAULTS_SCENARIO, SETTINGS_BY_NAME, HarnessConfig, setting_text
 from harness.stack import Stack
 from harness.team import steps as team_steps
 from harness.tenancy.provisioning import Tenancy
@@ -25,11 +25,13 @@ from harness.tenancy.strategy import BUILTIN_SPECS, StrategySpec
 from harness.workload.cell import CellResult, run_cell
 from harness.workload.expectations import required_verdict
 from harness.workload.generated import PROFILES, Profile, explore
+from harness.workload.faults import injectable
 from harness.workload.hammer import hammer
 from harness.workload.named import NAMED_SCENARIOS
 
 GENERATED = "generated"
 HAMMER = "hammer"
+FAULTS = FAULTS_SCENARIO
 
 #: Settings that decide what any cell runs, besides its strategy, route, scenario, profile and seed: a replay
 #: gives those not at their default. Not the external backend's DSNs: they hold passwords, and the
@@ -37,7 +39,8 @@ HAMMER = "hammer"
 CELL_SETTINGS = ("backend", "pg_bindir", "pgbouncer", "postgres_image", "pgbouncer_image", "session_pool_size",
                  "transaction_pool_size", "tenants", "decoys", "models", "actions", "step_deadline")
 #: ... and those only one scenario reads
-SCENARIO_SETTINGS = {GENERATED: ("example_db",), HAMMER: ("hammer_threads", "hammer_requests", "hammer_seconds")}
+SCENARIO_SETTINGS = {GENERATED: ("example_db",), HAMMER: ("hammer_threads", "hammer_requests", "hammer_seconds"),
+                     FAULTS_SCENARIO: ("example_db", "hammer_threads", "hammer_requests", "hammer_seconds")}
 #: A front end's replay: (strategy, route, scenario, profile) -> the command that runs exactly that cell again
 Replay = Callable[[StrategySpec, str, str, Profile], str]
 
@@ -68,9 +71,11 @@ class Scenario:
     run: Callable[[CellContext, StrategySpec, str], CellResult]
 
 
-def hammer_history_path(report_dir: Path, spec: StrategySpec, route: str) -> Path:
-    """Where a hammer cell's JSON-lines history goes: one file name per strategy x route, safe on any filesystem."""
-    return report_dir / "hammer" / (re.sub(r"[^A-Za-z0-9_-]", "_", spec.name) + f"-{route}.jsonl")
+def hammer_history_path(report_dir: Path, spec: StrategySpec, route: str, scenario: str = "hammer") -> Path:
+    """Where a hammer cell's JSON-lines history goes: one file name per strategy x route (x scenario), safe on
+    any filesystem."""
+    name = re.sub(r"[^A-Za-z0-9_-]", "_", spec.name) + ("" if scenario == HAMMER else f"-{scenario}")
+    return report_dir / "hammer" / f"{name}-{route}.jsonl"
 
 
 def _named(name: str) -> Callable[[CellContext, StrategySpec, str], CellResult]:
@@ -90,13 +95,31 @@ def _generated(ctx: CellContext, spec: StrategySpec, route: str) -> CellResult:
     return result
 
 
-def _hammer(ctx: CellContext, spec: StrategySpec, route: str) -> CellResult:
+def _faults(ctx: CellContext, spec: StrategySpec, route: str) -> CellResult:
+    """Generated programs that interleave every fault the stack can inject on the route; in the nightly
+    profile, when they find nothing, the hammer with faults too (its result then stands for the cell)."""
+    faults = injectable(ctx.stack, route)
+    config = ctx.config
+    result, _ = explore(ctx.stack, ctx.tenancy, spec, route, ctx.profile, seed=ctx.seed,
+                        derandomize=config.derandomize, database_dir=config.example_db, scenario=FAULTS,
+                        faults=faults)
+    if ctx.profile.name in FAULT_PROFILES and result.verdict is not Verdict.FAIL:
+        hammered = _hammer(ctx, spec, route, faults=faults)
+        if hammered.verdict is Verdict.FAIL or result.verdict is Verdict.PASS:
+            hammered.reason = f"{hammered.reason} (hammer with faults, after generated programs: {result.reason})"
+            hammered.seconds += result.seconds
+            return hammered
+    return result
+
+
+def _hammer(ctx: CellContext, spec: StrategySpec, route: str, faults: tuple[str, ...] = ()) -> CellResult:
     config, profile = ctx.config, ctx.profile
     result, figures = hammer(
         ctx.stack, ctx.tenancy, spec, route, threads=config.hammer_threads,
         max_requests=config.hammer_requests or profile.hammer_requests,
         max_seconds=config.hammer_seconds or profile.hammer_seconds, seed=ctx.seed,
-        history_path=hammer_history_path(config.report_dir, spec, route))
+        history_path=hammer_history_path(config.report_dir, spec, route, FAULTS if faults else HAMMER),
+        scenario=FAULTS if faults else HAMMER, faults=faults)
     result.figures = {"requests": figures.requests, "requests_per_second": round(figures.requests_per_second, 1),
                       "pool_checkouts": figures.checkouts, "threads": figures.threads,
                       "seconds": round(figures.seconds, 3), "history": str(figures.history_path)}
@@ -108,14 +131,22 @@ SCENARIOS: dict[str, Scenario] = {
     GENERATED: Scenario(GENERATED, "generated programs: concurrent workloads drawn and shrunk by Hypothesis",
                         _generated),
     HAMMER: Scenario(HAMMER, "hammer: real threads serving random requests", _hammer),
+    FAULTS: Scenario(FAULTS, "faults: generated programs (and, nightly, the hammer) with backends terminated, "
+                             "PgBouncer killed, paused, reloaded and restarted, timeouts and cut connections",
+                     _faults),
 }
+
+
+def default_scenarios(config: HarnessConfig) -> list[str]:
+    """The scenarios a run without --scenarios runs: all of them, faults only in the profiles that have it."""
+    return [name for name in SCENARIOS if name != FAULTS or config.runs_faults]
 
 
 def run_scenario(ctx: CellContext, spec: StrategySpec, route: str, scenario: str) -> CellResult:
     """Run one cell and set the verdict it is required to measure."""
     result = SCENARIOS[scenario].run(ctx, spec, route)
     result.required = required_verdict(spec.name, scenario, route, gate=ctx.gate)
-    if ctx.replay is not None and (scenario == GENERATED or result.verdict is Verdict.FAIL or not result.as_required):
+    if ctx.replay is not None and (scenario in (GENERATED, FAULTS) or result.verdict is Verdict.FAIL or not result.as_required):
         result.replay = ctx.replay(spec, route, scenario, ctx.profile)
     return result
 
