@@ -145,7 +145,7 @@ def summary(run, report: Path) -> str:
              f"seed {'derandomized' if run.config.derandomize else run.seed})."]
     if off:
         names = "; ".join(f"{c.strategy} x {c.route} x {c.scenario} measured {c.verdict.value}, "
-                          f"required {c.required.verdict}" for c in off[:8])
+                          f"required {c.required.label}" for c in off[:8])
         lines.append(f"{len(off)} cell(s) not as required: {names}{' ...' if len(off) > 8 else ''}.")
     if run.not_run:
         lines.append(f"Not run (neither passed nor failed): "

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from harness.errors import UsageError
+from harness.pgbouncer_settings import CARRIED_SETTINGS, requested, split_assignments
 from harness.tenancy.tenants import parse_tenants, tenant_set
 
 
@@ -134,6 +135,20 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("session_pool_size", 60, int,
             "PgBouncer pool size on the session route; keep it above any client pool."),
     Setting("transaction_pool_size", 10, int, "PgBouncer pool size on the transaction route."),
+    Setting("pgbouncer_config", None, _optional_path,
+            "Your production pgbouncer.ini: the settings of its [pgbouncer] section that change what clients see "
+            f"({', '.join(CARRIED_SETTINGS)}) are carried over into both of the stack's PgBouncers. The harness "
+            "keeps its own listen_addr, listen_port, unix_socket_dir, auth_type, auth_file, admin_users, "
+            "stats_users, logfile, pidfile, [databases] and each route's pool_mode (listed as ignored); any "
+            "other setting is an error. Your default_pool_size replaces the harness's on both routes "
+            "(--session-pool-size, --transaction-pool-size): keep it above any client pool, or the session "
+            "route ends in query_wait_timeout. Native and docker backends only."),
+    Setting("pgbouncer_set", (), split_assignments,
+            "One PgBouncer setting NAME=VALUE for both of the stack's PgBouncers, applied after "
+            "--pgbouncer-config (it wins), e.g. --pgbouncer-set track_extra_parameters=search_path; the same "
+            "names as --pgbouncer-config carries over. In the environment comma-separated, in [tool.harness] "
+            "a list: pgbouncer_set = [\"server_reset_query_always=1\"]. A name the chosen PgBouncer does not "
+            "know is an error before the stack starts. Native and docker backends only."),
     Setting("report_dir", Path("reports"), _path, "Where run reports are written."),
     Setting("strategies", (), _names,
             "Strategies to verify, comma-separated: built-in names or package.module:attr "
@@ -193,14 +208,15 @@ SETTINGS_BY_NAME = {s.name: s for s in SETTINGS}
 # Which settings each command takes on its command line (the CLI and a replay command both use them).
 STACK_SETTINGS = ("backend", "pg_bindir", "pgbouncer", "cache_dir", "keep_tmp", "start_timeout",
                   "session_pool_size", "transaction_pool_size", "postgres_image", "pgbouncer_image",
-                  "direct_dsn", "session_dsn", "transaction_dsn", "superuser_dsn", "i_own_this_database")
+                  "direct_dsn", "session_dsn", "transaction_dsn", "superuser_dsn", "i_own_this_database",
+                  "pgbouncer_config", "pgbouncer_set")
 VERIFY_SETTINGS = STACK_SETTINGS + ("routes", "scenarios", "profile", "tenants", "report_dir", "seed", "models",
                                     "actions", "pythonpath", "decoys", "example_db", "hammer_threads",
                                     "hammer_requests", "hammer_seconds", "jobs", "shard", "step_deadline")
 # Settings given as a bare flag on the command line.
 FLAGS = ("i_own_this_database",)
 # Settings whose option may be repeated (each adds to the list).
-REPEATABLE = ("actions",)
+REPEATABLE = ("actions", "pgbouncer_set")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -222,6 +238,9 @@ class HarnessConfig:
     start_timeout: float
     session_pool_size: int
     transaction_pool_size: int
+    pgbouncer_config: Path | None
+    #: each NAME=VALUE, in the order given (a later one wins)
+    pgbouncer_set: tuple[str, ...]
     report_dir: Path
     strategies: tuple[str, ...]
     routes: tuple[str, ...]
@@ -338,6 +357,9 @@ def resolve_config(
             sources[setting.name] = "default"
     values["pythonpath"] = _absolute_pythonpath(values["pythonpath"], sources["pythonpath"], cwd, pyproject,
                                                 held is not None)
+    if values["pgbouncer_config"] is not None:  # a path in [tool.harness] is relative to its pyproject.toml
+        base = pyproject.parent if sources["pgbouncer_config"] == "pyproject" and pyproject else cwd
+        values["pgbouncer_config"] = base / values["pgbouncer_config"]
     config = HarnessConfig(**values, sources=sources)
     if isinstance(config.tenants, tuple):
         tenant_set(config.tenants)  # every name checked before anything starts
@@ -351,8 +373,12 @@ def resolve_config(
             setting = SETTINGS_BY_NAME[name]
             raise UsageError(f"{setting.option} / {setting.env} = {value}: it must be at least {least}.",
                              fix=[setting.help])
+    # The team's PgBouncer settings: the file read and every name checked before anything starts.
+    requested(config.pgbouncer_config, config.pgbouncer_set)
     if config.backend not in BACKENDS:
         raise UsageError(f"Unknown backend {config.backend!r}.", fix=[f"use one of: {', '.join(BACKENDS)}"])
+    if config.backend == "external":
+        refuse_pgbouncer_settings_on_external(config)
     if config.profile not in PROFILE_NAMES:
         raise UsageError(f"Unknown profile {config.profile!r}.", fix=[f"use one of: {', '.join(PROFILE_NAMES)}"])
     unknown_routes = [r for r in config.routes if r not in ROUTE_NAMES]
@@ -360,6 +386,17 @@ def resolve_config(
         raise UsageError(f"Unknown route(s) {', '.join(unknown_routes) or '(none given)'}.",
                          fix=[f"use some of: {', '.join(ROUTE_NAMES)}"])
     return config
+
+
+def refuse_pgbouncer_settings_on_external(config: HarnessConfig) -> None:
+    """The external backend's PgBouncers are run by someone else: the harness cannot set anything in them."""
+    given = [SETTINGS_BY_NAME[name] for name in ("pgbouncer_config", "pgbouncer_set") if getattr(config, name)]
+    if given:
+        raise UsageError(
+            f"{' and '.join(s.option for s in given)}: the external backend cannot apply PgBouncer settings.",
+            checked=[f"{s.option} ({s.env}) given ({config.sources.get(s.name, 'cli')})" for s in given],
+            fix=["the external backend's PgBouncers are yours: set these in their pgbouncer.ini (and RELOAD)",
+                 "or run the native or docker backend, which starts PgBouncers with these settings"])
 
 
 def import_user_module(what: str, module_name: str, pythonpath: Sequence[str] | None) -> Any:

@@ -70,7 +70,7 @@ class StackInfo:
     routes: list[str]
     runnable: list[str]  # specs whose layout this stack provides
     not_run: list[dict[str, str]]
-    environment: dict[str, str]
+    environment: dict[str, Any]
 
 
 def available_cores() -> int:
@@ -81,9 +81,10 @@ def available_cores() -> int:
 
 
 def environment(stack: Stack, config: HarnessConfig, seed: int, decoys: bool,
-                team: Team | None = None) -> dict[str, str]:
+                team: Team | None = None) -> dict[str, Any]:
     """What the report's environment section and results.json say the run ran on and with: versions,
-    settings, and the team's models (with their tenant tables) and actions."""
+    settings, the team's models (with their tenant tables) and actions, and ``pgbouncer_settings``: route ->
+    setting -> the value its PgBouncer runs with (read back, not as asked)."""
     code = team.describe() if team is not None else {"models": None, "tenant_tables": [], "actions": []}
     return {
         "postgresql": stack.versions.get("postgres", "?"),
@@ -102,6 +103,9 @@ def environment(stack: Stack, config: HarnessConfig, seed: int, decoys: bool,
         "models": (f"{code['models']} (tenant tables: {', '.join(code['tenant_tables']) or 'none'})"
                    if code["models"] else "the harness's own only"),
         "actions": ", ".join(code["actions"]) or "none",
+        # The team's PgBouncer settings as asked, and what each PgBouncer runs with (read back, SHOW CONFIG).
+        **{key: getattr(stack, key) for key in ("pgbouncer_requested", "pgbouncer_settings")
+           if getattr(stack, key, None)},
     }
 
 

@@ -32,7 +32,7 @@ SIGNALS_KEY = pytest.StashKey[dict]()
 
 PLUGIN_SETTINGS = ("backend", "pg_bindir", "pgbouncer", "cache_dir", "keep_tmp", "start_timeout", "strategies",
                    "postgres_image", "pgbouncer_image", "direct_dsn", "session_dsn", "transaction_dsn",
-                   "superuser_dsn", "i_own_this_database",
+                   "superuser_dsn", "i_own_this_database", "pgbouncer_config", "pgbouncer_set",
                    "routes", "tenants", "report_dir", "models", "decoys", "profile", "derandomize", "seed",
                    "example_db", "hammer_threads", "hammer_requests", "hammer_seconds", "step_deadline")
 RESULTS_KEY = pytest.StashKey[list]()

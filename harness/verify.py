@@ -15,7 +15,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Callable, TextIO
+from typing import Any, Callable, TextIO
 
 from harness.config import HarnessConfig
 from harness.errors import UsageError
@@ -48,7 +48,7 @@ class VerifyRun:
     #: what did not run on this stack, and why: [{"what": "route session", "reason": ...}]
     not_run: list[dict[str, str]] = dataclasses.field(default_factory=list)
     routes: list[str] = dataclasses.field(default_factory=list)
-    environment: dict[str, str] = dataclasses.field(default_factory=dict)
+    environment: dict[str, Any] = dataclasses.field(default_factory=dict)
     seconds: float = 0.0
     #: identifies the whole plan of cells (same in every shard of one run)
     plan: str = ""
@@ -78,7 +78,7 @@ class Progress:
         self.done += 1
         elapsed = time.monotonic() - self.started
         left = elapsed / self.done * (self.total - self.done)
-        mark = "" if result.as_required else f"  (required {result.required.verdict})"
+        mark = "" if result.as_required else f"  (required {result.required.label})"
         print(f"[{self.done:>3}/{self.total}] {elapsed:6.1f}s elapsed, ~{left:5.0f}s left  "
               f"{result.strategy} x {result.route} x {result.scenario}: {result.verdict.value}{mark}",
               file=self.out, flush=True)

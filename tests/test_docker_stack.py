@@ -231,8 +231,10 @@ def test_named_scenarios_give_the_same_verdicts_on_native_and_docker(tmp_path):
             capture_output=True, text=True, timeout=900, cwd=ROOT)
         assert done.returncode == 0, done.stdout + done.stderr
         matrices[backend] = verdicts(report_dir)
-    assert len(matrices["native"]) >= 13 * 3 * len(NAMED_SCENARIOS)
+    assert len(matrices["native"]) >= 16 * 3 * len(NAMED_SCENARIOS)
     differ = {cell: (v, matrices["docker"].get(cell)) for cell, v in matrices["native"].items()
               if matrices["docker"].get(cell) != v}
     assert not differ, differ
-    assert set(matrices["native"].values()) == {"pass", "fail"}
+    # every kind of verdict the built-ins measure on bookworm: a leak, a layer PgBouncer refuses
+    # (startup_options_search_path), prepared-statement errors (translate_map_prepared, transaction)
+    assert set(matrices["native"].values()) == {"pass", "fail", "cannot_run", "inconclusive"}

@@ -80,6 +80,10 @@ class CoverageCounter:
             if step.waited is None and is_connection_refusal(step.error):
                 if len(self.refusals) < 3:
                     self.refusals.append(server_message(step.error))
+            elif step.waited is not None and step.waited.pid is None:
+                # Stopped with nothing on the server: a wait in Python (a pool waiting for a connection that
+                # cannot be made) or in PgBouncer's queue. No sign either way that the layer can run.
+                pass
             else:
                 self.other_errors += 1
 

@@ -10,7 +10,10 @@ removal or a change of meaning bumps it):
 - ``builtin_self_check``: true when the built-ins ran against their expectation table
 - ``environment``: versions (postgresql, pgbouncer, sqlalchemy, psycopg, python),
   backend, profile, seed, pool sizes, tenants, decoys, ``models`` (the team's spec and its
-  tenant tables), ``actions`` (the team's specs)
+  tenant tables), ``actions`` (the team's specs), ``pgbouncer_requested`` (when the team gave
+  --pgbouncer-config / --pgbouncer-set: what was carried over and what was ignored), ``pgbouncer_settings``
+  (native and docker stacks: an object route -> setting -> value, the settings that decide what clients
+  see as each PgBouncer ran with them, read back with SHOW CONFIG)
 - ``cells``: one object per strategy x route x scenario:
   ``strategy``, ``route``, ``scenario``, ``layout`` (schema | rls), ``verdict`` (pass | fail | inconclusive | cannot_run),
   ``verdict_reason``, ``required``, ``required_reason``, ``as_required`` (bool),
@@ -94,7 +97,7 @@ def cell_json(cell: CellResult) -> dict[str, Any]:
         "id": cell_id(cell), "strategy": cell.strategy, "route": cell.route, "scenario": cell.scenario,
         "layout": cell.history.layout,
         "verdict": cell.verdict.value, "verdict_reason": cell.reason,
-        "required": cell.required.verdict.value if cell.required else None,
+        "required": cell.required.label if cell.required else None,
         "required_reason": cell.required.reason if cell.required else None,
         "as_required": cell.as_required,
         "findings": [dataclasses.asdict(f) for f in cell.findings],

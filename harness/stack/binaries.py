@@ -34,7 +34,12 @@ class Binaries:
         return _version(self.postgres, r"(\d+(?:\.\d+)*)")
 
     def pgbouncer_version(self) -> str:
-        return _version(self.pgbouncer, r"PgBouncer (\S+)")
+        return binary_version(self.pgbouncer)
+
+
+def binary_version(pgbouncer: Path) -> str:
+    """The version a pgbouncer binary gives (``pgbouncer --version``: "PgBouncer 1.18.0" gives "1.18.0")."""
+    return _version(pgbouncer, r"PgBouncer (\S+)")
 
 
 def _version(binary: Path, pattern: str) -> str:

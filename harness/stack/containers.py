@@ -28,8 +28,10 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 
 from harness.config import HarnessConfig
-from harness.errors import SetupError
-from harness.stack.pgbouncer import AdminConsole, pool_size, render_config, render_userlist, wait_for_admin
+from harness.errors import SetupError, StartupTimeout
+from harness.pgbouncer_settings import requested
+from harness.stack.pgbouncer import (AdminConsole, effective_settings, pool_size, render_config, render_userlist,
+                                     settings_refusal, wait_for_admin)
 from harness.stack.postgres import APP_ROLE, DATABASE, SERVER_SETTINGS, SUPERUSER, Logins, bootstrap_roles
 from harness.stack.process import owner_gone, run_owner
 from harness.stack.stack import POOLED_ROUTES, Stack, StackAssembly, conninfo, launch, route_url
@@ -367,11 +369,14 @@ def _boot(assembly: StackAssembly) -> None:
     assembly.add_route("direct", route_url(APP_ROLE, logins.app, server.port, host))
 
     user = _bouncer_user(client, config.pgbouncer_image)
+    # The team's settings: a name or value this image's PgBouncer refuses shows in its log at start (the
+    # native backend checks the names before anything starts).
+    extra = requested(config.pgbouncer_config, config.pgbouncer_set)
     for mode in POOLED_ROUTES:
         ini = render_config(pool_mode=mode, listen_addr="0.0.0.0", listen_port=BOUNCER_PORT,
                             server_host=SERVER_ALIAS, server_port=POSTGRES_PORT,
                             auth_file=f"{CONFIG_DIR}/userlist.txt", admin_user=SUPERUSER,
-                            pool_size=pool_size(config, mode))
+                            pool_size=pool_size(config, mode), extra=extra.values)
         container = (run.container(f"pgbouncer-{mode}", config.pgbouncer_image, BOUNCER_PORT,
                                    entrypoint=["pgbouncer"], user=user)
                      .with_command([f"{CONFIG_DIR}/pgbouncer.ini"])
@@ -380,11 +385,19 @@ def _boot(assembly: StackAssembly) -> None:
                                                0o644))
         bouncer = assembly.track(ContainerBouncer(container, mode, host, SUPERUSER, logins.superuser))
         bouncer.start(config.pgbouncer_image)
-        stack.versions["pgbouncer"] = wait_for_admin(
-            bouncer, what=f"PgBouncer container ({config.pgbouncer_image}, {mode}) on {host}:{bouncer.port}",
-            timeout=config.start_timeout, interval=0.05)
+        try:
+            stack.versions["pgbouncer"] = wait_for_admin(
+                bouncer, what=f"PgBouncer container ({config.pgbouncer_image}, {mode}) on {host}:{bouncer.port}",
+                timeout=config.start_timeout, interval=0.05)
+        except StartupTimeout as exc:
+            refusal = settings_refusal(bouncer.log_tail(200), extra, f"image {config.pgbouncer_image}")
+            if refusal is None:
+                raise
+            raise refusal from exc
         assembly.add_bouncer(bouncer)
         assembly.add_route(mode, route_url(APP_ROLE, logins.app, bouncer.port, host))
+    stack.pgbouncer_settings = effective_settings(stack.bouncers, extra)
+    stack.pgbouncer_requested = extra.describe() if extra or extra.ignored else ""
 
 
 def _bouncer_user(client, image: str) -> str:

@@ -17,7 +17,8 @@ from harness.config import HarnessConfig
 from harness.errors import SetupError, StartupTimeout
 from harness.stack.account import server_account
 from harness.stack.binaries import find_binaries
-from harness.stack.pgbouncer import Bouncer, pool_size
+from harness.pgbouncer_settings import requested
+from harness.stack.pgbouncer import Bouncer, check_known, effective_settings, known_settings, pool_size
 from harness.stack.ports import PortLease, lease_port, port_in_use
 from harness.stack.postgres import APP_ROLE, SUPERUSER, Logins, PostgresServer, prepare_data_dir
 from harness.stack.parts import ServerPart
@@ -109,6 +110,13 @@ def _boot(assembly: StackAssembly) -> None:
     config = assembly.config
     binaries = find_binaries(config.pg_bindir, config.pgbouncer)
     account = server_account()
+    # The team's PgBouncer settings: every name checked against this binary before anything starts.
+    extra = requested(config.pgbouncer_config, config.pgbouncer_set)
+    if extra:
+        version = binaries.pgbouncer_version()
+        check_known(extra, known_settings(binaries.pgbouncer, version, account, timeout=config.start_timeout,
+                                          cache_dir=config.template_cache),
+                    version, binaries.pgbouncer)
     remove_abandoned_run_dirs()
     stack = assembly.stack
     run_dir = Path(tempfile.mkdtemp(prefix=f"{RUN_DIR_PREFIX}{assembly.run_id}-", dir=run_root()))
@@ -146,8 +154,10 @@ def _boot(assembly: StackAssembly) -> None:
         bouncer, version = _start_on_free_port(
             assembly,
             lambda port, mode=mode: Bouncer(binaries.pgbouncer, account, mode, run_dir, port, server_port,
-                                            logins.users, SUPERUSER, pool_size(config, mode)),
+                                            logins.users, SUPERUSER, pool_size(config, mode), extra),
             lambda bouncer: bouncer.start(config.start_timeout))
         assembly.add_bouncer(bouncer)
         stack.versions["pgbouncer"] = version or binaries.pgbouncer_version()
         assembly.add_route(mode, route_url(APP_ROLE, logins.app, bouncer.port))
+    stack.pgbouncer_settings = effective_settings(stack.bouncers, extra)
+    stack.pgbouncer_requested = extra.describe() if extra or extra.ignored else ""

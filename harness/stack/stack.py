@@ -56,6 +56,11 @@ class Stack:
     #: every server part in start order (the external backend's too); stopped in reverse
     processes: list[ServerPart]
     timings: dict[str, float] = dataclasses.field(default_factory=dict)
+    #: route -> PgBouncer setting -> the value it runs with, read back with SHOW CONFIG after the start: the
+    #: team's carried-over settings and those of the harness's that decide what clients see (native, docker)
+    pgbouncer_settings: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)
+    #: what the team asked for (--pgbouncer-config, --pgbouncer-set), in words, for the report ("" if nothing)
+    pgbouncer_requested: str = ""
     run_dir: Path | None = None
     #: the login role of the code under test (``app`` on stacks the harness starts)
     app_role: str = APP_ROLE
@@ -159,6 +164,8 @@ class Stack:
         for route, bouncer in self.bouncers.items():
             admin = self.superuser_url.set(port=bouncer.port, database="pgbouncer")
             lines.append(f"  admin:{route:<6} {admin.render_as_string(hide_password=False)}")
+        if self.pgbouncer_requested:
+            lines.append(f"  {'pgbouncer':<12} {self.pgbouncer_requested}")
         if self.proxy is not None:
             lines.append(f"  {'proxy':<12} 127.0.0.1:{self.proxy.port} (fault proxy: PgBouncers -> PostgreSQL)")
         return "\n".join(lines)

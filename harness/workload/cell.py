@@ -45,7 +45,7 @@ class CellResult:
 
     @property
     def as_required(self) -> bool:
-        return self.required is None or self.required.verdict == self.verdict
+        return self.required is None or self.required.allows(self.verdict)
 
 
 class CellSetup:

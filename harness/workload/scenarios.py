@@ -37,7 +37,8 @@ FAULTS = FAULTS_SCENARIO
 #: gives those not at their default. Not the external backend's DSNs: they hold passwords, and the
 #: environment or pyproject.toml that gave them gives them again.
 CELL_SETTINGS = ("backend", "pg_bindir", "pgbouncer", "postgres_image", "pgbouncer_image", "session_pool_size",
-                 "transaction_pool_size", "tenants", "decoys", "models", "actions", "step_deadline")
+                 "transaction_pool_size", "tenants", "decoys", "models", "actions", "step_deadline",
+                 "pgbouncer_config", "pgbouncer_set")
 #: ... and those only one scenario reads
 SCENARIO_SETTINGS = {GENERATED: ("example_db",), HAMMER: ("hammer_threads", "hammer_requests", "hammer_seconds"),
                      FAULTS_SCENARIO: ("example_db", "hammer_threads", "hammer_requests", "hammer_seconds")}
