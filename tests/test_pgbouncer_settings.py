@@ -217,6 +217,8 @@ def test_an_unknown_setting_is_refused_before_the_stack_starts_and_nothing_is_le
     monkeypatch.setattr(pgbouncer_module, "_KNOWN", {})  # the throwaway PgBouncer runs, whatever ran before
     version = binary_version(find_pgbouncer(None))
     probes_before = _probe_dirs()
+    # Another stack of this process (the session's) may be running: only what this start leaves counts.
+    children_before, runs_before = set(_children()), set(_own_run_dirs())
     config = resolve_config({"backend": "native", "cache_dir": str(tmp_path / "cache"),
                              "pgbouncer_set": ["track_extra_parameters=search_path", "query_timeout=5"]},
                             env={}, cwd=tmp_path)
@@ -227,7 +229,8 @@ def test_an_unknown_setting_is_refused_before_the_stack_starts_and_nothing_is_le
     assert f"PgBouncer {version}" in text and "does not know the setting(s) track_extra_parameters" in text
     assert "query_timeout" not in text.split("\n")[0]  # a name it knows is not named
     assert "To fix this" in text and "--pgbouncer" in text
-    assert not _children() and not _own_run_dirs() and _probe_dirs() == probes_before
+    assert set(_children()) == children_before and set(_own_run_dirs()) == runs_before
+    assert _probe_dirs() == probes_before
     # The names are kept: in this process, and in the cache folder for the next one.
     cached = list((tmp_path / "cache" / "pgbouncer-settings").glob("*.json"))
     assert len(cached) == 1 and "query_timeout" in json.loads(cached[0].read_text())
@@ -239,6 +242,7 @@ def test_an_unknown_setting_is_refused_before_the_stack_starts_and_nothing_is_le
 
 @pytest.mark.server
 def test_a_value_pgbouncer_refuses_is_a_clear_error_naming_the_setting(tmp_path):
+    children_before, runs_before = set(_children()), set(_own_run_dirs())  # the session's stack may be running
     config = resolve_config({"backend": "native", "pgbouncer_set": ["server_lifetime=abc"]}, env={}, cwd=tmp_path)
     with pytest.raises(UsageError) as refused:
         start_stack(config)
@@ -247,7 +251,7 @@ def test_a_value_pgbouncer_refuses_is_a_clear_error_naming_the_setting(tmp_path)
     assert f"PgBouncer {version}" in text and "refused the setting(s) server_lifetime" in text
     assert "server_lifetime = 'abc' (from --pgbouncer-set)" in text
     assert 'invalid value "abc" for parameter server_lifetime' in text  # PgBouncer's own words, from its log
-    assert not _children() and not _own_run_dirs()
+    assert set(_children()) == children_before and set(_own_run_dirs()) == runs_before
 
 
 @pytest.mark.server
