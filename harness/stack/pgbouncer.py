@@ -171,6 +171,8 @@ class Bouncer(ServerProcess):
         self.ini_path = run_dir / f"{name}.ini"
         self.userlist_path = run_dir / f"userlist-{name.removeprefix('pgbouncer-')}.txt"
         self.admin = AdminConsole("127.0.0.1", port, admin_user, users[admin_user])
+        self._lifecycle = threading.RLock()  # restart() and stop() one at a time
+        self._stopped = False  # stop() ran: restart() no longer starts a process
 
     def render_config(self) -> str:
         return render_config(pool_mode=self.pool_mode, listen_addr="127.0.0.1", listen_port=self.port,
@@ -208,25 +210,33 @@ class Bouncer(ServerProcess):
         so the old connections in TIME_WAIT do not keep the port; a port still
         busy all the same is retried until ``timeout``.
         """
-        self.stop()  # closes the admin console's connection too: the next command logs in again
-        deadline = time.monotonic() + timeout
-        while True:
-            offset = self.log_size()
-            self.spawn([self.binary, self.ini_path], cwd=self.run_dir)
-            try:
-                wait_for_admin(self, what=f"{self.name} restarting on port {self.port}",
-                               timeout=max(0.1, deadline - time.monotonic()))
-                return
-            except StartupTimeout:
-                busy = "already in use" in self.log_since(offset)
-                super().stop()
-                if not busy or time.monotonic() + RESTART_RETRY_INTERVAL >= deadline:
-                    raise
-            time.sleep(RESTART_RETRY_INTERVAL)
+        # One at a time with stop(): a stack closing while a hammer thread restarts PgBouncer waits for the
+        # restart, then stops the new process; a restart after the stop refuses to start one nobody would stop.
+        with self._lifecycle:
+            if self._stopped:
+                raise RuntimeError(f"{self.name} was stopped: it is not restarted")
+            self.admin.close()  # the next command logs in again
+            super().stop()
+            deadline = time.monotonic() + timeout
+            while True:
+                offset = self.log_size()
+                self.spawn([self.binary, self.ini_path], cwd=self.run_dir)
+                try:
+                    wait_for_admin(self, what=f"{self.name} restarting on port {self.port}",
+                                   timeout=max(0.1, deadline - time.monotonic()))
+                    return
+                except StartupTimeout:
+                    busy = "already in use" in self.log_since(offset)
+                    super().stop()
+                    if not busy or time.monotonic() + RESTART_RETRY_INTERVAL >= deadline:
+                        raise
+                time.sleep(RESTART_RETRY_INTERVAL)
 
     def stop(self, timeout: float = 5.0) -> None:
-        self.admin.close()
-        super().stop(timeout)
+        with self._lifecycle:
+            self._stopped = True
+            self.admin.close()
+            super().stop(timeout)
 
 
 # -- the team's settings: which names a PgBouncer knows, what it refused, what it runs with ------------------
