@@ -10,15 +10,13 @@ import socket
 import sys
 from pathlib import Path
 
-from harness.stack import relay
+from harness.stack.relay import CONTROL_TIMEOUT, SOCKET_NAME
 from harness.stack.account import Account
 from harness.stack.process import ServerProcess
 from harness.stack.wait import wait_until
 
-CONTROL_TIMEOUT = relay.CONTROL_TIMEOUT
-SOCKET_NAME = relay.SOCKET_NAME
 #: the child: the relay's file run as a script in isolated mode (-I: no site, no harness on sys.path)
-RELAY_SCRIPT = Path(relay.__file__).resolve()
+RELAY_SCRIPT = Path(__file__).resolve().with_name("relay.py")
 
 
 # ---------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session
 from harness.checks.steps import FAULT_STEPS, step_kind
 from harness.stack import Stack
 from harness.stack.stack import conninfo
+from harness.errors import StartupTimeout
 from harness.stack.wait import wait_until
 from harness.workload.actions import Outcome
 
@@ -143,13 +144,15 @@ class FaultInjector:
                                password=console.password, autocommit=True, connect_timeout=5)
         try:
             conn.pgconn.send_query(f"PAUSE {self._database}".encode())
-            deadline = time.monotonic() + PAUSE_WAIT
-            paused = False
-            while not paused and time.monotonic() < deadline:
-                paused = any(str(row.get("paused")) == "1" and row.get("name") == self._database
-                             for row in self._admin("SHOW DATABASES"))
-                if not paused:
-                    time.sleep(0.005)  # a poll of PgBouncer's state, bounded by PAUSE_WAIT
+            def is_paused() -> None:
+                if not any(str(row.get("paused")) == "1" and row.get("name") == self._database
+                           for row in self._admin("SHOW DATABASES")):
+                    raise LookupError("not paused yet")
+            try:
+                wait_until(is_paused, what="PgBouncer's PAUSE", timeout=PAUSE_WAIT, interval=0.005)
+                paused = True
+            except StartupTimeout:  # in session mode PAUSE waits for the clients that hold servers
+                paused = False
         finally:
             self._admin(f"RESUME {self._database}")
             conn.close()
