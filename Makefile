@@ -12,8 +12,12 @@ PYTEST_ARGS ?=
 # Seeds per failing built-in cell in the quality group: `make quality` keeps 10; CI passes fewer
 # (`make test QUALITY_SEEDS=3`) and `make bench` reports the detection rate.
 QUALITY_SEEDS ?= 10
+# The built-in deployments (harness/deployments.py), named after the Debian suite whose packages they run.
+# Natively, bookworm's is the host's own packages; trixie's and sid's are built by scripts/build-deployment.
+NATIVE_DEPLOYMENTS := trixie sid
+IMAGE_DEPLOYMENTS := bookworm trixie sid
 
-.PHONY: setup test-setup verify test test-docker quality bench images clean
+.PHONY: setup test-setup deployments verify test test-docker quality bench images clean
 
 setup: $(STAMP)
 	$(BIN)/harness setup --install
@@ -39,6 +43,14 @@ $(TEST_STAMP): $(STAMP)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
 	touch $(TEST_STAMP)
 
+# Each native deployment's root filesystem and binaries patched to run on this host, and its images when a
+# Docker engine answers (scripts/build-deployment, as root: a minute or two per suite the first time, then
+# reused).
+deployments:
+	@if docker info >/dev/null 2>&1; then images=--images; else images=; \
+	  echo "make deployments: no Docker engine answers, so only the native deployments are built" >&2; fi; \
+	for suite in $(NATIVE_DEPLOYMENTS); do scripts/build-deployment $$suite $$images >/dev/null || exit; done
+
 # The main job: every strategy x route x scenario, then reports/<run-id>/index.html
 # (and results.json, junit.xml); reports/latest points at the newest run.
 verify: setup
@@ -46,25 +58,27 @@ verify: setup
 
 # Fast tests first, then the real-server tests and the scenarios, then the
 # quality group (detection power of generated programs, several minutes).
-test: test-setup
+test: test-setup deployments
 	$(BIN)/pytest tests scenarios -m "not quality and not docker" $(PYTEST_ARGS)
 	@if docker info >/dev/null 2>&1; then $(MAKE) --no-print-directory test-docker; \
 	else echo "make test: no Docker engine answers, so the docker-backend tests (make test-docker) did not run" >&2; fi
 	HARNESS_QUALITY_SEEDS=$(QUALITY_SEEDS) $(BIN)/pytest tests -m quality -n auto $(PYTEST_ARGS)
 
-# The docker backend's tests, against images built here from Debian's packages
-# (scripts/build-images reuses images it built before).
-test-docker: test-setup
+# The docker backend's tests, against images built here from Debian's packages (reused once built);
+# HARNESS_POSTGRES_IMAGE / HARNESS_PGBOUNCER_IMAGE name bookworm's.
+test-docker: test-setup images
 	images="$$(scripts/build-images)" && eval "$$images" && $(BIN)/pytest tests -m docker $(PYTEST_ARGS)
 
+# Every deployment's images, labelled tenant-harness.deployment=<suite>.
 images:
-	scripts/build-images
+	@for suite in $(IMAGE_DEPLOYMENTS); do scripts/build-deployment $$suite --images --no-native >/dev/null || exit; done
 
 quality: test-setup
 	HARNESS_QUALITY_SEEDS=10 $(BIN)/pytest tests -m quality -n auto $(PYTEST_ARGS)
 
 bench: setup
-	@if docker info >/dev/null 2>&1; then images="$$(scripts/build-images)" && eval "$$images" && \
+	@if docker info >/dev/null 2>&1; then $(MAKE) --no-print-directory images && \
+	  images="$$(scripts/build-images)" && eval "$$images" && \
 	  $(BIN)/python bench/stack_start.py; else $(BIN)/python bench/stack_start.py; fi
 	$(BIN)/python bench/workload.py
 	$(BIN)/python bench/verify_wall_time.py

@@ -111,6 +111,15 @@ SETTINGS: tuple[Setting, ...] = (
             "What starts the stack: native (local binaries), docker (images, through testcontainers), "
             "external (your servers, given by the *_dsn settings), or auto (native when the binaries "
             "are found, else docker when an engine answers)."),
+    Setting("deployment", None, _optional_text,
+            "The deployment the stack runs, named after the Debian suite that ships it: bookworm (PostgreSQL 15, "
+            "PgBouncer 1.18), trixie (PostgreSQL 17, PgBouncer 1.24.1), sid (PostgreSQL 18, PgBouncer 1.26.1); "
+            "`make deployments` builds them. Default: the binaries or images the settings below name (on a "
+            "bookworm host that is bookworm). Native and docker backends only."),
+    Setting("deployments", (), _names,
+            "harness verify: run every cell on each of these deployments, comma-separated (e.g. "
+            "bookworm,trixie,sid), and report the cells whose verdict differs between them. Default: the one "
+            "deployment of --deployment."),
     Setting("postgres_image", "postgres:17", str, "PostgreSQL image of the docker backend."),
     Setting("pgbouncer_image", "edoburu/pgbouncer:latest", str,
             "PgBouncer image of the docker backend: any image with a pgbouncer binary on its PATH."),
@@ -206,11 +215,11 @@ SETTINGS: tuple[Setting, ...] = (
 SETTINGS_BY_NAME = {s.name: s for s in SETTINGS}
 
 # Which settings each command takes on its command line (the CLI and a replay command both use them).
-STACK_SETTINGS = ("backend", "pg_bindir", "pgbouncer", "cache_dir", "keep_tmp", "start_timeout",
+STACK_SETTINGS = ("backend", "deployment", "pg_bindir", "pgbouncer", "cache_dir", "keep_tmp", "start_timeout",
                   "session_pool_size", "transaction_pool_size", "postgres_image", "pgbouncer_image",
                   "direct_dsn", "session_dsn", "transaction_dsn", "superuser_dsn", "i_own_this_database",
                   "pgbouncer_config", "pgbouncer_set")
-VERIFY_SETTINGS = STACK_SETTINGS + ("routes", "scenarios", "profile", "tenants", "report_dir", "seed", "models",
+VERIFY_SETTINGS = STACK_SETTINGS + ("deployments", "routes", "scenarios", "profile", "tenants", "report_dir", "seed", "models",
                                     "actions", "pythonpath", "decoys", "example_db", "hammer_threads",
                                     "hammer_requests", "hammer_seconds", "jobs", "shard", "step_deadline")
 # Settings given as a bare flag on the command line.
@@ -224,6 +233,8 @@ class HarnessConfig:
     """All settings of one run. Build it with :func:`resolve_config`; the defaults live in :data:`SETTINGS`."""
 
     backend: str
+    deployment: str | None
+    deployments: tuple[str, ...]
     postgres_image: str
     pgbouncer_image: str
     direct_dsn: str | None
@@ -379,6 +390,7 @@ def resolve_config(
         raise UsageError(f"Unknown backend {config.backend!r}.", fix=[f"use one of: {', '.join(BACKENDS)}"])
     if config.backend == "external":
         refuse_pgbouncer_settings_on_external(config)
+    check_deployments(config)
     if config.profile not in PROFILE_NAMES:
         raise UsageError(f"Unknown profile {config.profile!r}.", fix=[f"use one of: {', '.join(PROFILE_NAMES)}"])
     unknown_routes = [r for r in config.routes if r not in ROUTE_NAMES]
@@ -397,6 +409,27 @@ def refuse_pgbouncer_settings_on_external(config: HarnessConfig) -> None:
             checked=[f"{s.option} ({s.env}) given ({config.sources.get(s.name, 'cli')})" for s in given],
             fix=["the external backend's PgBouncers are yours: set these in their pgbouncer.ini (and RELOAD)",
                  "or run the native or docker backend, which starts PgBouncers with these settings"])
+
+
+def check_deployments(config: HarnessConfig) -> None:
+    """Deployment names are known, and no other setting names other binaries or servers."""
+    from harness.deployments import deployment
+
+    for name in (config.deployment, *config.deployments):
+        if name is not None:
+            deployment(name)
+    if not (config.deployment or config.deployments):
+        return
+    given = SETTINGS_BY_NAME["deployments" if config.deployments else "deployment"]
+    clashing = [SETTINGS_BY_NAME[name] for name in ("pg_bindir", "pgbouncer", "postgres_image", "pgbouncer_image")
+                if config.sources.get(name, "default") != "default"]
+    if config.backend == "external" or clashing:
+        what = "the external backend" if config.backend == "external" else ", ".join(
+            f"{s.option} ({s.env})" for s in clashing)
+        raise UsageError(f"{given.option}: a deployment names its own PostgreSQL and PgBouncer, and {what} "
+                         "names others.",
+                         fix=[f"drop {given.option} ({given.env}) to run the binaries, images or servers you named",
+                              f"or drop {what} to run the deployment's"])
 
 
 def import_user_module(what: str, module_name: str, pythonpath: Sequence[str] | None) -> Any:

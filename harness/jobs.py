@@ -61,6 +61,7 @@ class PlannedCell:
     strategy: str  # the strategy's full spec (package.module:attr)
     route: str
     scenario: str
+    deployment: str | None = None
 
 
 @dataclasses.dataclass
@@ -93,6 +94,9 @@ def environment(stack: Stack, config: HarnessConfig, seed: int, decoys: bool,
         "psycopg": psycopg.__version__,
         "python": platform.python_version(),
         "backend": stack.backend,
+        **({"deployment": stack.deployment} if stack.deployment else {}),
+        # What the expectation table's deployment conditions read (harness.deployments.CONDITIONS).
+        "deployment_facts": stack.facts.describe(),
         **{key: stack.versions[key] for key in ("postgres_image", "pgbouncer_image") if key in stack.versions},
         "profile": config.profile,
         "seed": "derandomized" if config.derandomize else str(seed),

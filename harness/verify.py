@@ -57,6 +57,8 @@ class VerifyRun:
     jobs: int = 1
     #: False while cells are still running (or when the run stopped before its last cell)
     complete: bool = True
+    #: the built-in deployments the cells ran on, in run order (``--deployments``); empty for one stack's
+    deployments: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def failing_cells(self) -> list[CellResult]:
@@ -79,8 +81,9 @@ class Progress:
         elapsed = time.monotonic() - self.started
         left = elapsed / self.done * (self.total - self.done)
         mark = "" if result.as_required else f"  (required {result.required.label})"
+        where = f"{result.deployment}: " if result.deployment else ""
         print(f"[{self.done:>3}/{self.total}] {elapsed:6.1f}s elapsed, ~{left:5.0f}s left  "
-              f"{result.strategy} x {result.route} x {result.scenario}: {result.verdict.value}{mark}",
+              f"{where}{result.strategy} x {result.route} x {result.scenario}: {result.verdict.value}{mark}",
               file=self.out, flush=True)
 
 
@@ -96,9 +99,11 @@ def writable_folder(folder: Path, option: str) -> None:
                          fix=["name a folder you can write to (it is created when missing)"]) from None
 
 
-def plan_cells(specs: list[StrategySpec], routes: tuple[str, ...], scenarios: list[str]) -> list[PlannedCell]:
-    """Every cell of the run in report order: strategy, then route, then scenario."""
-    combos = [(spec.spec, route, scenario) for spec in specs for route in routes for scenario in scenarios]
+def plan_cells(specs: list[StrategySpec], routes: tuple[str, ...], scenarios: list[str],
+               deployments: tuple[str | None, ...] = (None,)) -> list[PlannedCell]:
+    """Every cell of the run in report order: deployment, then strategy, then route, then scenario."""
+    combos = [(spec.spec, route, scenario, deployment) for deployment in deployments for spec in specs
+              for route in routes for scenario in scenarios]
     return [PlannedCell(i, *combo) for i, combo in enumerate(combos)]
 
 
@@ -109,7 +114,7 @@ def plan_id(config: HarnessConfig, specs: list[StrategySpec], scenarios: list[st
             "decoys": config.decoys, "seed": None if config.derandomize else seed,
             "derandomize": config.derandomize, "hammer": [config.hammer_threads, config.hammer_requests,
                                                           config.hammer_seconds],
-            "step_deadline": config.step_deadline}
+            "step_deadline": config.step_deadline, "deployments": list(config.deployments) or config.deployment}
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -148,7 +153,9 @@ def run_verify(config: HarnessConfig, *, seed: int, scan: list[Path] | None = No
         run.scan = run.scan_result.findings
     writable_folder(config.report_dir, "--report-dir")
     run.plan = plan_id(config, specs, scenarios, seed)
-    cells = shard_of(plan_cells(specs, config.routes, scenarios), config.shard)
+    run.deployments = list(config.deployments)
+    deployments = tuple(config.deployments) or (config.deployment,)
+    cells = shard_of(plan_cells(specs, config.routes, scenarios, deployments), config.shard)
     if config.shard is not None:
         run.shard = {"index": config.shard[0], "count": config.shard[1]}
     run.jobs = max(1, min(config.jobs or available_cores(), len(cells)))
@@ -159,12 +166,24 @@ def run_verify(config: HarnessConfig, *, seed: int, scan: list[Path] | None = No
     results: dict[int, CellResult] = {}
     progress = Progress(len(cells), progress_out)
 
-    def on_info(info: StackInfo) -> None:
-        run.routes, run.not_run, run.environment = info.routes, info.not_run, info.environment
+    matrix = bool(config.deployments)
+    stacks: dict[str | None, StackInfo] = {}
+
+    def on_info(deployment: str | None, info: StackInfo) -> None:
+        stacks[deployment] = info
+        first = next(iter(stacks.values()))
+        run.routes = list(dict.fromkeys(route for i in stacks.values() for route in i.routes))
+        run.not_run = [{**item, "what": f"{d}: {item['what']}"} if matrix else item
+                       for d, i in stacks.items() for item in i.not_run]
+        run.environment = dict(first.environment)
         run.environment["jobs"] = str(run.jobs)
-        progress.total = sum(1 for c in cells if c.route in info.routes and c.strategy in info.runnable)
+        if matrix:  # each deployment's versions and effective settings
+            run.environment["deployments"] = {d: i.environment for d, i in stacks.items()}
+        progress.total = sum(1 for c in cells if c.deployment not in stacks or
+                             (c.route in stacks[c.deployment].routes and c.strategy in stacks[c.deployment].runnable))
 
     def on_result(cell: PlannedCell, result: CellResult) -> None:
+        result.deployment = cell.deployment
         results[cell.index] = result
         progress.cell(result)
         if on_cell:
@@ -174,9 +193,12 @@ def run_verify(config: HarnessConfig, *, seed: int, scan: list[Path] | None = No
             run.seconds = time.monotonic() - started
             on_progress(run)
 
-    if cells:
-        run_cells(config, specs, cells, seed, gate=not run.builtin_self_check, jobs=run.jobs, on_info=on_info,
-                  on_result=on_result)
+    for deployment in deployments:
+        these = [cell for cell in cells if cell.deployment == deployment]
+        if these:
+            run_cells(dataclasses.replace(config, deployment=deployment, deployments=()), specs, these, seed,
+                      gate=not run.builtin_self_check, jobs=run.jobs,
+                      on_info=lambda info, d=deployment: on_info(d, info), on_result=on_result)
     run.cells = [results[i] for i in sorted(results)]
     run.seconds = time.monotonic() - started
     run.complete = True

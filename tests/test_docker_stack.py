@@ -25,6 +25,7 @@ import psycopg
 import pytest
 
 from harness.config import resolve_config
+from harness.deployments import DEPLOYMENTS
 from harness.errors import SetupError, StartupTimeout
 from harness.stack import ROUTES, choose_backend, start_stack
 from harness.stack.containers import LABEL_OWNER, LABEL_PART, LABEL_RUN, docker_client, remove_abandoned_runs
@@ -35,7 +36,7 @@ from test_stack import (  # noqa: F401 - collected here, against the docker stac
     test_login_role_is_not_a_superuser,
     test_session_pooling_and_direct_do_not_leak_it,
     test_stack_exposes_versions_and_a_superuser_url,
-    test_transaction_pooling_leaks_a_session_set_to_another_client,
+    test_transaction_pooling_leaks_a_session_set_to_another_client_unless_pgbouncer_tracks_it,
 )
 
 pytestmark = pytest.mark.docker
@@ -215,26 +216,29 @@ def test_after_a_sigkill_the_next_start_removes_the_abandoned_containers(client)
     assert labelled(client, f"{LABEL_RUN}={run_id}") == ([], [])
 
 
-def verdicts(report_dir: Path) -> dict[tuple[str, str, str], str]:
+def verdicts(report_dir: Path) -> dict[tuple[str | None, str, str, str], str]:
     data = json.loads((report_dir / "latest" / "results.json").read_text())
-    return {(c["strategy"], c["route"], c["scenario"]): c["verdict"] for c in data["cells"]}
+    return {(c["deployment"], c["strategy"], c["route"], c["scenario"]): c["verdict"] for c in data["cells"]}
 
 
-def test_named_scenarios_give_the_same_verdicts_on_native_and_docker(tmp_path):
-    """Every built-in x route x named scenario: the two backends' results.json agree cell by cell."""
+def test_named_scenarios_give_the_same_verdicts_on_native_and_docker_on_every_deployment(tmp_path):
+    """Every deployment x built-in x route x named scenario: the two backends' results.json agree cell by cell."""
+    # a deployment names its own binaries and images
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("HARNESS_PG_BINDIR", "HARNESS_PGBOUNCER", "HARNESS_POSTGRES_IMAGE", "HARNESS_PGBOUNCER_IMAGE")}
     matrices = {}
     for backend in ("native", "docker"):
         report_dir = tmp_path / backend
         done = subprocess.run(
             [sys.executable, "-m", "harness", "verify", "--backend", backend, "--report-dir", str(report_dir),
-             "--scenarios", ",".join(NAMED_SCENARIOS), "--seed", "1"],
-            capture_output=True, text=True, timeout=900, cwd=ROOT)
-        assert done.returncode == 0, done.stdout + done.stderr
+             "--deployments", ",".join(DEPLOYMENTS), "--scenarios", ",".join(NAMED_SCENARIOS), "--seed", "1"],
+            capture_output=True, text=True, timeout=1800, cwd=ROOT, env=env)
+        assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
         matrices[backend] = verdicts(report_dir)
-    assert len(matrices["native"]) >= 16 * 3 * len(NAMED_SCENARIOS)
+    assert len(matrices["native"]) == len(DEPLOYMENTS) * 16 * 3 * len(NAMED_SCENARIOS)
     differ = {cell: (v, matrices["docker"].get(cell)) for cell, v in matrices["native"].items()
               if matrices["docker"].get(cell) != v}
     assert not differ, differ
-    # every kind of verdict the built-ins measure on bookworm: a leak, a layer PgBouncer refuses
-    # (startup_options_search_path), prepared-statement errors (translate_map_prepared, transaction)
+    # every kind of verdict the built-ins measure: a leak, a layer PgBouncer refuses
+    # (startup_options_search_path before sid), prepared-statement errors (translate_map_prepared, bookworm)
     assert set(matrices["native"].values()) == {"pass", "fail", "cannot_run", "inconclusive"}

@@ -16,6 +16,7 @@ from types import SimpleNamespace
 import pytest
 from hypothesis import given, settings
 
+from harness.deployments import DeploymentFacts
 from harness.checks import Verdict, coverage
 from harness.checks.history import DEFAULT_SEARCH_PATH, ConnectionState, History, ProbeRecord, StepRecord
 from harness.checks.pool import check_pool_pollution
@@ -349,7 +350,9 @@ def test_the_environment_names_the_models_with_their_tenant_tables_and_the_actio
     config = resolve_config({"models": "userapp.models:Base", "actions": ["userapp.actions:count_invoices"]},
                             env={}, cwd=project)
     put_first_on_sys_path(config.pythonpath)
-    stack = SimpleNamespace(versions={"postgres": "17", "pgbouncer": "1.24"}, backend="native", owns_public=True)
+    versions = {"postgres": "17", "pgbouncer": "1.24"}
+    stack = SimpleNamespace(versions=versions, backend="native", owns_public=True, deployment=None,
+                            facts=DeploymentFacts.read(versions, {}))
     env = environment(stack, config, 3, True, load_team(config))
     assert env["models"] == "userapp.models:Base (tenant tables: invoice)"
     assert env["actions"] == "userapp.actions:count_invoices"

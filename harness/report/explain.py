@@ -21,7 +21,8 @@ LABELS = {Verdict.PASS: "pass", Verdict.FAIL: "FAIL", Verdict.INCONCLUSIVE: "inc
 
 def explain(cell: CellResult, limit: int = 40) -> str:
     """A numbered, readable account: the verdict, the findings, then the steps."""
-    lines = [f"{cell.strategy} x {cell.route} x {cell.scenario}: {cell.verdict.value.upper()} "
+    where = f"{cell.deployment}: " if cell.deployment else ""
+    lines = [f"{where}{cell.strategy} x {cell.route} x {cell.scenario}: {cell.verdict.value.upper()} "
              f"({cell.reason})", f"coverage: {cell.coverage.describe()}"]
     if cell.program is not None:
         size, recorded = step_count(cell.program), len(cell.history.steps)

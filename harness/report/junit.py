@@ -1,4 +1,4 @@
-"""junit.xml: one test case per cell, failed when the cell did not measure its required verdict."""
+"""junit.xml: one test case per cell (per deployment, in a ``--deployments`` run), failed when the cell did not measure its required verdict."""
 
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ def junit_xml(results: dict[str, Any]) -> bytes:
     suite = ET.Element("testsuite", name="tenant-isolation", tests=str(len(cells) + skipped),
                        failures=str(failures), errors="0", skipped=str(skipped), time=str(results["seconds"]), timestamp=results["started"])
     for cell in cells:
-        case = ET.SubElement(suite, "testcase", classname=f"{cell['strategy']}.{cell['route']}",
+        # The same cell on two deployments is two test cases: the deployment leads the class name.
+        where = f"{cell['deployment']}." if cell.get("deployment") else ""
+        case = ET.SubElement(suite, "testcase", classname=f"{where}{cell['strategy']}.{cell['route']}",
                              name=cell["scenario"], time=str(cell["seconds"]))
         if not cell["as_required"]:
             failure = ET.SubElement(case, "failure", message=f"measured {cell['verdict']}, required {cell['required']}")

@@ -7,7 +7,9 @@ unsharded run would have produced them (deployment, strategy, route, scenario,
 outer to inner, along the plan's axes), recomputes the verdict, and refuses
 anything that would make the joined report claim more than was measured:
 shards of different plans, seeds or environments, a shard given twice, a shard
-missing, a results.json of another schema version.
+missing, a results.json of another schema version. In a run with deployments each
+deployment's environment is compared across the shards whose cells ran on it, and the
+differences between deployments are recomputed from the joined cells.
 
 A merged report's ``seconds`` is the longest shard's: the shards of a CI
 fan-out run side by side, so that is the run's wall time; each shard's own
@@ -24,13 +26,14 @@ from typing import Any, Callable, Iterable
 
 from harness.checks.verdict import Verdict
 from harness.errors import UsageError
+from harness.report.differences import differences_json
 from harness.report.migration import migration_rows
 from harness.report.results import SCHEMA, VERSION, Axes, axes
 
 #: What every shard of one run must agree on besides the plan and its environment (seed, versions,
 #: settings); a disagreement means the shards ran different harnesses, stacks or settings, and one
 #: report cannot describe them all.
-AGREED = ("builtin_self_check", "strategies", "routes", "scenarios")
+AGREED = ("builtin_self_check", "strategies", "routes", "scenarios", "deployments")
 
 #: Environment entries that describe one shard's machine, not what it measured (`jobs`: the parallel
 #: cells a runner's cores allowed); shards may differ there, and the merged report lists every value.
@@ -108,7 +111,7 @@ def merge_results(shards: list[Shard]) -> dict[str, Any]:
     complete = all(s.results.get("complete", True) for s in ordered)  # a shard that stopped early: no pass
     ok = ok and complete
     started = min(s.results["started"] for s in ordered)
-    environment = next((_environment(s) for s in ordered if _environment(s)), {})
+    environment = _merged_environment(ordered, first.get("deployments") or [])
     stamp = dt.datetime.fromisoformat(started).strftime("%Y%m%d-%H%M%S")
     return {
         **first,
@@ -119,7 +122,7 @@ def merge_results(shards: list[Shard]) -> dict[str, Any]:
         "environment": {**environment, **{
             key: ", ".join(dict.fromkeys(str(_environment(s)[key]) for s in ordered if key in _environment(s)))
             for key in PER_SHARD if key in environment}},
-        "cells": cells,
+        "cells": cells, "differences": differences_json(cells),
         "not_run": _once(item for s in ordered for item in s.results.get("not_run", [])),
         "migration": migration_rows(cells),
         "scan": scan,
@@ -131,6 +134,25 @@ def merge_results(shards: list[Shard]) -> dict[str, Any]:
 
 def _environment(shard: Shard) -> dict[str, Any]:
     return shard.results.get("environment") or {}
+
+
+def _stacks(shard: Shard) -> dict[str | None, dict[str, Any]]:
+    """The environment of each stack the shard's cells ran on: deployment -> its environment in a run with
+    deployments (a shard holds those its cells drew), else {None: the environment} (none for a shard that
+    drew no cell)."""
+    environment = _environment(shard)
+    return environment.get("deployments") or ({None: environment} if environment else {})
+
+
+def _merged_environment(shards: list[Shard], deployments: list[str]) -> dict[str, Any]:
+    """The environment the unsharded run writes: the first stack's, and in a run with deployments the top
+    level of the first deployment with every deployment's own under ``deployments``, in run order."""
+    environment = next((_environment(s) for s in shards if _environment(s)), {})
+    if not deployments:
+        return environment
+    stacks = {name: stack for s in shards for name, stack in _stacks(s).items()}
+    ordered = {name: stacks[name] for name in deployments if name in stacks}
+    return {**environment, **next(iter(ordered.values()), {}), "deployments": ordered}
 
 
 def _once(items: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -154,9 +176,14 @@ def _refuse_mismatches(shards: list[Shard]) -> None:
     # A shard that drew no cell started no stack and has no environment; the plan still holds its seed.
     measured = [s for s in shards if _environment(s)] or shards
     _refuse_disagreement(measured, "the seed", lambda s: s.seed)
-    for key in dict.fromkeys(k for s in measured for k in _environment(s)):
-        if key not in PER_SHARD:
-            _refuse_disagreement(measured, f"the environment's {key}", lambda s: _environment(s).get(key))
+    # Each stack is compared across the shards that ran cells on it: in a run with deployments a shard
+    # holds only the deployments its cells drew, and its top level is the first of those.
+    for name in dict.fromkeys(name for s in shards for name in _stacks(s)):
+        on = [s for s in shards if name in _stacks(s)]
+        where = f" on {name}" if name else ""
+        for key in dict.fromkeys(k for s in on for k in _stacks(s)[name]):
+            if key not in PER_SHARD:
+                _refuse_disagreement(on, f"the environment's {key}{where}", lambda s: _stacks(s)[name].get(key))
     for key in AGREED:
         _refuse_disagreement(shards, key, lambda s: s.results.get(key))
     _refuse_disagreement(shards, "the plan", lambda s: s.results["plan"])
@@ -198,6 +225,7 @@ def _refuse_overlaps(shards: list[Shard], plan: Axes) -> None:
         for cell in shard.results["cells"]:
             where = plan.position(cell)
             if where in owner:
-                raise UsageError(f"Cell {cell['strategy']} x {cell['route']} x {cell['scenario']} is in "
+                on = f" on {cell['deployment']}" if cell.get("deployment") else ""
+                raise UsageError(f"Cell {cell['strategy']} x {cell['route']} x {cell['scenario']}{on} is in "
                                  f"{owner[where].name} and in {shard.name}.", fix=[RERUN])
             owner[where] = shard

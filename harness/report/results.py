@@ -13,10 +13,14 @@ removal or a change of meaning bumps it):
   tenant tables), ``actions`` (the team's specs), ``pgbouncer_requested`` (when the team gave
   --pgbouncer-config / --pgbouncer-set: what was carried over and what was ignored), ``pgbouncer_settings``
   (native and docker stacks: an object route -> setting -> value, the settings that decide what clients
-  see as each PgBouncer ran with them, read back with SHOW CONFIG)
-- ``cells``: one object per strategy x route x scenario:
-  ``strategy``, ``route``, ``scenario``, ``layout`` (schema | rls), ``verdict`` (pass | fail | inconclusive | cannot_run),
-  ``verdict_reason``, ``required``, ``required_reason``, ``as_required`` (bool),
+  see as each PgBouncer ran with them, read back with SHOW CONFIG), ``deployment_facts`` (one line: what
+  the expectation table's deployment conditions read). In a run with ``deployments`` the top level is the
+  first deployment's, and ``environment.deployments`` is an object deployment -> that deployment's own
+  environment (the same keys)
+- ``cells``: one object per strategy x route x scenario (x deployment):
+  ``id`` (the page's anchor), ``deployment`` (null, or the built-in deployment it ran on), ``strategy``, ``route``, ``scenario``, ``layout`` (schema | rls), ``verdict`` (pass | fail | inconclusive | cannot_run),
+  ``verdict_reason``, ``required``, ``required_reason``, ``required_when`` (the deployment condition that
+  turned the required verdict, "" for the entry that holds everywhere), ``as_required`` (bool),
   ``findings`` (``kind``, ``explanation``, ``steps``, ``tenant``, ``gating``),
   ``coverage`` (``steps``, ``backends``, ``shared_backends``, ``tenants``,
   ``probed_connections``, ``separate_pools``, ``connection_refused``, ``refused_tenants``), ``seconds``, ``replay`` (null, or the command that reruns exactly this cell: every
@@ -35,9 +39,12 @@ removal or a change of meaning bumps it):
   not read, a limit of the scan that never gates), ``files`` (Python files read), ``base``
   (the folder relative paths are relative to), ``tenant_tables`` and ``tables_from`` (where
   they came from). The report folder then holds ``scan.sarif``: the findings as SARIF 2.1.0.
-- ``strategies``, ``routes``, ``scenarios``: the plan's axes in run order (cells
-  run strategy outer, route middle, scenario inner); a cell may later carry a
-  ``deployment`` (then ``deployments`` lists them, outermost)
+- ``strategies``, ``routes``, ``scenarios``, ``deployments``: the plan's axes in run order (cells run
+  deployment outermost, then strategy, route, scenario); ``deployments`` is empty for a run on one stack
+- ``differences``: the strategy x route x scenario cells measured on two deployments or more whose verdicts
+  differ (empty without deployments): ``strategy``, ``route``, ``scenario``, ``deployments`` (one object per
+  deployment, in run order: ``deployment``, ``verdict``, ``reason``, ``when`` and ``condition``: the
+  deployment condition of the cell's required verdict, by name and as a sentence, "" when none)
 - ``plan``: null, or a hex string naming the run's whole cell plan: the same in
   every shard of one run
 - ``shard``: null for a whole run, or ``index`` (1..count) and ``count``: this
@@ -55,6 +62,7 @@ import dataclasses
 from typing import Any
 
 from harness.checks.verdict import Verdict
+from harness.report.differences import deployment_differences
 from harness.report.migration import migration_rows
 from harness.scan.findings import scan_json
 from harness.workload.cell import CellResult
@@ -67,7 +75,8 @@ EVIDENCE_LIMIT = 80
 
 
 def cell_id(cell: CellResult) -> str:
-    raw = f"{cell.strategy}--{cell.route}--{cell.scenario}"
+    where = f"{cell.deployment}--" if cell.deployment else ""
+    raw = f"{where}{cell.strategy}--{cell.route}--{cell.scenario}"
     return "cell-" + "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in raw)
 
 
@@ -94,11 +103,12 @@ def evidence_steps(cell: CellResult) -> list[dict[str, Any]]:
 def cell_json(cell: CellResult) -> dict[str, Any]:
     """A cell as results.json (and cells.json) hold it: the one serialisation of a cell."""
     return {
-        "id": cell_id(cell), "strategy": cell.strategy, "route": cell.route, "scenario": cell.scenario,
+        "id": cell_id(cell), "deployment": cell.deployment, "strategy": cell.strategy, "route": cell.route, "scenario": cell.scenario,
         "layout": cell.history.layout,
         "verdict": cell.verdict.value, "verdict_reason": cell.reason,
         "required": cell.required.label if cell.required else None,
         "required_reason": cell.required.reason if cell.required else None,
+        "required_when": cell.required.when if cell.required else "",
         "as_required": cell.as_required,
         "findings": [dataclasses.asdict(f) for f in cell.findings],
         "coverage": dataclasses.asdict(cell.coverage), "seconds": round(cell.seconds, 3),
@@ -118,8 +128,9 @@ def results_json(run) -> dict[str, Any]:
         "seconds": round(run.seconds, 1), "verdict": Verdict.PASS if run.ok and complete else Verdict.FAIL,
         "exit_status": 0 if run.ok and complete else 1, "builtin_self_check": run.builtin_self_check,
         "strategies": run.strategies, "routes": list(run.routes or run.config.routes),
-        "scenarios": _planned_scenarios(run), "environment": run.environment,
-        "cells": cells,
+        "scenarios": _planned_scenarios(run), "deployments": list(getattr(run, "deployments", [])),
+        "environment": run.environment,
+        "cells": cells, "differences": [d.as_json() for d in deployment_differences(run.cells)],
         "not_run": list(getattr(run, "not_run", [])),
         "migration": migration_rows(cells),
         "scan": None if run.scan is None else _scan(run),

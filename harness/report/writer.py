@@ -22,6 +22,10 @@ from harness.report.results import axes, results_json
 from harness.report.trend import trend
 from harness.scan.sarif import write_sarif
 
+#: environment entries that describe one deployment's stack; a run with deployments shows them per deployment
+PER_DEPLOYMENT = ("deployment", "postgresql", "pgbouncer", "postgres_image", "pgbouncer_image", "backend",
+                  "deployment_facts", "pgbouncer_settings", "pgbouncer_requested")
+
 _ENV = Environment(loader=PackageLoader("harness.report", "templates"), autoescape=select_autoescape(["html", "j2"]))
 
 
@@ -64,12 +68,23 @@ def route_letters(routes: tuple[str, ...]) -> dict[str, str]:
     return letters
 
 
+def shared_environment(results: dict[str, Any]) -> dict[str, Any]:
+    """The environment entries every cell ran with: all of them, or in a run with deployments those that
+    do not describe one deployment (the page shows each deployment's own in a table of their own)."""
+    environment = results["environment"]
+    if not results.get("deployments"):
+        return environment
+    return {key: value for key, value in environment.items() if key not in (*PER_DEPLOYMENT, "deployments")}
+
+
 def render_html(results: dict[str, Any], history: list[dict[str, Any]]) -> str:
     plan = axes(results)
     cells = {(c.get("deployment"), c["strategy"], c["scenario"], c["route"]): c for c in results["cells"]}
     measured = {key[:2] for key in cells}
     return _ENV.get_template("report.html.j2").render(
-        r=results, headline=headline(results), cells=cells, axes=plan,
+        r=results, headline=headline(results), cells=cells, axes=plan, environment=shared_environment(results),
+        deployment_environments=results["environment"].get("deployments") or {},
+        differences=[(d, {m["deployment"]: m for m in d["deployments"]}) for d in results.get("differences", [])],
         # A grid row shows only the strategies the deployment measured: a strategy that did not run
         # on a stack (not_run) would otherwise be a row of empty marks.
         rows={d: [s for s in plan.strategies if (d, s) in measured] for d in plan.deployments},

@@ -26,6 +26,18 @@ def choose_backend(config) -> str:
 
     if config.backend != "auto":
         return config.backend
+    if config.deployment:
+        from harness.stack.deployment_builds import native_binaries
+
+        try:
+            native_binaries(config.deployment)
+            return "native"
+        except SetupError:
+            from harness.stack.containers import engine_answers
+
+            if engine_answers():
+                return "docker"
+            raise
     if config.pg_bindir is not None or config.pgbouncer is not None:
         return "native"
     try:

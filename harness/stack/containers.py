@@ -30,6 +30,7 @@ import psycopg
 from harness.config import HarnessConfig
 from harness.errors import SetupError, StartupTimeout
 from harness.pgbouncer_settings import requested
+from harness.stack.deployment_builds import docker_images
 from harness.stack.pgbouncer import (AdminConsole, effective_settings, pool_size, render_config, render_userlist,
                                      settings_refusal, wait_for_admin)
 from harness.stack.postgres import APP_ROLE, DATABASE, SERVER_SETTINGS, SUPERUSER, Logins, bootstrap_roles
@@ -328,6 +329,9 @@ def _boot(assembly: StackAssembly) -> None:
     config = assembly.config
     client = docker_client()
     assembly.on_close(client.close)
+    if config.deployment:  # the images scripts/build-deployment built for it
+        postgres_image, pgbouncer_image = docker_images(client, config.deployment)
+        config = dataclasses.replace(config, postgres_image=postgres_image, pgbouncer_image=pgbouncer_image)
     for image in (config.postgres_image, config.pgbouncer_image):
         ensure_image(client, image)
     _configure_reaper(client)

@@ -17,6 +17,7 @@ from harness.config import HarnessConfig
 from harness.errors import SetupError, StartupTimeout
 from harness.stack.account import server_account
 from harness.stack.binaries import find_binaries
+from harness.stack.deployment_builds import native_binaries
 from harness.pgbouncer_settings import requested
 from harness.stack.pgbouncer import Bouncer, check_known, effective_settings, known_settings, pool_size
 from harness.stack.ports import PortLease, lease_port, port_in_use
@@ -108,7 +109,8 @@ def start_native_stack(config: HarnessConfig) -> Stack:
 
 def _boot(assembly: StackAssembly) -> None:
     config = assembly.config
-    binaries = find_binaries(config.pg_bindir, config.pgbouncer)
+    binaries = find_binaries(*native_binaries(config.deployment)) if config.deployment else \
+        find_binaries(config.pg_bindir, config.pgbouncer)
     account = server_account()
     # The team's PgBouncer settings: every name checked against this binary before anything starts.
     extra = requested(config.pgbouncer_config, config.pgbouncer_set)

@@ -25,6 +25,7 @@ import psycopg
 from sqlalchemy.engine import URL
 
 from harness.config import HarnessConfig
+from harness.deployments import DeploymentFacts
 from harness.stack.parts import BouncerPart, ProxyPart, ServerPart
 from harness.stack.postgres import APP_ROLE, DATABASE, SUPERUSER
 from harness.stack.wait import wait_until
@@ -61,6 +62,8 @@ class Stack:
     pgbouncer_settings: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)
     #: what the team asked for (--pgbouncer-config, --pgbouncer-set), in words, for the report ("" if nothing)
     pgbouncer_requested: str = ""
+    #: the built-in deployment it runs (``--deployment``), or None for the binaries or images configured
+    deployment: str | None = None
     run_dir: Path | None = None
     #: the login role of the code under test (``app`` on stacks the harness starts)
     app_role: str = APP_ROLE
@@ -80,6 +83,11 @@ class Stack:
     proxy: ProxyPart | None = None
     _cleanup: list[Callable[[], object]] = dataclasses.field(default_factory=list, repr=False)
     _closed: bool = dataclasses.field(default=False, repr=False)
+
+    @property
+    def facts(self) -> DeploymentFacts:
+        """What decides the verdicts that depend on the deployment, as this stack reads it."""
+        return DeploymentFacts.read(self.versions, self.pgbouncer_settings)
 
     def why_not(self, kind: Missing, name: str, default: str = "") -> str:
         """Why this stack cannot run a route, a layout or a check (``default`` when it does not say)."""
@@ -274,6 +282,7 @@ def launch(backend: str, config: HarnessConfig, boot: Callable[[StackAssembly], 
     started = time.monotonic()
     stack = Stack(backend=backend, run_id=new_run_id(), routes={}, superuser_url=route_url(SUPERUSER, "", 0),
                   bouncers={}, versions={}, processes=[])
+    stack.deployment = config.deployment
     register(stack)
     try:
         boot(StackAssembly(stack, config))

@@ -42,6 +42,8 @@ class CellResult:
     replay: str | None = None  # the command that replays a generated cell
     figures: dict | None = None  # hammer throughput figures
     schema_in_sql: bool | None = None  # did the executed SQL name the tenant's schema (None: not measured)
+    #: the built-in deployment the cell ran on (``--deployments``), None for the binaries or images configured
+    deployment: str | None = None
 
     @property
     def as_required(self) -> bool:

@@ -146,7 +146,8 @@ def default_scenarios(config: HarnessConfig) -> list[str]:
 def run_scenario(ctx: CellContext, spec: StrategySpec, route: str, scenario: str) -> CellResult:
     """Run one cell and set the verdict it is required to measure."""
     result = SCENARIOS[scenario].run(ctx, spec, route)
-    result.required = required_verdict(spec.name, scenario, route, gate=ctx.gate)
+    result.required = required_verdict(spec.name, scenario, route, gate=ctx.gate,
+                                      facts=None if ctx.gate else ctx.stack.facts)
     if ctx.replay is not None and (scenario in (GENERATED, FAULTS) or result.verdict is Verdict.FAIL or not result.as_required):
         result.replay = ctx.replay(spec, route, scenario, ctx.profile)
     return result

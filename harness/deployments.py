@@ -1,0 +1,133 @@
+"""Deployments: the PostgreSQL and PgBouncer a stack runs, named after the Debian suite that ships them.
+
+A deployment is a PostgreSQL version, a PgBouncer version and the PgBouncer settings (the settings come
+from ``--pgbouncer-config`` / ``--pgbouncer-set``, the same for every deployment of a run). Three are built
+in, from Debian's own packages:
+
+- ``bookworm``: PostgreSQL 15, PgBouncer 1.18 (the host's packages on a bookworm host);
+- ``trixie``: PostgreSQL 17, PgBouncer 1.24.1;
+- ``sid``: PostgreSQL 18, PgBouncer 1.26.1.
+
+:mod:`harness.stack.deployment_builds` finds where they were built. Without a deployment a stack runs what
+the binary settings (``pg_bindir``, ``pgbouncer``) or the image settings name, as before.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Callable, Mapping
+
+from harness.errors import UsageError
+
+BUILD_COMMAND = "make deployments"
+
+
+@dataclasses.dataclass(frozen=True)
+class Deployment:
+    name: str
+    postgres: str  # the PostgreSQL major version
+    pgbouncer: str  # the PgBouncer version
+
+    @property
+    def describe(self) -> str:
+        return f"{self.name} (PostgreSQL {self.postgres}, PgBouncer {self.pgbouncer})"
+
+    def build_hint(self) -> str:
+        return f"{BUILD_COMMAND} (or scripts/build-deployment {self.name}) builds it from Debian's packages"
+
+
+DEPLOYMENTS: dict[str, Deployment] = {d.name: d for d in (
+    Deployment("bookworm", "15", "1.18.0"),
+    Deployment("trixie", "17", "1.24.1"),
+    Deployment("sid", "18", "1.26.1"),
+)}
+
+
+def deployment(name: str) -> Deployment:
+    try:
+        return DEPLOYMENTS[name]
+    except KeyError:
+        raise UsageError(f"Unknown deployment {name!r}.",
+                         fix=[f"use one of: {', '.join(DEPLOYMENTS)} (Debian suites: "
+                              + "; ".join(d.describe for d in DEPLOYMENTS.values()) + ")",
+                              "or run your own binaries or images without a deployment: HARNESS_PG_BINDIR and "
+                              "HARNESS_PGBOUNCER (native), HARNESS_POSTGRES_IMAGE and HARNESS_PGBOUNCER_IMAGE "
+                              "(docker)"]) from None
+
+
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", text)[:3])
+
+
+#: the PgBouncer release from which every parameter the server reports is tracked per client
+TRACKS_EVERY_REPORTED = (1, 26)
+
+
+@dataclasses.dataclass(frozen=True)
+class DeploymentFacts:
+    """What decides a deployment-dependent verdict, as the stack read it: PostgreSQL's major version,
+    PgBouncer's version and the settings PgBouncer runs with (``SHOW CONFIG``, the transaction route's)."""
+
+    postgres_major: int
+    pgbouncer: tuple[int, ...]
+    settings: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def read(cls, versions: Mapping[str, str], pgbouncer_settings: Mapping[str, Mapping[str, str]]) -> DeploymentFacts:
+        route_settings = pgbouncer_settings.get("transaction") or next(iter(pgbouncer_settings.values()), {})
+        return cls(postgres_major=(_version(versions.get("postgres", "")) or (0,))[0],
+                   pgbouncer=_version(versions.get("pgbouncer", "")), settings=dict(route_settings))
+
+    @property
+    def tracked(self) -> frozenset[str]:
+        """The parameters PgBouncer keeps per client besides its fixed ones (track_extra_parameters)."""
+        value = self.settings.get("track_extra_parameters", "")
+        return frozenset(p.strip().lower() for p in value.split(",") if p.strip())
+
+    def tracks(self, parameter: str) -> bool:
+        """Does PgBouncer keep this parameter per client? 1.26 tracks every parameter the server reports."""
+        return parameter in self.tracked or self.pgbouncer >= TRACKS_EVERY_REPORTED
+
+    def describe(self) -> str:
+        return (f"PostgreSQL {self.postgres_major}, PgBouncer {'.'.join(map(str, self.pgbouncer)) or '?'}, "
+                f"track_extra_parameters={', '.join(sorted(self.tracked)) or '(none)'}"
+                f"{' (and every reported parameter)' if self.pgbouncer >= TRACKS_EVERY_REPORTED else ''}, "
+                f"max_prepared_statements={self.settings.get('max_prepared_statements', '(unknown setting)')}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Condition:
+    """A fact of a deployment that turns an expected verdict: its name in the expectation table, what it
+    means, and how it is read from the deployment."""
+
+    name: str
+    means: str
+    holds: Callable[[DeploymentFacts], bool]
+
+
+def _prepared(facts: DeploymentFacts) -> bool:
+    try:
+        return int(facts.settings.get("max_prepared_statements", "0")) > 0
+    except ValueError:
+        return False
+
+
+#: in the order the expectation table applies them: a later one that holds wins
+CONDITIONS: dict[str, Condition] = {c.name: c for c in (
+    Condition("pgbouncer_tracks_search_path",
+              "PgBouncer tracks search_path (track_extra_parameters names it; PgBouncer 1.26 and later track every "
+              "parameter the server reports): it accepts search_path in the startup options and sets each "
+              "client's value on the server that runs its transaction, once the server reports it",
+              lambda facts: facts.tracks("search_path")),
+    Condition("search_path_tracked",
+              "PostgreSQL 18 or later reports search_path to clients and PgBouncer tracks it: each client's "
+              "search_path follows it from server to server",
+              lambda facts: facts.postgres_major >= 18 and facts.tracks("search_path")),
+    Condition("prepared_statements",
+              "PgBouncer routes protocol-level prepared statements (max_prepared_statements > 0, PgBouncer 1.21 "
+              "and later)",
+              _prepared),
+)}

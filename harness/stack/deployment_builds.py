@@ -1,0 +1,87 @@
+"""Where a deployment's binaries (native) and images (docker) are, once scripts/build-deployment built them.
+
+``scripts/build-deployment SUITE`` debootstraps a suite's root filesystem once into the deployments
+folder. The native backend runs that root's own binaries on the host (they load the root's libraries, not
+the host's); the docker backend runs images imported from the same root, found by their
+``tenant-harness.deployment`` label. The host's own packages serve a deployment of their versions
+(bookworm on a bookworm host).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from harness.deployments import BUILD_COMMAND, deployment
+from harness.errors import SetupError
+
+#: where scripts/build-deployment keeps each suite's root (readable by the server account, unlike /root)
+DEFAULT_DIR = Path("/var/cache/tenant-harness/deployments")
+MANIFEST = "deployment.json"
+IMAGE_LABEL = "tenant-harness.deployment"
+
+
+def deployments_dir() -> Path:
+    return Path(os.environ.get("HARNESS_DEPLOYMENTS_DIR") or DEFAULT_DIR)
+
+
+def manifest(name: str) -> dict | None:
+    """What scripts/build-deployment recorded of a suite's root, or None when it was not built."""
+    try:
+        return json.loads((deployments_dir() / name / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _host_offers(wanted: Deployment) -> tuple[Path, Path] | None:
+    """The host's own packages, when they are this deployment's versions (bookworm on a bookworm host)."""
+    from harness.stack.binaries import find_binaries
+
+    try:
+        binaries = find_binaries(None, None)
+    except SetupError:
+        return None
+    if (binaries.postgres_version().split(".")[0] == wanted.postgres
+            and binaries.pgbouncer_version() == wanted.pgbouncer):
+        return binaries.postgres.parent, binaries.pgbouncer
+    return None
+
+
+def native_binaries(name: str) -> tuple[Path, Path]:
+    """(bindir of initdb and postgres, pgbouncer) of a deployment on this host."""
+    wanted = deployment(name)
+    host = _host_offers(wanted)
+    if host is not None:
+        return host
+    built = manifest(name)
+    if built is None:
+        raise SetupError(f"Deployment {wanted.describe} is not built on this host.",
+                         checked=[str(deployments_dir() / name / MANIFEST) + " (missing)",
+                                  "the host's own postgresql and pgbouncer packages (other versions)"],
+                         fix=[wanted.build_hint(),
+                              "or set HARNESS_DEPLOYMENTS_DIR to the folder you built deployments into"])
+    bindir, pgbouncer = Path(built["pg_bindir"]), Path(built["pgbouncer"])
+    missing = [str(p) for p in (bindir / "initdb", bindir / "postgres", pgbouncer) if not os.access(p, os.X_OK)]
+    if missing:
+        raise SetupError(f"Deployment {wanted.describe}: its root is incomplete.",
+                         checked=[f"{p} (not an executable)" for p in missing],
+                         fix=[f"build it again: scripts/build-deployment {name} --rebuild"])
+    return bindir, pgbouncer
+
+
+def docker_images(client, name: str) -> tuple[str, str]:
+    """(PostgreSQL image, PgBouncer image) of a deployment: the newest images built with its label."""
+    wanted = deployment(name)
+    images = {}
+    for part in ("postgres", "pgbouncer"):
+        found = client.images.list(filters={"label": f"{IMAGE_LABEL}={name}",
+                                            "reference": f"*/{part}:*"})
+        tagged = sorted((image for image in found if image.tags), key=lambda image: image.attrs.get("Created", ""))
+        if not tagged:
+            raise SetupError(f"Deployment {wanted.describe}: no {part} image with label {IMAGE_LABEL}={name}.",
+                             checked=[f"docker images --filter label={IMAGE_LABEL}={name}"],
+                             fix=[f"scripts/build-deployment {name} --images builds the images from Debian's "
+                                  f"packages ({BUILD_COMMAND} builds every deployment's)"])
+        images[part] = tagged[-1].tags[0]
+    return images["postgres"], images["pgbouncer"]

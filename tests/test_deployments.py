@@ -1,0 +1,124 @@
+"""Deployments: names, the facts a stack reads, expectations conditioned on them, and the built roots.
+
+The matrix itself (every built-in on bookworm, trixie and sid, compared cell by cell) runs in
+scenarios/test_deployment_matrix.py on real stacks.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from harness.checks.verdict import Verdict
+from harness.config import resolve_config
+from harness.deployments import CONDITIONS, DEPLOYMENTS, DeploymentFacts
+from harness.errors import SetupError, UsageError
+from harness.stack.deployment_builds import native_binaries
+from harness.workload.expectations import load_table, required_verdict
+
+BOOKWORM = DeploymentFacts.read({"postgres": "15.18", "pgbouncer": "1.18.0"}, {"transaction": {}})
+TRIXIE = DeploymentFacts.read({"postgres": "17.12", "pgbouncer": "1.24.1"},
+                              {"transaction": {"track_extra_parameters": "IntervalStyle",
+                                               "max_prepared_statements": "200"}})
+TRIXIE_TRACKING = DeploymentFacts.read({"postgres": "17.12", "pgbouncer": "1.24.1"},
+                                       {"transaction": {"track_extra_parameters": "IntervalStyle, search_path",
+                                                        "max_prepared_statements": "200"}})
+SID = DeploymentFacts.read({"postgres": "18.6 (Debian 18.6-1)", "pgbouncer": "1.26.1"},
+                           {"transaction": {"track_extra_parameters": "", "max_prepared_statements": "200"}})
+
+
+def test_facts_read_versions_and_the_settings_pgbouncer_runs_with():
+    assert (SID.postgres_major, SID.pgbouncer) == (18, (1, 26, 1))
+    assert SID.tracked == frozenset() and SID.tracks("search_path")  # 1.26 tracks what the server reports
+    assert not TRIXIE.tracks("search_path") and TRIXIE_TRACKING.tracks("search_path")
+    assert BOOKWORM.tracked == frozenset() and "unknown setting" in BOOKWORM.describe()
+    holding = {name: [c.holds(f) for f in (BOOKWORM, TRIXIE, TRIXIE_TRACKING, SID)] for name, c in CONDITIONS.items()}
+    assert holding == {"pgbouncer_tracks_search_path": [False, False, True, True],
+                       "search_path_tracked": [False, False, False, True],
+                       "prepared_statements": [False, True, True, True]}
+
+
+@pytest.mark.parametrize("facts, verdicts", [
+    (BOOKWORM, {"connect_event_search_path": "fail", "startup_options_search_path": "cannot_run",
+                "translate_map_prepared": "inconclusive"}),
+    (TRIXIE, {"connect_event_search_path": "fail", "startup_options_search_path": "cannot_run",
+              "translate_map_prepared": "pass"}),
+    (TRIXIE_TRACKING, {"connect_event_search_path": "fail", "startup_options_search_path": "fail",
+                       "translate_map_prepared": "pass"}),
+    (SID, {"connect_event_search_path": "pass", "startup_options_search_path": "pass",
+           "translate_map_prepared": "pass"}),
+], ids=["bookworm", "trixie", "trixie+tracking", "sid"])
+def test_the_expected_verdict_follows_the_deployment(facts, verdicts):
+    measured = {s: required_verdict(s, "after_commit", "transaction", facts=facts).verdict.value for s in verdicts}
+    assert measured == verdicts
+    turned = required_verdict("startup_options_search_path", "generated", "session", facts=facts)
+    assert bool(turned.when) == (facts is not BOOKWORM and facts is not TRIXIE)
+    # the direct route does not go through PgBouncer: no condition touches it
+    assert all(required_verdict(s, "after_commit", "direct", facts=facts).verdict is Verdict.PASS for s in verdicts)
+
+
+def test_conditions_turn_only_the_deployment_dependent_built_ins():
+    table = load_table()
+    turned = {strategy for entries in table.when.values() for strategy, _, _ in entries}
+    assert turned == {"connect_event_search_path", "startup_options_search_path", "translate_map_prepared"}
+    # a condition entry of "*" covers every scenario the strategy has an entry for
+    scenarios = {s for (strategy, s, _) in table.base if strategy == "connect_event_search_path"}
+    assert {s for (_, s, _) in table.when["search_path_tracked"]} == scenarios
+
+
+@pytest.mark.parametrize("text, problem", [
+    ('[a]\ngenerated = { verdict = "pass", reason = "r" }\n[a.when.no_such]\n"*" = { transaction = "fail", reason = "r" }\n',
+     "no such condition"),
+    ('[a]\ngenerated = { verdict = "pass", reason = "r" }\n[a.when.prepared_statements]\n"*" = { transaction = "fail" }\n',
+     "has no reason"),
+    ('[a]\ngenerated = { verdict = "pass", reason = "r" }\n[a.when.prepared_statements]\n"*" = { reason = "r" }\n',
+     "names no route"),
+    ('[a]\ngenerated = { verdict = "pass", reason = "r" }\n[a.when.prepared_statements]\nraw_text = { session = "fail", reason = "r" }\n',
+     "has no entry for raw_text"),
+    ('[a]\ngenerated = { verdict = "pass", reason = "r" }\n[a.when.prepared_statements]\n"*" = { session = "leaky", reason = "r" }\n',
+     "is not a verdict"),
+])
+def test_a_malformed_condition_is_refused_with_its_place(tmp_path, text, problem):
+    table = tmp_path / "expectations.toml"
+    table.write_text(text)
+    with pytest.raises(ValueError, match=problem):
+        load_table(table)
+
+
+def test_deployment_names_are_checked_before_anything_starts(tmp_path):
+    with pytest.raises(UsageError, match="Unknown deployment 'jessie'") as refused:
+        resolve_config({"deployments": "bookworm,jessie"}, env={}, cwd=tmp_path)
+    assert "bookworm, trixie, sid" in str(refused.value)
+    with pytest.raises(UsageError, match="names others"):
+        resolve_config({"deployment": "sid", "pgbouncer": "/usr/sbin/pgbouncer"}, env={}, cwd=tmp_path)
+    with pytest.raises(UsageError, match="external backend"):
+        resolve_config({"deployment": "sid", "backend": "external"}, env={}, cwd=tmp_path)
+    config = resolve_config({}, env={"HARNESS_DEPLOYMENTS": "trixie,sid"}, cwd=tmp_path)
+    assert config.deployments == ("trixie", "sid") and config.deployment is None
+
+
+def test_a_deployment_not_built_says_how_to_build_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("HARNESS_DEPLOYMENTS_DIR", str(tmp_path))
+    with pytest.raises(SetupError, match="trixie .* is not built") as missing:
+        native_binaries("trixie")
+    assert "make deployments" in str(missing.value) and str(tmp_path) in str(missing.value)
+    (tmp_path / "trixie").mkdir()
+    (tmp_path / "trixie" / "deployment.json").write_text(json.dumps(
+        {"pg_bindir": str(tmp_path / "gone"), "pgbouncer": str(tmp_path / "gone" / "pgbouncer")}))
+    with pytest.raises(SetupError, match="incomplete") as broken:
+        native_binaries("trixie")
+    assert "--rebuild" in str(broken.value)
+
+
+@pytest.mark.parametrize("name", list(DEPLOYMENTS))
+def test_every_built_in_deployment_runs_on_this_host_with_its_versions(name):
+    """make test builds every deployment first: each one's binaries are there and give its versions."""
+    from harness.stack.binaries import find_binaries
+
+    bindir, pgbouncer = native_binaries(name)
+    binaries = find_binaries(Path(bindir), Path(pgbouncer))
+    wanted = DEPLOYMENTS[name]
+    assert binaries.postgres_version().split(".")[0] == wanted.postgres
+    assert binaries.pgbouncer_version() == wanted.pgbouncer
