@@ -76,7 +76,7 @@ images:
 quality: test-setup
 	HARNESS_QUALITY_SEEDS=10 $(BIN)/pytest tests -m quality -n auto $(PYTEST_ARGS)
 
-bench: setup
+bench: setup deployments
 	@if docker info >/dev/null 2>&1; then $(MAKE) --no-print-directory images && \
 	  images="$$(scripts/build-images)" && eval "$$images" && \
 	  $(BIN)/python bench/stack_start.py; else $(BIN)/python bench/stack_start.py; fi
@@ -86,6 +86,7 @@ bench: setup
 	$(BIN)/python bench/probe.py
 	$(BIN)/python bench/faults.py
 	$(BIN)/python bench/scan.py
+	$(BIN)/python bench/deployments.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

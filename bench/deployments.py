@@ -24,6 +24,7 @@ from pathlib import Path
 from harness.config import resolve_config
 from harness.deployments import DEPLOYMENTS
 from harness.stack import start_stack
+from harness.stack.deployment_builds import host_offers
 
 ROOT = Path(__file__).resolve().parents[1]
 WARM_RUNS = 5
@@ -61,12 +62,16 @@ def main() -> None:
     env = {k: v for k, v in os.environ.items() if k not in FOREIGN}
     docker = engine_answers()
     build = [str(ROOT / "scripts" / "build-deployment")]
-    for name in DEPLOYMENTS:
+    for name, deployment in DEPLOYMENTS.items():
+        # the host's own packages serve a deployment of their versions (bookworm on bookworm): images only
+        native = ["--no-native"] if host_offers(deployment) else []
         images = ["--images"] if docker else []
-        if os.environ.get("BENCH_DEPLOYMENTS_COLD", "1") != "0":
-            emit("deployment_build_cold", name, seconds=timed([*build, name, "--rebuild", *images], env),
-                 images=bool(images))
-        emit("deployment_build_reused", name, seconds=timed([*build, name, *images], env), images=bool(images))
+        if images or not native:  # else there is nothing to build: the host's packages, no Docker engine
+            what = {"images": bool(images), "native": not native}
+            if os.environ.get("BENCH_DEPLOYMENTS_COLD", "1") != "0":
+                emit("deployment_build_cold", name, seconds=timed([*build, name, "--rebuild", *images, *native], env),
+                     **what)
+            emit("deployment_build_reused", name, seconds=timed([*build, name, *images, *native], env), **what)
         with tempfile.TemporaryDirectory(prefix="harness-bench-cache-") as cache:
             for backend in ("native", "docker") if docker else ("native",):
                 starts = warm_start(name, backend, Path(cache))

@@ -292,6 +292,11 @@ def _run_in_workers(config: HarnessConfig, specs: list[StrategySpec], cells: lis
         completed = True
     finally:
         _stop(workers, results, ask=not completed)
+        # Cells no worker took are still in the tasks pipe (a stack that could not start, Ctrl-C): this
+        # process must not wait at exit for its feeder thread to write them to nobody.
+        for pipe in (tasks, results):
+            pipe.cancel_join_thread()
+            pipe.close()
 
 
 def _messages(results: Any, workers: list[Any]) -> Iterator[tuple]:

@@ -71,3 +71,14 @@ def test_a_worker_that_cannot_start_its_stack_stops_the_run_with_the_reason(tmp_
                           capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
     assert done.returncode == 2, done.stderr
     assert "not ready" in done.stderr
+
+
+def test_a_run_whose_stacks_cannot_start_exits_with_hundreds_of_cells_still_queued(tmp_path):
+    """Every built-in x route x scenario queued (more than a pipe holds), no stack starts: the run stops with
+    the reason instead of waiting at exit to hand the queued cells to workers that are gone."""
+    env = {**os.environ, "HARNESS_START_TIMEOUT": "0.001"}
+    done = subprocess.run([sys.executable, "-m", "harness", "verify", "--jobs", "2", "--profile", "dev",
+                           "--report-dir", str(tmp_path / "reports")],
+                          capture_output=True, text=True, timeout=90, env=env, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert "not ready" in done.stderr

@@ -136,18 +136,10 @@ def seen_by_other_clients(stack, route: str) -> tuple[int, list[tuple[str, int]]
     return a_pid, seen
 
 
-def search_path_follows_its_client(stack) -> bool:
-    """PostgreSQL reports search_path to clients from 18 and PgBouncer tracks it by default from 1.26 (seen
-    on sid's 1.26.1: SHOW CONFIG gives track_extra_parameters empty, yet the SET stays with its client)."""
-    postgres = int(re.match(r"\d+", stack.versions["postgres"]).group())
-    pgbouncer = tuple(int(part) for part in re.findall(r"\d+", stack.versions["pgbouncer"])[:2])
-    return postgres >= 18 and pgbouncer >= (1, 26)
-
-
 def test_transaction_pooling_leaks_a_session_set_to_another_client_unless_pgbouncer_tracks_it(stack):
     a_pid, seen = seen_by_other_clients(stack, "transaction")
     leaked = [pid for path, pid in seen if path == MARKER]
-    if search_path_follows_its_client(stack):
+    if stack.facts.postgres_major >= 18 and stack.facts.tracks("search_path"):  # sid: 18 behind 1.26
         assert not leaked, f"PostgreSQL {stack.versions['postgres']} behind PgBouncer {stack.versions['pgbouncer']}: {seen}"
         return
     assert leaked, f"no client saw {MARKER!r}: {seen}"

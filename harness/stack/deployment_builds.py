@@ -34,7 +34,7 @@ def manifest(name: str) -> dict | None:
         return None
 
 
-def _host_offers(wanted: Deployment) -> tuple[Path, Path] | None:
+def host_offers(wanted: Deployment) -> tuple[Path, Path] | None:
     """The host's own packages, when they are this deployment's versions (bookworm on a bookworm host)."""
     from harness.stack.binaries import find_binaries
 
@@ -51,7 +51,7 @@ def _host_offers(wanted: Deployment) -> tuple[Path, Path] | None:
 def native_binaries(name: str) -> tuple[Path, Path]:
     """(bindir of initdb and postgres, pgbouncer) of a deployment on this host."""
     wanted = deployment(name)
-    host = _host_offers(wanted)
+    host = host_offers(wanted)
     if host is not None:
         return host
     built = manifest(name)
