@@ -122,3 +122,29 @@ def test_every_built_in_deployment_runs_on_this_host_with_its_versions(name):
     wanted = DEPLOYMENTS[name]
     assert binaries.postgres_version().split(".")[0] == wanted.postgres
     assert binaries.pgbouncer_version() == wanted.pgbouncer
+
+
+def test_a_cell_of_a_matrix_run_replays_on_its_own_deployment(tmp_path):
+    import dataclasses
+
+    from harness.jobs import verify_replay
+    from harness.tenancy.strategy import load_strategy
+    from harness.workload.generated import PROFILES
+
+    matrix = resolve_config({"deployments": "bookworm,sid"}, env={}, cwd=tmp_path)
+    # run_verify hands each deployment's cells a config of that deployment alone
+    on_sid = dataclasses.replace(matrix, deployment="sid", deployments=())
+    command = verify_replay(on_sid, 7)(load_strategy("connect_event_search_path"), "transaction", "after_commit",
+                                       PROFILES["ci"])
+    assert "--deployment sid" in command and "--deployments" not in command
+
+
+@pytest.mark.docker  # bookworm's images come with the docker group (make images)
+def test_on_docker_a_setting_the_suites_pgbouncer_does_not_know_is_refused_before_anything_starts(tmp_path):
+    """The deployment's images run the same suite's PgBouncer as its native build: its names are known here."""
+    from harness.stack import start_stack
+
+    config = resolve_config({"backend": "docker", "deployment": "bookworm",
+                             "pgbouncer_set": "max_prepared_statements=10"}, env={}, cwd=tmp_path)
+    with pytest.raises(UsageError, match="PgBouncer 1.18.0 .* does not know the setting.*max_prepared_statements"):
+        start_stack(config)

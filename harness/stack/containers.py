@@ -30,8 +30,8 @@ import psycopg
 from harness.config import HarnessConfig
 from harness.errors import SetupError, StartupTimeout
 from harness.pgbouncer_settings import requested
-from harness.stack.deployment_builds import docker_images
-from harness.stack.pgbouncer import (AdminConsole, effective_settings, pool_size, render_config, render_userlist,
+from harness.stack.deployment_builds import docker_images, native_binaries
+from harness.stack.pgbouncer import (AdminConsole, refuse_unknown_settings, effective_settings, pool_size, render_config, render_userlist,
                                      settings_refusal, wait_for_admin)
 from harness.stack.postgres import APP_ROLE, DATABASE, SERVER_SETTINGS, SUPERUSER, Logins, bootstrap_roles
 from harness.stack.process import owner_gone, run_owner
@@ -332,6 +332,14 @@ def _boot(assembly: StackAssembly) -> None:
     if config.deployment:  # the images scripts/build-deployment built for it
         postgres_image, pgbouncer_image = docker_images(client, config.deployment)
         config = dataclasses.replace(config, postgres_image=postgres_image, pgbouncer_image=pgbouncer_image)
+        # The same suite's PgBouncer on this host knows the same setting names: checked before anything starts.
+        try:
+            _, pgbouncer = native_binaries(config.deployment)
+        except SetupError:
+            pgbouncer = None  # not built natively: a name the image's PgBouncer refuses shows in its log
+        if pgbouncer is not None:
+            refuse_unknown_settings(requested(config.pgbouncer_config, config.pgbouncer_set), pgbouncer,
+                                    timeout=config.start_timeout, cache_dir=config.template_cache)
     for image in (config.postgres_image, config.pgbouncer_image):
         ensure_image(client, image)
     _configure_reaper(client)

@@ -19,7 +19,7 @@ from harness.stack.account import server_account
 from harness.stack.binaries import find_binaries
 from harness.stack.deployment_builds import native_binaries
 from harness.pgbouncer_settings import requested
-from harness.stack.pgbouncer import Bouncer, check_known, effective_settings, known_settings, pool_size
+from harness.stack.pgbouncer import Bouncer, effective_settings, pool_size, refuse_unknown_settings
 from harness.stack.ports import PortLease, lease_port, port_in_use
 from harness.stack.postgres import APP_ROLE, SUPERUSER, Logins, PostgresServer, prepare_data_dir
 from harness.stack.parts import ServerPart
@@ -114,11 +114,7 @@ def _boot(assembly: StackAssembly) -> None:
     account = server_account()
     # The team's PgBouncer settings: every name checked against this binary before anything starts.
     extra = requested(config.pgbouncer_config, config.pgbouncer_set)
-    if extra:
-        version = binaries.pgbouncer_version()
-        check_known(extra, known_settings(binaries.pgbouncer, version, account, timeout=config.start_timeout,
-                                          cache_dir=config.template_cache),
-                    version, binaries.pgbouncer)
+    refuse_unknown_settings(extra, binaries.pgbouncer, timeout=config.start_timeout, cache_dir=config.template_cache)
     remove_abandoned_run_dirs()
     stack = assembly.stack
     run_dir = Path(tempfile.mkdtemp(prefix=f"{RUN_DIR_PREFIX}{assembly.run_id}-", dir=run_root()))

@@ -21,7 +21,7 @@ from psycopg.rows import dict_row
 from harness.config import HarnessConfig
 from harness.errors import StartupTimeout, UsageError
 from harness.pgbouncer_settings import REPORTED_SETTINGS, PoolerSettings
-from harness.stack.account import Account
+from harness.stack.account import Account, server_account
 from harness.stack.binaries import binary_version
 from harness.stack.parts import BouncerPart
 from harness.stack.process import ServerProcess
@@ -344,6 +344,15 @@ def check_known(extra: PoolerSettings, known: frozenset[str], version: str, bina
                  "(track_extra_parameters is known from 1.20, max_prepared_statements from 1.21)",
                  "or run a PgBouncer that knows it: --pgbouncer (HARNESS_PGBOUNCER) pointing at a newer binary, "
                  "or the docker backend with --pgbouncer-image"])
+
+
+def refuse_unknown_settings(extra: PoolerSettings, binary: Path, *, timeout: float, cache_dir: Path | None) -> None:
+    """The team's setting names checked against this PgBouncer binary before anything starts."""
+    if not extra:
+        return
+    version = binary_version(binary)
+    check_known(extra, known_settings(binary, version, server_account(), timeout=timeout, cache_dir=cache_dir),
+                version, binary)
 
 
 def settings_refusal(log: str, extra: PoolerSettings, binary: Path | str, version: str = "") -> UsageError | None:

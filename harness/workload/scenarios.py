@@ -36,7 +36,7 @@ FAULTS = FAULTS_SCENARIO
 #: Settings that decide what any cell runs, besides its strategy, route, scenario, profile and seed: a replay
 #: gives those not at their default. Not the external backend's DSNs: they hold passwords, and the
 #: environment or pyproject.toml that gave them gives them again.
-CELL_SETTINGS = ("backend", "pg_bindir", "pgbouncer", "postgres_image", "pgbouncer_image", "session_pool_size",
+CELL_SETTINGS = ("backend", "deployment", "pg_bindir", "pgbouncer", "postgres_image", "pgbouncer_image", "session_pool_size",
                  "transaction_pool_size", "tenants", "decoys", "models", "actions", "step_deadline",
                  "pgbouncer_config", "pgbouncer_set")
 #: ... and those only one scenario reads
