@@ -16,6 +16,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from harness.deployments import deployment
 from harness.errors import UsageError
 from harness.pgbouncer_settings import CARRIED_SETTINGS, requested, split_assignments
 from harness.tenancy.tenants import parse_tenants, tenant_set
@@ -413,8 +414,6 @@ def refuse_pgbouncer_settings_on_external(config: HarnessConfig) -> None:
 
 def check_deployments(config: HarnessConfig) -> None:
     """Deployment names are known, and no other setting names other binaries or servers."""
-    from harness.deployments import deployment
-
     for name in (config.deployment, *config.deployments):
         if name is not None:
             deployment(name)
