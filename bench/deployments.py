@@ -21,15 +21,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness.config import resolve_config
+from harness.config import resolve_config, without_deployment_settings
 from harness.deployments import DEPLOYMENTS
 from harness.stack import start_stack
 from harness.stack.deployment_builds import host_offers
 
 ROOT = Path(__file__).resolve().parents[1]
 WARM_RUNS = 5
-#: a deployment names its own binaries and images
-FOREIGN = ("HARNESS_PG_BINDIR", "HARNESS_PGBOUNCER", "HARNESS_POSTGRES_IMAGE", "HARNESS_PGBOUNCER_IMAGE")
 
 
 def emit(figure: str, deployment: str, **values) -> None:
@@ -59,7 +57,7 @@ def warm_start(name: str, backend: str, cache: Path) -> list[float]:
 def main() -> None:
     from harness.stack.containers import engine_answers
 
-    env = {k: v for k, v in os.environ.items() if k not in FOREIGN}
+    env = without_deployment_settings(os.environ)
     docker = engine_answers()
     build = [str(ROOT / "scripts" / "build-deployment")]
     for name, deployment in DEPLOYMENTS.items():

@@ -412,6 +412,16 @@ def refuse_pgbouncer_settings_on_external(config: HarnessConfig) -> None:
                  "or run the native or docker backend, which starts PgBouncers with these settings"])
 
 
+#: the settings a deployment decides itself: its binaries (native) and images (docker)
+NAMED_BY_A_DEPLOYMENT = ("pg_bindir", "pgbouncer", "postgres_image", "pgbouncer_image")
+
+
+def without_deployment_settings(environ: Mapping[str, str]) -> dict[str, str]:
+    """``environ`` without the HARNESS_* variables a deployment decides itself (a child that runs deployments)."""
+    named = {SETTINGS_BY_NAME[name].env for name in NAMED_BY_A_DEPLOYMENT}
+    return {key: value for key, value in environ.items() if key not in named}
+
+
 def check_deployments(config: HarnessConfig) -> None:
     """Deployment names are known, and no other setting names other binaries or servers."""
     for name in (config.deployment, *config.deployments):
@@ -420,7 +430,7 @@ def check_deployments(config: HarnessConfig) -> None:
     if not (config.deployment or config.deployments):
         return
     given = SETTINGS_BY_NAME["deployments" if config.deployments else "deployment"]
-    clashing = [SETTINGS_BY_NAME[name] for name in ("pg_bindir", "pgbouncer", "postgres_image", "pgbouncer_image")
+    clashing = [SETTINGS_BY_NAME[name] for name in NAMED_BY_A_DEPLOYMENT
                 if config.sources.get(name, "default") != "default"]
     if config.backend == "external" or clashing:
         what = "the external backend" if config.backend == "external" else ", ".join(

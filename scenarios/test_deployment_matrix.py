@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from harness.checks.verdict import Verdict
-from harness.config import resolve_config
+from harness.config import resolve_config, without_deployment_settings
 from harness.deployments import DEPLOYMENTS
 from harness.pytest_plugin import provisioned
 from harness.stack import start_stack
@@ -51,8 +51,7 @@ EXPECTED_DIFFERENCES = {
 
 
 def test_the_deployments_differ_exactly_where_a_deployment_fact_decides(tmp_path):
-    env = {k: v for k, v in os.environ.items()  # a deployment names its own binaries and images
-           if k not in ("HARNESS_PG_BINDIR", "HARNESS_PGBOUNCER", "HARNESS_POSTGRES_IMAGE", "HARNESS_PGBOUNCER_IMAGE")}
+    env = without_deployment_settings(os.environ)
     done = subprocess.run(
         [sys.executable, "-m", "harness", "verify", "--deployments", ",".join(NAMES), "--backend", "native",
          "--report-dir", str(tmp_path), "--scenarios", ",".join(NAMED_SCENARIOS), "--seed", "1"],

@@ -24,7 +24,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from harness.config import resolve_config
+from harness.config import resolve_config, without_deployment_settings
 from harness.deployments import DEPLOYMENTS
 from harness.errors import SetupError, StartupTimeout
 from harness.stack import ROUTES, choose_backend, start_stack
@@ -224,8 +224,7 @@ def verdicts(report_dir: Path) -> dict[tuple[str | None, str, str, str], str]:
 def test_named_scenarios_give_the_same_verdicts_on_native_and_docker_on_every_deployment(tmp_path):
     """Every deployment x built-in x route x named scenario: the two backends' results.json agree cell by cell."""
     # a deployment names its own binaries and images
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("HARNESS_PG_BINDIR", "HARNESS_PGBOUNCER", "HARNESS_POSTGRES_IMAGE", "HARNESS_PGBOUNCER_IMAGE")}
+    env = without_deployment_settings(os.environ)
     matrices = {}
     for backend in ("native", "docker"):
         report_dir = tmp_path / backend

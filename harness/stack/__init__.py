@@ -26,28 +26,23 @@ def choose_backend(config) -> str:
 
     if config.backend != "auto":
         return config.backend
-    if config.deployment:
-        from harness.stack.deployment_builds import native_binaries
-
-        try:
-            native_binaries(config.deployment)
-            return "native"
-        except SetupError:
-            from harness.stack.containers import engine_answers
-
-            if engine_answers():
-                return "docker"
-            raise
     if config.pg_bindir is not None or config.pgbouncer is not None:
         return "native"
     try:
-        binaries.find_binaries(config.pg_bindir, config.pgbouncer)
+        if config.deployment:  # its native build, else its images
+            from harness.stack.deployment_builds import native_binaries
+
+            native_binaries(config.deployment)
+        else:
+            binaries.find_binaries(config.pg_bindir, config.pgbouncer)
         return "native"
     except SetupError as native_problem:
         from harness.stack.containers import engine_answers
 
         if engine_answers():
             return "docker"
+        if config.deployment:
+            raise
         raise SetupError(
             "No way to start a stack: the PostgreSQL and PgBouncer binaries are missing, "
             "and no Docker engine answers.",

@@ -9,6 +9,7 @@ the host's); the docker backend runs images imported from the same root, found b
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -34,6 +35,7 @@ def manifest(name: str) -> dict | None:
         return None
 
 
+@functools.cache  # two --version runs; the host's packages do not change under a run
 def host_offers(wanted: Deployment) -> tuple[Path, Path] | None:
     """The host's own packages, when they are this deployment's versions (bookworm on a bookworm host)."""
     from harness.stack.binaries import find_binaries

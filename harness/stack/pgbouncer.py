@@ -24,12 +24,11 @@ from harness.pgbouncer_settings import REPORTED_SETTINGS, PoolerSettings
 from harness.stack.account import Account, server_account
 from harness.stack.binaries import binary_version
 from harness.stack.parts import BouncerPart
+from harness.stack.ports import claim_port, lease_port
 from harness.stack.process import ServerProcess
 from harness.stack.wait import wait_until
 
 ADMIN_DATABASE = "pgbouncer"
-#: pause between two attempts of a restart whose port is still taken
-RESTART_RETRY_INTERVAL = 0.05
 
 
 def pool_size(config: HarnessConfig, pool_mode: str) -> int:
@@ -228,9 +227,11 @@ class Bouncer(ServerProcess):
                 except StartupTimeout:
                     busy = "already in use" in self.log_since(offset)
                     super().stop()
-                    if not busy or time.monotonic() + RESTART_RETRY_INTERVAL >= deadline:
+                    if not busy:
                         raise
-                time.sleep(RESTART_RETRY_INTERVAL)
+                # the port is still taken: start again once it can be bound (a StartupTimeout at the deadline)
+                wait_until(lambda: claim_port(self.port), what=f"port {self.port} of {self.name}",
+                           timeout=max(0.1, deadline - time.monotonic()), interval=0.05)
 
     def stop(self, timeout: float = 5.0) -> None:
         with self._lifecycle:
@@ -313,8 +314,6 @@ def known_settings(binary: Path, version: str, account: Account, *, timeout: flo
 
 
 def _probe_settings(binary: Path, account: Account, timeout: float) -> frozenset[str]:
-    from harness.stack.ports import lease_port  # ports is light; imported here to keep this module's imports few
-
     folder = Path(tempfile.mkdtemp(prefix="tenant-harness-probe-"))
     lease = lease_port()
     admin_user = "probe"
