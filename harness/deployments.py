@@ -74,6 +74,8 @@ class DeploymentFacts:
     postgres_major: int
     pgbouncer: tuple[int, ...]
     settings: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    #: the driver of the cell (harness.tenancy.drivers): not the deployment's, but the same kind of fact
+    driver: str = "psycopg"
 
     @classmethod
     def read(cls, versions: Mapping[str, str], pgbouncer_settings: Mapping[str, Mapping[str, str]]) -> DeploymentFacts:

@@ -62,6 +62,7 @@ class PlannedCell:
     route: str
     scenario: str
     deployment: str | None = None
+    driver: str | None = None
 
 
 @dataclasses.dataclass
@@ -141,6 +142,9 @@ def _not_run(stack: Stack, config: HarnessConfig, specs: list[StrategySpec],
                                        f"the {layouts[spec.spec]} layout cannot run here")}
               for spec in specs if spec.spec in layouts and layouts[spec.spec] not in stack.layouts]
     items += [{"what": what, "reason": reason} for what, reason in stack.missing(Missing.CHECK).items()]
+    items += [{"what": f"strategy {spec.name} on driver {name}",
+               "reason": f"the layer declares the drivers it runs on: {', '.join(spec.drivers or ())}"}
+              for spec in specs for name in (config.drivers or (config.driver,)) if not spec.runs_on(name)]
     return items
 
 
@@ -192,11 +196,13 @@ class StackCells:
 
     def runs(self, cell: PlannedCell) -> bool:
         assert self.info is not None
-        return cell.route in self.info.routes and cell.strategy in self.info.runnable
+        return (cell.route in self.info.routes and cell.strategy in self.info.runnable
+                and self.specs[cell.strategy].runs_on(cell.driver or self.config.driver))
 
     def run(self, cell: PlannedCell) -> CellResult:
         assert self.context is not None
-        return run_scenario(self.context, self.specs[cell.strategy], cell.route, cell.scenario)
+        spec = self.specs[cell.strategy].on_driver(cell.driver or self.config.driver)
+        return run_scenario(self.context, spec, cell.route, cell.scenario)
 
 
 def queue_order(cells: list[PlannedCell]) -> list[PlannedCell]:

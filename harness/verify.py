@@ -59,6 +59,8 @@ class VerifyRun:
     complete: bool = True
     #: the built-in deployments the cells ran on, in run order (``--deployments``); empty for one stack's
     deployments: list[str] = dataclasses.field(default_factory=list)
+    #: the drivers the cells ran on, in run order (``--drivers``); empty for the one driver of ``--driver``
+    drivers: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def failing_cells(self) -> list[CellResult]:
@@ -81,7 +83,7 @@ class Progress:
         elapsed = time.monotonic() - self.started
         left = elapsed / self.done * (self.total - self.done)
         mark = "" if result.as_required else f"  (required {result.required.label})"
-        where = f"{result.deployment}: " if result.deployment else ""
+        where = "".join(f"{part}: " for part in (result.deployment, result.driver) if part)
         print(f"[{self.done:>3}/{self.total}] {elapsed:6.1f}s elapsed, ~{left:5.0f}s left  "
               f"{where}{result.strategy} x {result.route} x {result.scenario}: {result.verdict.value}{mark}",
               file=self.out, flush=True)
@@ -100,10 +102,12 @@ def writable_folder(folder: Path, option: str) -> None:
 
 
 def plan_cells(specs: list[StrategySpec], routes: tuple[str, ...], scenarios: list[str],
-               deployments: tuple[str | None, ...] = (None,)) -> list[PlannedCell]:
-    """Every cell of the run in report order: deployment, then strategy, then route, then scenario."""
-    combos = [(spec.spec, route, scenario, deployment) for deployment in deployments for spec in specs
-              for route in routes for scenario in scenarios]
+               deployments: tuple[str | None, ...] = (None,),
+               drivers: tuple[str | None, ...] = (None,)) -> list[PlannedCell]:
+    """Every cell of the run in report order: deployment, then driver, then strategy, then route, then
+    scenario."""
+    combos = [(spec.spec, route, scenario, deployment, driver) for deployment in deployments
+              for driver in drivers for spec in specs for route in routes for scenario in scenarios]
     return [PlannedCell(i, *combo) for i, combo in enumerate(combos)]
 
 
@@ -114,7 +118,8 @@ def plan_id(config: HarnessConfig, specs: list[StrategySpec], scenarios: list[st
             "decoys": config.decoys, "seed": None if config.derandomize else seed,
             "derandomize": config.derandomize, "hammer": [config.hammer_threads, config.hammer_requests,
                                                           config.hammer_seconds],
-            "step_deadline": config.step_deadline, "deployments": list(config.deployments) or config.deployment}
+            "step_deadline": config.step_deadline, "deployments": list(config.deployments) or config.deployment,
+            **({"drivers": list(config.drivers) or config.driver} if config.drivers or config.driver else {})}
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -155,7 +160,9 @@ def run_verify(config: HarnessConfig, *, seed: int, scan: list[Path] | None = No
     run.plan = plan_id(config, specs, scenarios, seed)
     run.deployments = list(config.deployments)
     deployments = tuple(config.deployments) or (config.deployment,)
-    cells = shard_of(plan_cells(specs, config.routes, scenarios, deployments), config.shard)
+    run.drivers = list(config.drivers)
+    cells = shard_of(plan_cells(specs, config.routes, scenarios, deployments, tuple(config.drivers) or (None,)),
+                     config.shard)
     if config.shard is not None:
         run.shard = {"index": config.shard[0], "count": config.shard[1]}
     run.jobs = max(1, min(config.jobs or available_cores(), len(cells)))
@@ -179,11 +186,14 @@ def run_verify(config: HarnessConfig, *, seed: int, scan: list[Path] | None = No
         run.environment["jobs"] = str(run.jobs)
         if matrix:  # each deployment's versions and effective settings
             run.environment["deployments"] = {d: i.environment for d, i in stacks.items()}
-        progress.total = sum(1 for c in cells if c.deployment not in stacks or
-                             (c.route in stacks[c.deployment].routes and c.strategy in stacks[c.deployment].runnable))
+        by_spec = {s.spec: s for s in specs}
+        progress.total = sum(1 for c in cells if by_spec[c.strategy].runs_on(c.driver or config.driver) and (
+            c.deployment not in stacks or
+            (c.route in stacks[c.deployment].routes and c.strategy in stacks[c.deployment].runnable)))
 
     def on_result(cell: PlannedCell, result: CellResult) -> None:
         result.deployment = cell.deployment
+        result.driver = cell.driver or config.driver
         results[cell.index] = result
         progress.cell(result)
         if on_cell:

@@ -22,7 +22,10 @@ message and returns true, so:
 
 The driver hands each message to a notice handler the harness attaches to every
 pooled DBAPI connection (a ``connect`` listener on SQLAlchemy's ``Pool`` class),
-which adds it to the sink of the context running the current step. The runner
+which adds it to the sink of the context running the current step: psycopg 3's
+``add_notice_handler``, psycopg2's ``connection.notices``, asyncpg's log listener
+(buffered per connection until the statement has run: asyncpg calls it on its
+event loop, outside the step's context). The runner
 opens the sink around a step (:func:`observing`), so the rows land in that
 step's record, under the tenant that step acts for.
 """
@@ -36,7 +39,7 @@ import threading
 from typing import Any, Iterator, NamedTuple
 
 from sqlalchemy import Table, event
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import Pool
 
 FUNCTION = "harness_observe"
@@ -90,8 +93,34 @@ def _on_psycopg_notice(diagnostic: Any) -> None:
     _record(diagnostic.message_primary)
 
 
-def _on_asyncpg_log(connection: Any, message: Any) -> None:
-    _record(getattr(message, "message", None))
+class _Psycopg2Notices:
+    """psycopg2 appends each notice to ``connection.notices`` as it arrives (any object with ``append`` will
+    do), in the thread and context that ran the statement, worded ``"INFO:  text\n"``."""
+
+    __slots__ = ()
+
+    def append(self, notice: str) -> None:
+        _, _, text = notice.partition(":  ")
+        _record(text.splitlines()[0] if text else None)
+
+
+#: asyncpg calls log listeners later, on its event loop, in the context the connection was made in: their
+#: messages wait in the connection record's ``info`` until the statement that caused them has run
+_PENDING = "harness_observer_pending"
+
+
+def _drain(conn: Any, *args: Any) -> None:
+    """After a statement ran (or failed) on a connection whose driver buffers its messages: hand them to
+    the sink of the step that ran it."""
+    try:
+        pending = conn.connection.info.get(_PENDING)
+    except Exception:  # noqa: BLE001 - a connection already closed or invalidated has nothing to hand over
+        return
+    if pending:
+        messages = list(pending)
+        pending.clear()
+        for message in messages:
+            _record(message)
 
 
 _installed = False
@@ -105,6 +134,9 @@ def install() -> None:
         if _installed:
             return
         event.listen(Pool, "connect", _attach)
+        event.listen(Engine, "after_cursor_execute", _drain)
+        event.listen(Engine, "handle_error", lambda context: _drain(context.connection) if context.connection
+                     is not None else None)
         _installed = True
 
 
@@ -113,7 +145,11 @@ def _attach(dbapi_connection: Any, record: Any) -> None:
     if hasattr(raw, "add_notice_handler"):  # psycopg 3, sync and async
         raw.add_notice_handler(_on_psycopg_notice)
     elif hasattr(raw, "add_log_listener"):  # asyncpg
-        raw.add_log_listener(_on_asyncpg_log)
+        pending: list[str | None] = []
+        record.info[_PENDING] = pending
+        raw.add_log_listener(lambda connection, message: pending.append(getattr(message, "message", None)))
+    elif type(raw).__module__.split(".")[0] == "psycopg2":
+        raw.notices = _Psycopg2Notices()
 
 
 def _literal(value: str) -> str:

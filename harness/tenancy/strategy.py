@@ -19,6 +19,7 @@ from sqlalchemy.engine import URL
 
 from harness.config import import_user_module
 from harness.errors import UsageError
+from harness.tenancy import drivers
 from harness.tenancy.models import FLAVOURS
 
 BUILTIN_MODULES = {
@@ -59,6 +60,8 @@ class StrategySpec:
     name: str
     spec: str
     factory: Callable[[URL], Any]
+    #: the driver the route URL names for this strategy (``--drivers``); None: the stack's URL as it is
+    driver: str | None = None
     #: the layout read off an instance, for a factory that does not declare it (read once, not per cell)
     _layout_seen: dict[str, str] = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
@@ -75,14 +78,34 @@ class StrategySpec:
                 probe.close()
         return self._layout_seen["layout"]
 
+    @property
+    def drivers(self) -> tuple[str, ...] | None:
+        """The drivers the factory declares it runs on (a ``drivers`` attribute), None when it does not say."""
+        declared = getattr(self.factory, "drivers", None)
+        return tuple(declared) if isinstance(declared, (tuple, list)) else None
+
+    def runs_on(self, driver: str | None) -> bool:
+        return driver is None or self.drivers is None or driver in self.drivers
+
+    def on_driver(self, driver: str | None) -> "StrategySpec":
+        """This strategy with the route URL naming ``driver``."""
+        return self if driver == self.driver else dataclasses.replace(self, driver=driver, _layout_seen={})
+
+    def url_for(self, url: URL) -> URL:
+        """The URL the factory gets: the route's, with this strategy's driver."""
+        return url if self.driver is None else drivers.driver(self.driver).url(url)
+
     def create(self, url: URL) -> "Strategy":
+        url = self.url_for(url)
         try:
             instance = self.factory(url)
         except Exception as exc:
             raise UsageError(f"Strategy {self.name!r}: the factory {self.spec} raised "
                              f"{type(exc).__name__}: {exc}.",
                              fix=["fix the factory; it is called with the SQLAlchemy URL of the route"]) from exc
-        return Strategy.wrap(self.name, instance)
+        strategy = Strategy.wrap(self.name, instance)
+        strategy.url = url
+        return strategy
 
 
 def load_strategy(spec: str, pythonpath: Sequence[str] | None = None) -> StrategySpec:
@@ -117,6 +140,8 @@ class Strategy:
     raw_sql: tuple[str, ...]
     layout: str
     settings: tuple[str, ...]
+    #: the URL the factory got (its driver tells how a layer without one engine connects)
+    url: URL | None = None
 
     @classmethod
     def wrap(cls, name: str, instance: Any) -> "Strategy":
@@ -159,7 +184,16 @@ class Strategy:
 
     @property
     def is_async(self) -> bool:
-        return type(self.engine).__name__ == "AsyncEngine"
+        """The layer's sessions are AsyncSessions: its engine is an AsyncEngine, or, for a layer that exposes
+        no engine (one per tenant), the URL it got names an async driver."""
+        if self.engine is not None:
+            return drivers.is_async(self.engine)
+        return self.url is not None and self.url.get_dialect().is_async
+
+    @property
+    def driver_used(self) -> str:
+        """The driver the layer's engine really uses (read from the engine, not from the URL it got)."""
+        return drivers.used_by(self.engine) if self.engine is not None else ""
 
     def close(self, loop=None) -> None:
         """Release engines and pools; an async close() runs on ``loop`` (or a fresh one)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 import itertools
 from typing import Any, Callable, NamedTuple
 
@@ -20,9 +21,12 @@ from sqlalchemy.orm import Session
 
 from harness.checks.history import ErrorSeen, RowSeen, Write
 from harness.checks.steps import STEP_KINDS
+from harness.tenancy import drivers
 from harness.tenancy.models import ModelSet
 
 FAILING_STATEMENT = text("SELECT 1 / 0")
+#: how SQLAlchemy's asyncpg adapter words an error: "<class 'asyncpg.exceptions.UndefinedTableError'>: ..."
+_ADAPTER_PREFIX = re.compile(r"^<class '[\w.]+'>:\s*")
 RAW_TABLE = "product"
 # Every tenant (and the decoys) share primary keys: an object already in the
 # identity map would hide the owner of the row the database returned now.
@@ -30,12 +34,17 @@ FRESH = {"populate_existing": True}
 
 
 def error_seen(exc: BaseException) -> ErrorSeen:
-    """What a history keeps of an exception: SQLSTATE, driver type, first line of the message."""
+    """What a history keeps of an exception: SQLSTATE, driver type, first line of the message, whatever the
+    driver (psycopg's ``sqlstate``, psycopg2's ``pgcode``, asyncpg's ``sqlstate``)."""
     orig = getattr(exc, "orig", None)
-    sqlstate = getattr(orig, "sqlstate", None)
-    message = str(orig if orig is not None else exc).strip().splitlines()
-    return ErrorSeen(sqlstate=sqlstate, type=type(orig if orig is not None else exc).__name__,
-                     message=message[0] if message else "")
+    error = orig if orig is not None else exc
+    # SQLAlchemy's asyncpg adapter raises its own DBAPI error from asyncpg's: keep asyncpg's type and words.
+    cause = error.__cause__
+    if cause is not None and type(cause).__module__.split(".")[0] == "asyncpg":
+        error = cause
+    message = _ADAPTER_PREFIX.sub("", str(error).strip()).splitlines()
+    return ErrorSeen(sqlstate=drivers.sqlstate_of(error) or drivers.sqlstate_of(exc), type=type(error).__name__,
+                     message=message[0].strip() if message else "")
 
 
 class Outcome(NamedTuple):

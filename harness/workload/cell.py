@@ -44,6 +44,10 @@ class CellResult:
     schema_in_sql: bool | None = None  # did the executed SQL name the tenant's schema (None: not measured)
     #: the built-in deployment the cell ran on (``--deployments``), None for the binaries or images configured
     deployment: str | None = None
+    #: the driver the route URL named (``--drivers``), None for the default URL's
+    driver: str | None = None
+    #: the driver the layer's engine really used, with its version, read from the engine ("" when none was seen)
+    driver_used: str = ""
 
     @property
     def as_required(self) -> bool:
@@ -108,8 +112,10 @@ class CellSetup:
     def result(self, scenario: str, history: History, findings: list[Finding], cov: Coverage,
                judgement: Judgement, seconds: float | None = None) -> CellResult:
         """The cell's result; ``seconds`` defaults to the time since the set-up began."""
-        return CellResult(self.spec.name, self.route, scenario, history, findings, cov, judgement.verdict,
-                          judgement.reason, time.monotonic() - self.started if seconds is None else seconds)
+        result = CellResult(self.spec.name, self.route, scenario, history, findings, cov, judgement.verdict,
+                            judgement.reason, time.monotonic() - self.started if seconds is None else seconds)
+        result.driver_used = self.strategy.driver_used or self.runner.driver_used
+        return result
 
 
 def run_cell(stack: Stack, tenancy: Tenancy, spec: StrategySpec, route: str, scenario: str,

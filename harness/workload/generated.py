@@ -217,4 +217,5 @@ def explore(stack: Stack, tenancy: Tenancy, spec: StrategySpec, route: str, prof
     result = CellResult(spec.name, route, scenario, final.history, final.findings, cov, judged.verdict,
                         judged.reason, seconds)
     result.program = seen.failing_program if failed else None
+    result.driver_used = final.driver_used
     return result, seen

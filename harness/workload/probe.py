@@ -24,9 +24,11 @@ A layer that sets a custom setting through a raw driver connection, outside
 SQLAlchemy, with a name no policy or function reads, is not seen.
 
 Protocol-level prepared statements (psycopg's ``_pg3_*``, after
-``prepare_threshold`` executions) are the driver's own cache, tied to its client
-connection and replanned when search_path changes; only SQL-level ``PREPARE``
-(``pg_prepared_statements.from_sql``) counts as state a request left behind.
+``prepare_threshold`` executions; asyncpg's ``__asyncpg_stmt_*``) are the driver's
+own cache, tied to its client connection and replanned when search_path changes;
+only SQL-level ``PREPARE`` (``pg_prepared_statements.from_sql``) counts as state a
+request left behind. The probe reads the application's pool through whatever
+driver it uses (psycopg, psycopg2, asyncpg), with that driver's cursor.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from sqlalchemy.engine import URL, Engine
 
 from harness.stack import Stack
 from harness.checks.history import ConnectionState
+from harness.tenancy import drivers
 
 COMMON_SETTINGS = ("app.tenant", "app.tenant_id", "app.current_tenant", "app.schema")
 IDLE_SERVER_STATES = {"idle", "used", "tested"}
@@ -132,7 +135,8 @@ def _probe_query(settings: Iterable[str]) -> sql.Composed:
         "ARRAY(SELECT name || '=' || setting FROM pg_settings WHERE source = 'session' AND name NOT IN ({excluded}) "
         "ORDER BY 1), "
         "ARRAY(SELECT name FROM pg_prepared_statements WHERE from_sql ORDER BY 1), "
-        "ARRAY(SELECT name FROM pg_cursors ORDER BY 1)"
+        # the unnamed portal is the probe's own statement (asyncpg's, psycopg's), not a cursor a request left
+        "ARRAY(SELECT name FROM pg_cursors WHERE name <> '' ORDER BY 1)"
     ).format(settings=array, excluded=excluded)
 
 
@@ -247,27 +251,45 @@ class PgBouncerProbe:
         self.spare.clear()
 
 
+def _connection_broken(engine: Engine) -> tuple[type[BaseException], ...]:
+    """The driver's errors of a connection that broke (its backend or PgBouncer gone)."""
+    dbapi = getattr(engine.dialect, "loaded_dbapi", None) or engine.dialect.dbapi
+    return tuple(getattr(dbapi, name) for name in ("OperationalError", "InterfaceError") if hasattr(dbapi, name))
+
+
+def _read(proxy: Any, query: str) -> tuple[Any, ...]:
+    """Run the probe's query on a checked-out pooled connection, through its DBAPI cursor (any driver);
+    psycopg 3 is told not to prepare it (it would, at the 5th probe of one connection)."""
+    cursor = proxy.cursor()
+    try:
+        if type(proxy.driver_connection).__module__.startswith("psycopg."):
+            cursor.execute(query, prepare=False)
+        else:
+            cursor.execute(query)
+        return tuple(cursor.fetchone())
+    finally:
+        cursor.close()
+
+
 def probe_engine(engine: Engine, settings: tuple[str, ...], names: Iterable[str] = (),
                  pristine: dict[str, str] | None = None) -> list[ConnectionState]:
-    """Check out every idle connection of the strategy's pool and read its state."""
+    """Check out every idle connection of the strategy's pool and read its state (psycopg, psycopg2)."""
     names = probed_names(settings, names)
-    query = _probe_query(names)
+    query = _probe_query(names).as_string(None)
     pool = engine.pool
     count = pool.checkedin() if hasattr(pool, "checkedin") else 0
+    broken = _connection_broken(engine)
     held = []
     states: list[ConnectionState] = []
     try:
         for _ in range(count):
             held.append(engine.raw_connection())
         for proxy in held:
-            driver = proxy.driver_connection
-            open_transaction = driver.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
+            open_transaction = drivers.in_transaction(proxy.driver_connection)
             try:
-                with driver.cursor() as cur:
-                    cur.execute(query, prepare=False)
-                    states.append(_state(cur.fetchone(), names, pristine or {}, open_transaction))
-                driver.rollback()
-            except psycopg.OperationalError:
+                states.append(_state(_read(proxy, query), names, pristine or {}, open_transaction))
+                proxy.rollback()
+            except broken:
                 # A connection a fault broke (its backend or PgBouncer is gone) carries no session state:
                 # it is invalidated, as the pool would on its next use, and not counted as probed.
                 proxy.invalidate()
@@ -279,25 +301,29 @@ def probe_engine(engine: Engine, settings: tuple[str, ...], names: Iterable[str]
 
 async def probe_async_engine(engine, settings: tuple[str, ...], names: Iterable[str] = (),
                              pristine: dict[str, str] | None = None) -> list[ConnectionState]:
-    """The same for an AsyncEngine: check out every idle connection at once, read each."""
+    """The same for an AsyncEngine (psycopg's async driver, asyncpg): check out every idle connection at
+    once, read each."""
     names = probed_names(settings, names)
     query = _probe_query(names).as_string(None)
     pool = engine.sync_engine.pool
     count = pool.checkedin() if hasattr(pool, "checkedin") else 0
+    broken = _connection_broken(engine.sync_engine)
     held = []
     states: list[ConnectionState] = []
     try:
         for _ in range(count):
             held.append(await engine.connect())
         for conn in held:
+            raw = await conn.get_raw_connection()
+            open_transaction = drivers.in_transaction(raw.driver_connection)
             try:
                 row = (await conn.exec_driver_sql(query)).one()
             except DBAPIError as exc:
-                if not (exc.connection_invalidated or isinstance(exc.orig, psycopg.OperationalError)):
+                if not (exc.connection_invalidated or isinstance(exc.orig, broken)):
                     raise
                 await conn.invalidate()  # broken by a fault: no state (see probe_engine)
                 continue
-            states.append(_state(tuple(row), names, pristine or {}))
+            states.append(_state(tuple(row), names, pristine or {}, open_transaction))
             await conn.rollback()
     finally:
         for conn in held:

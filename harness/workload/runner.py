@@ -26,6 +26,7 @@ from harness.tenancy.models import ModelSet, model_set
 from harness.team import Team
 from harness.team import observer
 from harness.team import steps as team_steps
+from harness.tenancy import drivers
 from harness.tenancy.strategy import Strategy
 from harness.workload import probe as pool_probe
 from harness.workload.actions import ACTIONS, Context, error_seen
@@ -115,6 +116,8 @@ class Runner:
         #: the engine of each of those pools: probed when the strategy exposes no single engine (one per tenant)
         self.engines: dict[str, Any] = {}
         self.faults = FaultInjector(stack, route)  # connects nothing until the first fault step
+        #: the driver the layer's sessions used, read from the engine of the first one opened
+        self.driver_used = ""
         self.setting_names.start()  # last: a runner that failed to start leaves no listener behind
 
     # -- program --------------------------------------------------------------------
@@ -273,6 +276,7 @@ class Runner:
             if pool is not None:
                 self.pools.setdefault(tenant, {})[pool[0]] = None
                 self.engines.setdefault(pool[0], pool[1])
+                self.driver_used = self.driver_used or drivers.used_by(pool[1])
             return StepRecord(**base, **({} if self.lean else self._call(client, self._where)))
         except Exception as exc:  # noqa: BLE001
             # session(tenant) or entering it raised, not the driver: no session was handed over and no
@@ -356,9 +360,9 @@ class Runner:
                                            error=f"{type(exc).__name__}: {exc}"))
         for where, (engine, owner) in self._engines_to_probe().items():
             try:
-                if self.strategy.is_async:
-                    states = self.loop().run_until_complete(pool_probe.probe_async_engine(engine, settings, names,
-                                                                                           pristine))
+                if getattr(getattr(engine, "sync_engine", engine), "dialect").is_async:
+                    states = self.loop().run_until_complete(pool_probe.probe_async_engine(
+                        drivers.as_async(engine), settings, names, pristine))
                 else:
                     states = pool_probe.probe_engine(engine, settings, names, pristine)
                 records.append(ProbeRecord(next(self.seq), after_step, where, tuple(states), owner=owner))
@@ -372,8 +376,6 @@ class Runner:
         sessions drew from (a layer with one engine per tenant), named after the tenants that used it."""
         if self.strategy.engine is not None:
             return {"engine": (self.strategy.engine, None)}
-        if self.strategy.is_async:
-            return {}
         users: dict[str, list[str]] = {}
         for tenant, pools in self.pools.items():
             for pool in pools:

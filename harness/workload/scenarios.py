@@ -21,6 +21,7 @@ from harness.config import FAULT_PROFILES, FAULTS_SCENARIO, SETTINGS_BY_NAME, Ha
 from harness.stack import Stack
 from harness.team import steps as team_steps
 from harness.tenancy.provisioning import Tenancy
+from harness.tenancy.drivers import DEFAULT_DRIVER
 from harness.tenancy.strategy import BUILTIN_SPECS, StrategySpec
 from harness.workload.cell import CellResult, run_cell
 from harness.workload.expectations import required_verdict
@@ -36,7 +37,7 @@ FAULTS = FAULTS_SCENARIO
 #: Settings that decide what any cell runs, besides its strategy, route, scenario, profile and seed: a replay
 #: gives those not at their default. Not the external backend's DSNs: they hold passwords, and the
 #: environment or pyproject.toml that gave them gives them again.
-CELL_SETTINGS = ("backend", "deployment", "pg_bindir", "pgbouncer", "postgres_image", "pgbouncer_image", "session_pool_size",
+CELL_SETTINGS = ("backend", "deployment", "driver", "pg_bindir", "pgbouncer", "postgres_image", "pgbouncer_image", "session_pool_size",
                  "transaction_pool_size", "tenants", "decoys", "models", "actions", "step_deadline",
                  "pgbouncer_config", "pgbouncer_set")
 #: ... and those only one scenario reads
@@ -146,8 +147,9 @@ def default_scenarios(config: HarnessConfig) -> list[str]:
 def run_scenario(ctx: CellContext, spec: StrategySpec, route: str, scenario: str) -> CellResult:
     """Run one cell and set the verdict it is required to measure."""
     result = SCENARIOS[scenario].run(ctx, spec, route)
-    result.required = required_verdict(spec.name, scenario, route, gate=ctx.gate,
-                                      facts=None if ctx.gate else ctx.stack.facts)
+    result.driver = spec.driver
+    facts = dataclasses.replace(ctx.stack.facts, driver=spec.driver or DEFAULT_DRIVER)
+    result.required = required_verdict(spec.name, scenario, route, gate=ctx.gate, facts=None if ctx.gate else facts)
     if ctx.replay is not None and (scenario in (GENERATED, FAULTS) or result.verdict is Verdict.FAIL or not result.as_required):
         result.replay = ctx.replay(spec, route, scenario, ctx.profile)
     return result
@@ -163,6 +165,8 @@ def replay_settings(config: HarnessConfig, spec: StrategySpec, scenario: str, pr
     for name in CELL_SETTINGS + SCENARIO_SETTINGS.get(scenario, ()):
         if getattr(config, name) != SETTINGS_BY_NAME[name].default:
             chosen[name] = getattr(config, name)
+    if spec.driver is not None:  # a cell of a --drivers run replays on its own driver
+        chosen["driver"] = spec.driver
     if spec.spec not in BUILTIN_SPECS.values() or config.models or config.actions:
         chosen["pythonpath"] = config.pythonpath
     return chosen

@@ -1,10 +1,9 @@
 """Built-in async twins: session(tenant) is an async context manager yielding an AsyncSession.
 
-The factory still gets the route URL and swaps the driver to psycopg's async
-one. (asyncpg behind PgBouncer in transaction mode needs its statement cache
-off: ``connect_args={"statement_cache_size": 0}``, and SQLAlchemy's
-``prepared_statement_cache_size=0``; otherwise prepared statements fail,
-which the harness reports as errors, not isolation findings.)
+The factory still gets the route URL and takes the async form of its driver:
+psycopg's async one, or asyncpg (psycopg2 has none: these layers cannot run on
+it). The driver's prepares are off, as for the sync built-ins
+(:meth:`harness.tenancy.drivers.Driver.no_prepare`).
 """
 
 from __future__ import annotations
@@ -14,19 +13,21 @@ from typing import AsyncIterator
 
 from sqlalchemy import event, text
 from sqlalchemy.engine import URL
-from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from harness.tenancy.strategies.rls import GUC
+from harness.tenancy.drivers import make_engine, of_url
+from harness.tenancy.strategies.rls import GUC, PIN_SETTING
+from harness.tenancy.strategies.builtin import PIN_SEARCH_PATH
 
 
 class _AsyncStrategy:
     layout = "schema"  # declared on the class: read without creating an instance
+    drivers = ("psycopg", "asyncpg")  # the drivers with an asyncio form (psycopg2 has none)
     models = "placeholder"
     raw_sql = ("unqualified",)
 
     def __init__(self, url: URL):
-        self.engine = create_async_engine(url.set(drivername="postgresql+psycopg_async"),
-                                          connect_args={"prepare_threshold": None}, pool_size=5, max_overflow=5)
+        self.engine = make_engine(of_url(url).url(url, asynchronous=True), pool_size=5, max_overflow=5)
 
     def quoted(self, name: str) -> str:
         return self.engine.dialect.identifier_preparer.quote_identifier(name)
@@ -45,7 +46,7 @@ class TranslateMapPinnedAsync(_AsyncStrategy):
         async with AsyncSession(bound) as session:
             @event.listens_for(session.sync_session, "after_begin")
             def pin(sess, transaction, connection) -> None:
-                connection.exec_driver_sql("SELECT set_config('search_path', %(path)s, true)", {"path": path})
+                connection.execute(PIN_SEARCH_PATH, {"path": path})
             yield session
 
 
@@ -67,8 +68,7 @@ class RlsGucPinnedAsync(_AsyncStrategy):
         async with AsyncSession(self.engine) as session:
             @event.listens_for(session.sync_session, "after_begin")
             def pin(sess, transaction, connection) -> None:
-                connection.exec_driver_sql("SELECT set_config(%(name)s, %(tenant)s, true)",
-                                           {"name": GUC, "tenant": tenant})
+                connection.execute(PIN_SETTING, {"name": GUC, "tenant": tenant})
             yield session
 
 

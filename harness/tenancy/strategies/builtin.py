@@ -1,27 +1,33 @@
 """The built-in strategies, written from the patterns they mirror.
 
 Each factory takes the route URL and returns an object with ``session(tenant)``
-and ``close()``. They set what a careful user would set: ``prepare_threshold=None``
-because psycopg 3 prepares statements after 5 executions and PgBouncer before
-1.21 cannot route prepared statements in transaction mode (Debian bookworm
-ships 1.18).
+and ``close()``. They run on the driver the URL names (:mod:`harness.tenancy.drivers`):
+a sync Session on psycopg and psycopg2, an AsyncSession on asyncpg (which has no
+sync form), with the same binding code. They set what a careful user would set:
+the driver's protocol-level prepares off (psycopg's ``prepare_threshold=None``,
+asyncpg's statement caches at 0) because PgBouncer before 1.21 cannot route
+prepared statements in transaction mode (Debian bookworm ships 1.18).
 """
 
 from __future__ import annotations
 
-import contextlib
-from typing import Iterator
+from typing import Any
 
-from sqlalchemy import create_engine, event, text
-from sqlalchemy.engine import URL, Engine
+from sqlalchemy import text
+from sqlalchemy.engine import URL
 from sqlalchemy.orm import Session
 
+from harness.tenancy.drivers import close_engine, make_engine, open_session
 
-def _engine(url: URL) -> Engine:
-    return create_engine(url, connect_args={"prepare_threshold": None}, pool_size=5, max_overflow=5)
+#: a transaction-local search_path, in SQL every driver takes (its bind parameters are SQLAlchemy's)
+PIN_SEARCH_PATH = text("SELECT set_config('search_path', :path, true)")
 
 
-def _quoted(engine: Engine, schema: str) -> str:
+def _engine(url: URL, prepare: bool = False) -> Any:
+    return make_engine(url, prepare=prepare, pool_size=5, max_overflow=5)
+
+
+def _quoted(engine: Any, schema: str) -> str:
     return engine.dialect.identifier_preparer.quote_identifier(schema)
 
 
@@ -33,8 +39,8 @@ class _EngineStrategy:
     def __init__(self, url: URL):
         self.engine = _engine(url)
 
-    def close(self) -> None:
-        self.engine.dispose()
+    def close(self):
+        return close_engine(self.engine)
 
 
 class SearchPathSet(_EngineStrategy):
@@ -45,37 +51,29 @@ class SearchPathSet(_EngineStrategy):
     def set_path(self, session: Session, tenant: str) -> None:
         session.execute(text(f"SET search_path TO {_quoted(self.engine, tenant)}, public"))
 
-    @contextlib.contextmanager
-    def session(self, tenant: str) -> Iterator[Session]:
-        with Session(self.engine) as session:
-            self.set_path(session, tenant)
-            yield session
+    def session(self, tenant: str):
+        return open_session(self.engine, on_open=lambda session: self.set_path(session, tenant))
 
 
 class _RestoringSession(Session):
     """The legacy ``commit_and_restore_path`` / ``restore_search_path`` helpers, as a Session."""
 
-    def __init__(self, *args, restore, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._restore = restore
-
     def commit(self) -> None:
         super().commit()
-        self._restore(self)
+        self.info["restore"](self)
 
     def rollback(self) -> None:
         super().rollback()
-        self._restore(self)
+        self.info["restore"](self)
 
 
 class SearchPathRestore(SearchPathSet):
     """Legacy plus re-issuing the SET after every commit and rollback."""
 
-    @contextlib.contextmanager
-    def session(self, tenant: str) -> Iterator[Session]:
-        with _RestoringSession(self.engine, restore=lambda s: self.set_path(s, tenant)) as session:
-            self.set_path(session, tenant)
-            yield session
+    def session(self, tenant: str):
+        return open_session(self.engine, on_open=lambda session: self.set_path(session, tenant),
+                            session_class=_RestoringSession,
+                            info={"restore": lambda session: self.set_path(session, tenant)})
 
 
 class SearchPathLocal(_EngineStrategy):
@@ -83,11 +81,9 @@ class SearchPathLocal(_EngineStrategy):
 
     models = "unqualified"
 
-    @contextlib.contextmanager
-    def session(self, tenant: str) -> Iterator[Session]:
-        with Session(self.engine) as session:
-            session.execute(text(f"SET LOCAL search_path TO {_quoted(self.engine, tenant)}, public"))
-            yield session
+    def session(self, tenant: str):
+        statement = text(f"SET LOCAL search_path TO {_quoted(self.engine, tenant)}, public")
+        return open_session(self.engine, on_open=lambda session: session.execute(statement))
 
 
 class SetConfigLocal(_EngineStrategy):
@@ -99,36 +95,28 @@ class SetConfigLocal(_EngineStrategy):
 
     models = "unqualified"
 
-    @contextlib.contextmanager
-    def session(self, tenant: str) -> Iterator[Session]:
-        with Session(self.engine) as session:
-            session.execute(text("SELECT set_config('search_path', :schema, true)"), {"schema": tenant})
-            yield session
+    def session(self, tenant: str):
+        return open_session(self.engine, on_open=lambda session: session.execute(
+            text("SELECT set_config('search_path', :schema, true)"), {"schema": tenant}))
 
 
 class TranslateMap(_EngineStrategy):
     """The migration's "after": ``execution_options(schema_translate_map={"tenant": schema})``."""
 
-    @contextlib.contextmanager
-    def session(self, tenant: str) -> Iterator[Session]:
-        bound = self.engine.execution_options(schema_translate_map={"tenant": tenant})
-        with Session(bound) as session:
-            yield session
+    def session(self, tenant: str):
+        return open_session(self.engine.execution_options(schema_translate_map={"tenant": tenant}))
 
 
 class TranslateMapPinned(_EngineStrategy):
     """The translate map plus a transaction-local search_path pinned in every transaction."""
 
-    @contextlib.contextmanager
-    def session(self, tenant: str) -> Iterator[Session]:
+    def session(self, tenant: str):
         bound = self.engine.execution_options(schema_translate_map={"tenant": tenant})
         quoted = _quoted(self.engine, tenant)
-        with Session(bound) as session:
-            @event.listens_for(session, "after_begin")
-            def pin(sess: Session, transaction, connection) -> None:
-                connection.exec_driver_sql("SELECT set_config('search_path', %(path)s, true)",
-                                           {"path": quoted})
-            yield session
+
+        def pin(sess: Session, transaction, connection) -> None:
+            connection.execute(PIN_SEARCH_PATH, {"path": quoted})
+        return open_session(bound, on_begin=pin)
 
 
 search_path_set = SearchPathSet

@@ -18,16 +18,13 @@ driver's defaults.
 
 from __future__ import annotations
 
-import contextlib
-from typing import Iterator
+from typing import Any
 
-from sqlalchemy import create_engine, event
-from sqlalchemy.engine import URL, Engine
-from sqlalchemy.orm import Session
+from sqlalchemy import event
+from sqlalchemy.engine import URL
 
-from harness.tenancy.strategies.builtin import TranslateMapPinned
-
-NO_PREPARE = {"prepare_threshold": None}
+from harness.tenancy.drivers import close_engine, is_async, make_engine, of_url, open_session
+from harness.tenancy.strategies.builtin import TranslateMapPinned, _engine
 
 
 def _quoted(tenant: str) -> str:
@@ -43,54 +40,66 @@ class _EnginePerTenant:
 
     def __init__(self, url: URL):
         self.url = url
-        self.engines: dict[str, Engine] = {}
+        self.driver = of_url(url)
+        self.engines: dict[str, Any] = {}
 
-    def make_engine(self, tenant: str) -> Engine:
+    def make_engine(self, tenant: str) -> Any:
         raise NotImplementedError
 
-    @contextlib.contextmanager
-    def session(self, tenant: str) -> Iterator[Session]:
+    def session(self, tenant: str):
         if tenant not in self.engines:
             self.engines[tenant] = self.make_engine(tenant)
-        with Session(self.engines[tenant]) as session:
-            yield session
+        return open_session(self.engines[tenant])
 
-    def close(self) -> None:
-        for engine in self.engines.values():
-            engine.dispose()
+    async def _close_async(self, engines: list[Any]) -> None:
+        for engine in engines:
+            await engine.dispose()
+
+    def close(self):
+        engines = list(self.engines.values())
+        for engine in engines:
+            if not is_async(engine):
+                close_engine(engine)
+        waiting = [engine for engine in engines if is_async(engine)]
+        return self._close_async(waiting) if waiting else None
 
 
 class ConnectEventSearchPath(_EnginePerTenant):
     """``SET search_path`` in the pool's ``connect`` event of a per-tenant engine."""
 
-    def make_engine(self, tenant: str) -> Engine:
-        engine = create_engine(self.url, connect_args=NO_PREPARE, pool_size=2, max_overflow=2)
+    def make_engine(self, tenant: str) -> Any:
+        engine = make_engine(self.url, pool_size=2, max_overflow=2)
         path = _quoted(tenant)
 
-        @event.listens_for(engine, "connect")
+        # The pool's events live on the sync engine, also for an AsyncEngine (whose DBAPI connection is
+        # SQLAlchemy's adapter: its cursor runs the statement on the event loop).
+        @event.listens_for(getattr(engine, "sync_engine", engine), "connect")
         def bind(dbapi_connection, connection_record) -> None:
-            with dbapi_connection.cursor() as cursor:
+            cursor = dbapi_connection.cursor()
+            try:
                 cursor.execute(f"SET search_path TO {path}")
+            finally:
+                cursor.close()
             dbapi_connection.commit()
 
         return engine
 
 
 class StartupOptionsSearchPath(_EnginePerTenant):
-    """libpq ``options=-c search_path=<schema>`` on every connection of a per-tenant engine."""
+    """search_path as a startup parameter of every connection of a per-tenant engine: libpq
+    ``options=-c search_path=<schema>`` (psycopg, psycopg2), asyncpg's ``server_settings={"search_path": ...}``."""
 
-    def make_engine(self, tenant: str) -> Engine:
-        # libpq's options: a backslash escapes a space; the value is one search_path element.
-        value = _quoted(tenant).replace("\\", "\\\\").replace(" ", "\\ ")
-        return create_engine(self.url, connect_args={**NO_PREPARE, "options": f"-c search_path={value}"},
-                             pool_size=2, max_overflow=2)
+    def make_engine(self, tenant: str) -> Any:
+        return make_engine(self.url, connect_args=self.driver.startup_search_path(_quoted(tenant)),
+                           pool_size=2, max_overflow=2)
 
 
 class TranslateMapPrepared(TranslateMapPinned):
-    """The pinned translate map with psycopg's default ``prepare_threshold``."""
+    """The pinned translate map with the driver's default prepares: psycopg's ``prepare_threshold`` (5),
+    asyncpg's statement cache; psycopg2 never prepares."""
 
     def __init__(self, url: URL):
-        self.engine = create_engine(url, pool_size=5, max_overflow=5)
+        self.engine = _engine(url, prepare=True)
 
 
 connect_event_search_path = ConnectEventSearchPath

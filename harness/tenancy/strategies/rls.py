@@ -9,18 +9,16 @@ skips row-level security unless it is FORCEd, so:
 
 from __future__ import annotations
 
-import contextlib
-from typing import Iterator
-
-from sqlalchemy import create_engine, event, text
+from sqlalchemy import create_engine, text
 from sqlalchemy.engine import URL
-from sqlalchemy.orm import Session
 
+from harness.tenancy.drivers import open_session
 from harness.tenancy.strategies.builtin import _EngineStrategy, _quoted
 
 TABLES = ("product", "vinted_product", "marketplace_job", "marketplace_task", "publication_history", "attribute",
           "product_attribute")
 GUC = "app.tenant_id"
+PIN_SETTING = text("SELECT set_config(:name, :tenant, true)")
 
 
 def _provision(admin_url: URL, statements: list[str]) -> None:
@@ -50,24 +48,18 @@ class RlsGucSession(_RlsStrategy):
             f"CREATE POLICY tenant_isolation ON {t} USING ({policy}) WITH CHECK ({policy})",
             f"ALTER TABLE {t} FORCE ROW LEVEL SECURITY")])
 
-    @contextlib.contextmanager
-    def session(self, tenant: str) -> Iterator[Session]:
-        with Session(self.engine) as session:
-            session.execute(text("SELECT set_config(:name, :tenant, false)"), {"name": GUC, "tenant": tenant})
-            yield session
+    def session(self, tenant: str):
+        return open_session(self.engine, on_open=lambda session: session.execute(
+            text("SELECT set_config(:name, :tenant, false)"), {"name": GUC, "tenant": tenant}))
 
 
 class RlsGucPinned(RlsGucSession):
     """The same policies; the setting made transaction-local in every transaction (after_begin)."""
 
-    @contextlib.contextmanager
-    def session(self, tenant: str) -> Iterator[Session]:
-        with Session(self.engine) as session:
-            @event.listens_for(session, "after_begin")
-            def pin(sess, transaction, connection) -> None:
-                connection.exec_driver_sql("SELECT set_config(%(name)s, %(tenant)s, true)",
-                                           {"name": GUC, "tenant": tenant})
-            yield session
+    def session(self, tenant: str):
+        def pin(sess, transaction, connection) -> None:
+            connection.execute(PIN_SETTING, {"name": GUC, "tenant": tenant})
+        return open_session(self.engine, on_begin=pin)
 
 
 class RlsRoleSession(_RlsStrategy):
@@ -90,24 +82,20 @@ class RlsRoleSession(_RlsStrategy):
                        for t in TABLES]
         _provision(admin_url, statements)
 
-    @contextlib.contextmanager
-    def session(self, tenant: str) -> Iterator[Session]:
-        with Session(self.engine) as session:
-            session.execute(text(f"SET ROLE {_quoted(self.engine, tenant)}"))
-            yield session
+    def session(self, tenant: str):
+        statement = text(f"SET ROLE {_quoted(self.engine, tenant)}")
+        return open_session(self.engine, on_open=lambda session: session.execute(statement))
 
 
 class RlsRolePinned(RlsRoleSession):
     """The same roles; SET LOCAL ROLE in every transaction (after_begin)."""
 
-    @contextlib.contextmanager
-    def session(self, tenant: str) -> Iterator[Session]:
-        role = _quoted(self.engine, tenant)
-        with Session(self.engine) as session:
-            @event.listens_for(session, "after_begin")
-            def pin(sess, transaction, connection) -> None:
-                connection.exec_driver_sql(f"SET LOCAL ROLE {role}")
-            yield session
+    def session(self, tenant: str):
+        statement = text(f"SET LOCAL ROLE {_quoted(self.engine, tenant)}")
+
+        def pin(sess, transaction, connection) -> None:
+            connection.execute(statement)
+        return open_session(self.engine, on_begin=pin)
 
 
 rls_guc_session = RlsGucSession
