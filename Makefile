@@ -26,10 +26,10 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Python >= 3.11 is needed (set PYTHON=...)")'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e .
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[drivers]'
 	touch $(STAMP)
 
-# The test-only extras: selenium, PyYAML and pytest-xdist (the quality group runs on one stack per
+# The test-only extras: the drivers besides psycopg 3 (psycopg2, asyncpg), selenium, PyYAML and pytest-xdist (the quality group runs on one stack per
 # core), and Debian's chromium with its
 # driver (the report is checked in a real headless browser).
 test-setup: setup $(TEST_STAMP)
@@ -40,7 +40,7 @@ test-setup: setup $(TEST_STAMP)
 	  else echo "The report tests need chromium and chromedriver: apt-get install chromium chromium-driver" >&2; exit 2; fi; }
 
 $(TEST_STAMP): $(STAMP)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,drivers]'
 	touch $(TEST_STAMP)
 
 # Each native deployment's root filesystem and binaries patched to run on this host, and its images when a

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from harness.deployments import deployment
+from harness.tenancy.drivers import check_installed
 from harness.errors import UsageError
 from harness.pgbouncer_settings import CARRIED_SETTINGS, requested, split_assignments
 from harness.tenancy.tenants import parse_tenants, tenant_set
@@ -40,15 +41,42 @@ def _optional_path(value: Any) -> Path | None:
 
 
 def _names(value: Any) -> tuple[str, ...]:
-    if isinstance(value, (list, tuple)):
-        items = [str(v) for v in value]
-    else:
-        items = str(value).split(",")
-    return tuple(item.strip() for item in items if item.strip())
+    """Comma-separated names. A list (a repeated option such as ``--actions a --actions b,c``, a TOML
+    array) may hold comma-separated items too: every list setting reads ``a,b`` the same way."""
+    items = value if isinstance(value, (list, tuple)) else (value,)
+    return tuple(name.strip() for item in items for name in str(item).split(",") if name.strip())
 
 
 def _optional_text(value: Any) -> str | None:
     return None if value in (None, "") else str(value)
+
+
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _env_value(name: str, value: Any) -> str:
+    if isinstance(value, bool):  # TOML's true/false: as most settings libraries read them back
+        return "true" if value else "false"
+    if isinstance(value, (str, int, float)):
+        return str(value)
+    raise ValueError(f"{name} = {value!r}: give a string, a number or a boolean")
+
+
+def _env_table(value: Any) -> tuple[tuple[str, str], ...]:
+    """The ``env`` setting: a table NAME = value ([tool.harness.env]) or NAME=VALUE items, comma-separated."""
+    if isinstance(value, Mapping):
+        pairs = [(str(name), _env_value(str(name), v)) for name, v in value.items()]
+    else:
+        pairs = []
+        for item in _names(value):
+            name, equals, text = item.partition("=")
+            if not equals:
+                raise ValueError(f"{item!r} is not NAME=VALUE")
+            pairs.append((name.strip(), text.strip()))
+    for name, _ in pairs:
+        if not ENV_NAME.fullmatch(name):
+            raise ValueError(f"{name!r} is not an environment variable name (letters, digits, _)")
+    return tuple(pairs)
 
 
 def _shard(value: Any) -> tuple[int, int] | None:
@@ -121,6 +149,14 @@ SETTINGS: tuple[Setting, ...] = (
             "harness verify: run every cell on each of these deployments, comma-separated (e.g. "
             "bookworm,trixie,sid), and report the cells whose verdict differs between them. Default: the one "
             "deployment of --deployment."),
+    Setting("driver", None, _optional_text,
+            "The PostgreSQL driver the route URL a strategy gets names: psycopg (psycopg 3, sync or async), "
+            "psycopg2 (SQLAlchemy's default for postgresql://) or asyncpg (async only). A layer that builds its "
+            "engine from that URL runs on it. Default: psycopg."),
+    Setting("drivers", (), _names,
+            "harness verify: run every cell on each of these drivers, comma-separated (e.g. "
+            "psycopg,psycopg2,asyncpg), and report the cells whose verdict differs between them. Default: the "
+            "one driver of --driver."),
     Setting("postgres_image", "postgres:17", str, "PostgreSQL image of the docker backend."),
     Setting("pgbouncer_image", "edoburu/pgbouncer:latest", str,
             "PgBouncer image of the docker backend: any image with a pgbouncer binary on its PATH."),
@@ -176,14 +212,31 @@ SETTINGS: tuple[Setting, ...] = (
             "Your own SQLAlchemy metadata (package.module:attr) to create in every tenant schema "
             "next to the harness's models; it must hold tables in the 'tenant' schema. Every tenant's copy "
             "is seeded with canary rows, and generated programs and the hammer read and write them."),
+    Setting("schema_sql", None, _optional_path,
+            "An SQL file the harness runs once per database, as superuser, before it creates the test copies "
+            "of --models: the types your migrations create and the metadata cannot describe (a DOMAIN, a "
+            "UserDefinedType, an extension's type: CREATE EXTENSION IF NOT EXISTS citext). Enums, also "
+            "create_type=False ones, need none: the harness creates them. Write it to run on a database that "
+            "already has its objects (IF NOT EXISTS). In [tool.harness] relative to that pyproject.toml's folder."),
     Setting("actions", (), _names,
             "Your own code paths as steps, comma-separated package.module:func callables taking "
-            "(session, tenant): generated programs and the hammer interleave them with the other steps."),
+            "(session, tenant): generated programs and the hammer interleave them with the other steps "
+            "(--actions a,b, or the option repeated)."),
     Setting("pythonpath", (), _names,
             "Folders put first on sys.path before your strategies, models and actions are imported, "
             "comma-separated, as pytest's pythonpath setting (default: the folder of the pyproject.toml "
             "holding [tool.harness], else the current folder). In [tool.harness] they are relative to "
             "that pyproject.toml's folder, elsewhere to the current folder."),
+    Setting("env", (), _env_table,
+            "Environment variables your strategies, models and actions need when they are imported (the "
+            "settings of your app: DATABASE_URL, SECRET_KEY, ...), as a table: [tool.harness.env] "
+            "DATABASE_URL = \"postgresql://localhost/app\". They are put into the environment before your "
+            "code is imported, in worker processes too; a variable the environment already has wins, and so "
+            "does one of --env-file. In the environment: HARNESS_ENV=NAME=VALUE,NAME=VALUE."),
+    Setting("env_file", None, _optional_path,
+            "An env file the harness loads before your code is imported: KEY=VALUE lines, # comments, values "
+            "optionally in quotes (your app's .env). A variable the environment already has wins. Default: "
+            "none. In [tool.harness] relative to that pyproject.toml's folder."),
     Setting("profile", "ci", str,
             "How hard generated programs search: dev (seconds), ci (the default of make verify), "
             "nightly (many more examples plus the hammer). HYPOTHESIS_PROFILE is read too."),
@@ -220,8 +273,8 @@ STACK_SETTINGS = ("backend", "deployment", "pg_bindir", "pgbouncer", "cache_dir"
                   "session_pool_size", "transaction_pool_size", "postgres_image", "pgbouncer_image",
                   "direct_dsn", "session_dsn", "transaction_dsn", "superuser_dsn", "i_own_this_database",
                   "pgbouncer_config", "pgbouncer_set")
-VERIFY_SETTINGS = STACK_SETTINGS + ("deployments", "routes", "scenarios", "profile", "tenants", "report_dir", "seed", "models",
-                                    "actions", "pythonpath", "decoys", "example_db", "hammer_threads",
+VERIFY_SETTINGS = STACK_SETTINGS + ("deployments", "driver", "drivers", "routes", "scenarios", "profile", "tenants", "report_dir", "seed", "models", "schema_sql",
+                                    "actions", "pythonpath", "env_file", "decoys", "example_db", "hammer_threads",
                                     "hammer_requests", "hammer_seconds", "jobs", "shard", "step_deadline")
 # Settings given as a bare flag on the command line.
 FLAGS = ("i_own_this_database",)
@@ -236,6 +289,8 @@ class HarnessConfig:
     backend: str
     deployment: str | None
     deployments: tuple[str, ...]
+    driver: str | None
+    drivers: tuple[str, ...]
     postgres_image: str
     pgbouncer_image: str
     direct_dsn: str | None
@@ -259,9 +314,13 @@ class HarnessConfig:
     scenarios: tuple[str, ...]
     tenants: int | tuple[str, ...]  # a count of default tenants, or the names given
     models: str | None
+    schema_sql: Path | None
     actions: tuple[str, ...]
     #: absolute folders, resolved by :func:`resolve_config` (never empty after it)
     pythonpath: tuple[str, ...]
+    #: (name, value) pairs of [tool.harness.env], in the order given
+    env: tuple[tuple[str, str], ...]
+    env_file: Path | None
     profile: str
     derandomize: bool
     seed: int | None
@@ -369,9 +428,18 @@ def resolve_config(
             sources[setting.name] = "default"
     values["pythonpath"] = _absolute_pythonpath(values["pythonpath"], sources["pythonpath"], cwd, pyproject,
                                                 held is not None)
-    if values["pgbouncer_config"] is not None:  # a path in [tool.harness] is relative to its pyproject.toml
-        base = pyproject.parent if sources["pgbouncer_config"] == "pyproject" and pyproject else cwd
-        values["pgbouncer_config"] = base / values["pgbouncer_config"]
+    for name in ("pgbouncer_config", "env_file", "schema_sql"):
+        if values[name] is not None:  # a path in [tool.harness] is relative to its pyproject.toml
+            base = pyproject.parent if sources[name] == "pyproject" and pyproject else cwd
+            values[name] = base / values[name]
+    if values["env_file"] is not None and not values["env_file"].is_file():
+        setting = SETTINGS_BY_NAME["env_file"]
+        raise UsageError(f"{setting.option} / {setting.env}: no env file at {values['env_file']}.",
+                         checked=[f"{setting.option} ({setting.env}, [tool.harness] env_file) given "
+                                  f"({sources['env_file']}); a relative path in [tool.harness] is relative to "
+                                  f"its pyproject.toml, elsewhere to the current folder"],
+                         fix=["give the path of your app's env file (KEY=VALUE lines)",
+                              "or drop the setting and put the variables into [tool.harness.env]"])
     config = HarnessConfig(**values, sources=sources)
     if isinstance(config.tenants, tuple):
         tenant_set(config.tenants)  # every name checked before anything starts
@@ -392,6 +460,7 @@ def resolve_config(
     if config.backend == "external":
         refuse_pgbouncer_settings_on_external(config)
     check_deployments(config)
+    check_drivers(config)
     if config.profile not in PROFILE_NAMES:
         raise UsageError(f"Unknown profile {config.profile!r}.", fix=[f"use one of: {', '.join(PROFILE_NAMES)}"])
     unknown_routes = [r for r in config.routes if r not in ROUTE_NAMES]
@@ -422,6 +491,13 @@ def without_deployment_settings(environ: Mapping[str, str]) -> dict[str, str]:
     return {key: value for key, value in environ.items() if key not in named}
 
 
+def check_drivers(config: HarnessConfig) -> None:
+    """Refuse an unknown driver, or one whose module is not installed, before anything starts."""
+    for name in dict.fromkeys((config.driver, *config.drivers)):
+        if name:
+            check_installed(name)
+
+
 def check_deployments(config: HarnessConfig) -> None:
     """Deployment names are known, and no other setting names other binaries or servers."""
     for name in (config.deployment, *config.deployments):
@@ -441,18 +517,179 @@ def check_deployments(config: HarnessConfig) -> None:
                               f"or drop {what} to run the deployment's"])
 
 
+# -- the team's environment -----------------------------------------------------------------
+#: the variables :func:`apply_team_environment` found for the team's code: name -> where its value came from
+#: ("[tool.harness.env]", "env file PATH"), whether the value it set or one the environment already had won
+TEAM_ENVIRONMENT: dict[str, str] = {}
+#: the env files read so far (what an import failure names as checked)
+ENV_FILES_READ: list[str] = []
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """The variables of an env file: ``KEY=VALUE`` lines (an ``export`` before the name is allowed), blank
+    lines and ``#`` comments skipped, a value in single or double quotes taken as written (a double-quoted
+    one with ``\"`` and ``\n`` escapes), an unquoted one up to a `` #`` comment."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"The env file {path} cannot be read: {exc}.",
+                         fix=["give a readable UTF-8 file of KEY=VALUE lines (--env-file, HARNESS_ENV_FILE, "
+                              "[tool.harness] env_file)"]) from exc
+    found: dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, equals, value = line.removeprefix("export ").partition("=")
+        name, value = name.strip(), value.strip()
+        if not equals or not ENV_NAME.fullmatch(name):
+            raise UsageError(f"{path}:{number}: {line!r} is not a KEY=VALUE line.",
+                             fix=["write one variable a line as NAME=value (# starts a comment)"])
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            quote, value = value[0], value[1:-1]
+            if quote == '"':
+                value = re.sub(r'\\([\\"n])', lambda m: "\n" if m.group(1) == "n" else m.group(1), value)
+        else:
+            value = re.split(r"\s+#", value, maxsplit=1)[0].rstrip()
+        found[name] = value
+    return found
+
+
+def team_environment(config: HarnessConfig) -> dict[str, tuple[str, str]]:
+    """name -> (value, where it comes from) of the variables the team's code gets: [tool.harness.env],
+    then the env file (its values win over the table's)."""
+    found = {name: (value, "[tool.harness.env]") for name, value in config.env}
+    if config.env_file is not None:
+        found.update((name, (value, f"env file {config.env_file}"))
+                     for name, value in read_env_file(config.env_file).items())
+    return found
+
+
+def apply_team_environment(config: HarnessConfig) -> dict[str, str]:
+    """Put the team's variables (:func:`team_environment`) into ``os.environ`` before its code is imported; a
+    variable the environment already has wins. Worker processes inherit ``os.environ`` (forked or spawned),
+    so they see the same values. Returns name -> origin of the variables it set."""
+    if config.env_file is not None and str(config.env_file) not in ENV_FILES_READ:
+        ENV_FILES_READ.append(str(config.env_file))
+    applied: dict[str, str] = {}
+    for name, (value, origin) in team_environment(config).items():
+        TEAM_ENVIRONMENT.setdefault(name, origin)
+        if name not in os.environ:
+            os.environ[name] = value
+            applied[name] = TEAM_ENVIRONMENT[name] = origin
+    return applied
+
+
+def _env_like(name: str) -> bool:
+    return bool(re.fullmatch(r"[A-Z][A-Z0-9_]{2,}", name))
+
+
+def _raised_by_environ(exc: BaseException) -> bool:
+    """The innermost frame of the traceback is ``os.environ[...]`` (``os._Environ.__getitem__``)."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and tb.tb_frame.f_code.co_filename == os.__file__ \
+        and tb.tb_frame.f_code.co_name == "__getitem__"
+
+
+def _settings_prefix(exc: BaseException) -> str:
+    """The ``env_prefix`` of the pydantic-settings class whose validation failed, read from the frames that
+    raised it (``self`` of its ``__init__``); "" when none is found."""
+    tb = exc.__traceback__
+    while tb is not None:
+        for local in ("self", "__pydantic_self__"):
+            model_config = getattr(type(tb.tb_frame.f_locals.get(local)), "model_config", None)
+            if isinstance(model_config, Mapping) and model_config.get("env_prefix"):
+                return str(model_config["env_prefix"])
+        tb = tb.tb_next
+    return ""
+
+
+def _pydantic_settings(exc: BaseException) -> list[str] | None:
+    """A pydantic ``ValidationError`` (told by its class's name and module: pydantic need not be installed
+    here): the variables its errors name, each with what is wrong with it."""
+    if not any(cls.__name__ == "ValidationError" and cls.__module__.split(".")[0] in ("pydantic", "pydantic_core")
+               for cls in type(exc).__mro__):
+        return None
+    try:
+        errors = list(exc.errors())  # type: ignore[attr-defined]
+    except Exception:  # noqa: BLE001 - an older or odd ValidationError: no names, still a settings error
+        return []
+    prefix = _settings_prefix(exc)
+    named = []
+    for error in errors:
+        field = next((str(part) for part in error.get("loc", ()) if isinstance(part, str)), "")
+        if field:
+            problem = "missing" if error.get("type") == "missing" else f"invalid: {error.get('msg', '')}"
+            named.append(f"{(prefix + field).upper()} ({problem})")
+    return list(dict.fromkeys(named))
+
+
+def missing_settings(exc: BaseException) -> list[str] | None:
+    """What an import failure says about the app's settings: None when it does not look like missing
+    settings; else the variables it names (possibly none), for a pydantic ``ValidationError`` or a
+    ``KeyError`` from ``os.environ[...]`` or of an environment-like name, anywhere in the exception's chain."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        named = _pydantic_settings(current)
+        if named is not None:
+            return named
+        if isinstance(current, KeyError) and current.args and isinstance(current.args[0], str):
+            key = current.args[0]
+            if _raised_by_environ(current) or _env_like(key):
+                return [f"{key} (missing)"]
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _settings_refusal(what: str, module_name: str, exc: BaseException, named: list[str]) -> UsageError:
+    """The import failure of a module that reads settings the environment lacks, with the ways to give them."""
+    names = [item.split(" ", 1)[0] for item in named]
+    example = names[0] if names else "DATABASE_URL"
+    given = sorted(TEAM_ENVIRONMENT)
+    first_line = (str(exc).strip().splitlines() or [""])[0]
+    return UsageError(
+        f"{what}: module {module_name!r} does not import: it reads settings from the environment, and "
+        + (f"these are missing or invalid: {', '.join(named)}" if named else "some are missing or invalid")
+        + f" ({type(exc).__name__}: {first_line}).",
+        checked=[f"the environment of this process ({', '.join(n for n in names if n in os.environ) or 'none of them'}"
+                 " set)",
+                 f"[tool.harness.env] and env files ({', '.join(ENV_FILES_READ) or 'none given'}): "
+                 + (f"they set {', '.join(given)}" if given else "they set nothing")],
+        fix=[f"add them to pyproject.toml: [tool.harness.env] {example} = \"...\" (the harness puts them into the "
+             "environment before it imports your code; a variable already set wins). The harness gives your "
+             "strategy its own URL of each route: a placeholder that passes validation is enough for a setting "
+             "your code only reads when it is imported",
+             "or give an env file of KEY=VALUE lines (your app's .env): env_file in [tool.harness], --env-file "
+             "or HARNESS_ENV_FILE",
+             f"or export {', '.join(names) or 'them'} in the shell that runs the harness"])
+
+
 def import_user_module(what: str, module_name: str, pythonpath: Sequence[str] | None) -> Any:
     """Import a module of the user's code with the pythonpath folders first on sys.path.
 
-    ``pythonpath``: the resolved setting (:attr:`HarnessConfig.pythonpath`); None reads it from the
-    environment and the pyproject.toml of the current folder. A failure names the folders it looked in.
+    ``pythonpath``: the resolved setting (:attr:`HarnessConfig.pythonpath`); the caller has applied the
+    team's environment (:func:`apply_team_environment`). None reads both from the environment and the
+    pyproject.toml of the current folder. A failure names the folders it looked in; one that looks like
+    missing settings (:func:`missing_settings`) names the variables and how to give them.
     """
-    folders = configured_pythonpath() if pythonpath is None else tuple(pythonpath)
+    if pythonpath is None:
+        config = resolve_config()
+        apply_team_environment(config)
+        folders = config.pythonpath
+    else:
+        folders = tuple(pythonpath)
     put_first_on_sys_path(folders)
     try:
         return importlib.import_module(module_name)
     except Exception as exc:  # noqa: BLE001 - any import-time failure is the user's to fix
         missing = isinstance(exc, ModuleNotFoundError) and (module_name + ".").startswith(f"{exc.name}.")
+        named = None if missing else missing_settings(exc)
+        if named is not None:
+            raise _settings_refusal(what, module_name, exc, named) from exc
         raise UsageError(
             f"{what}: module {module_name!r} does not import ({type(exc).__name__}: {exc}).",
             checked=[f"sys.path, first the pythonpath folder(s): {', '.join(folders)}"],

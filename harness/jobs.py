@@ -34,11 +34,12 @@ from typing import Any, Callable, Iterator
 import psycopg
 import sqlalchemy
 
-from harness.config import (REPEATABLE, SETTINGS_BY_NAME, VERIFY_SETTINGS, HarnessConfig, put_first_on_sys_path,
-                            setting_text)
+from harness.config import (REPEATABLE, SETTINGS_BY_NAME, VERIFY_SETTINGS, HarnessConfig, apply_team_environment,
+                            put_first_on_sys_path, setting_text)
 from harness.errors import HarnessError, UsageError
 from harness.stack import Missing, Stack, signals, start_stack
 from harness.team import Team, load_team
+from harness.tenancy.drivers import DEFAULT_DRIVER, installed_drivers
 from harness.tenancy.provisioning import Tenancy
 from harness.tenancy.strategy import StrategySpec, load_strategy
 from harness.tenancy.tenants import HOSTILE_TENANTS, tenant_set
@@ -93,6 +94,9 @@ def environment(stack: Stack, config: HarnessConfig, seed: int, decoys: bool,
         "pgbouncer": stack.versions.get("pgbouncer", "?"),
         "sqlalchemy": sqlalchemy.__version__,
         "psycopg": psycopg.__version__,
+        # The drivers installed, and the one the route URL names (each cell shows what its layer really used).
+        "drivers": installed_drivers(),
+        "driver": ", ".join(config.drivers) if config.drivers else (config.driver or DEFAULT_DRIVER),
         "python": platform.python_version(),
         "backend": stack.backend,
         **({"deployment": stack.deployment} if stack.deployment else {}),
@@ -236,6 +240,7 @@ def _worker(config: HarnessConfig, spec_names: list[str], seed: int, gate: bool,
     try:
         # A spawned worker starts from a fresh interpreter: the user's code is imported with the pythonpath
         # folders first on sys.path, as in the parent.
+        apply_team_environment(config)  # inherited from the parent already; a no-op then, kept for clarity
         specs = [load_strategy(name, config.pythonpath) for name in spec_names]
         with StackCells(config, specs, seed, gate=gate) as here:
             results.put(("info", here.info))

@@ -13,7 +13,8 @@ from typing import Iterator
 
 import pytest
 
-from harness.config import SETTINGS, HarnessConfig, put_first_on_sys_path, resolve_config, setting_text
+from harness.config import (SETTINGS, HarnessConfig, apply_team_environment, put_first_on_sys_path, resolve_config,
+                            setting_text)
 from harness.stack import Missing, Stack, signals, start_stack
 from harness.team import load_team
 from harness.tenancy.provisioning import Tenancy
@@ -54,6 +55,7 @@ def pytest_configure(config: pytest.Config) -> None:
     cli = {name: config.getoption(f"harness_{name}") for name in PLUGIN_SETTINGS}
     config.stash[CONFIG_KEY] = resolved = resolve_config(cli, cwd=config.rootpath)
     put_first_on_sys_path(resolved.pythonpath)  # as pytest's own pythonpath: strategies, models, actions import
+    apply_team_environment(resolved)  # and with the app's settings in the environment
     config.stash[SIGNALS_KEY] = signals.install()
     config.addinivalue_line("markers", "server: the test needs a running stack")
     config.stash[RESULTS_KEY] = []

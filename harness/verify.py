@@ -17,14 +17,14 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable, TextIO
 
-from harness.config import HarnessConfig
+from harness.config import HarnessConfig, apply_team_environment
 from harness.errors import UsageError
 from harness.jobs import PlannedCell, StackInfo, available_cores, run_cells
 from harness.scan import ScanFinding, ScanResult, scan_paths
 from harness.stack import choose_backend
 from harness.team import load_team
 from harness.tenancy.strategy import BUILTINS, StrategySpec, load_strategy
-from harness.workload.cell import CellResult
+from harness.workload.cell import CellResult, variant_label
 from harness.workload.scenarios import SCENARIOS, default_scenarios
 
 
@@ -140,6 +140,7 @@ def run_verify(config: HarnessConfig, *, seed: int, scan: list[Path] | None = No
     ``on_progress`` gets the run after each cell, with the cells so far in plan order and ``complete``
     False, so a front end can keep what was gathered if the run fails late."""
     names = list(config.strategies) or list(BUILTINS)
+    apply_team_environment(config)  # the app's settings (--env-file, [tool.harness.env]) before its code imports
     specs: list[StrategySpec] = [load_strategy(n) for n in names]
     load_team(config)  # a broken --models or --actions fails here, before any server starts
     scenarios = list(config.scenarios) or default_scenarios(config)
@@ -194,6 +195,7 @@ def run_verify(config: HarnessConfig, *, seed: int, scan: list[Path] | None = No
     def on_result(cell: PlannedCell, result: CellResult) -> None:
         result.deployment = cell.deployment
         result.driver = cell.driver or config.driver
+        result.variant = variant_label(cell.deployment if matrix else None, cell.driver if config.drivers else None)
         results[cell.index] = result
         progress.cell(result)
         if on_cell:

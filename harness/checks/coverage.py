@@ -11,7 +11,8 @@ import dataclasses
 from harness.checks.history import History, StepRecord
 from harness.checks.faults import fault_counts
 from harness.checks.steps import is_fault
-from harness.checks.refusals import is_connection_refusal, is_name_refusal, server_message
+from harness.checks.refusals import (ABORTED_TRANSACTION, is_connection_refusal, is_name_refusal,
+                                     is_prepared_statement_error, server_message)
 
 
 FAULT_PREFIX = "fault_"
@@ -33,6 +34,9 @@ class Coverage:
     refused_tenants: tuple[str, ...] = ()
     #: (fault, times injected), for a cell that injects faults
     faults: tuple[tuple[str, int], ...] = ()
+    #: on a pooled route, when every failure of the run was a prepared-statement error (or the aborted
+    #: transaction after one): how many, and the first one's words (else "")
+    pooler_broke: str = ""
 
     @property
     def exercised(self) -> bool:
@@ -64,6 +68,9 @@ class CoverageCounter:
         self.other_errors = 0  # failures that were not a refused connection
         self.refused: dict[str, None] = {}  # tenant names the layer refused, in order
         self.faults: dict[str, int] = {}  # faults injected, by kind
+        self.pooled = True  # the route goes through a pooler (coverage() reads it off the history)
+        self.prepared: list[str] = []  # prepared-statement errors: the first's words, then a count
+        self.prepared_count = 0
 
     def feed(self, step: StepRecord) -> None:
         self.steps += 1
@@ -80,6 +87,12 @@ class CoverageCounter:
             if step.waited is None and is_connection_refusal(step.error):
                 if len(self.refusals) < 3:
                     self.refusals.append(server_message(step.error))
+            elif self.pooled and step.waited is None and (is_prepared_statement_error(step.error)
+                                                          or step.error.sqlstate == ABORTED_TRANSACTION):
+                if step.error.sqlstate != ABORTED_TRANSACTION:
+                    self.prepared_count += 1
+                    if not self.prepared:
+                        self.prepared.append(f"{step.error.type}: {step.error.message}")
             elif step.waited is not None and step.waited.pid is None:
                 # Stopped with nothing on the server: a wait in Python (a pool waiting for a connection that
                 # cannot be made) or in PgBouncer's queue. No sign either way that the layer can run.
@@ -105,11 +118,14 @@ class CoverageCounter:
                         shared_backends=sum(1 for t in self.tenants_by_pid.values() if len(t) > 1),
                         tenants=len(self.tenants), probed_connections=self.probed,
                         separate_pools=self._separate_pools(), connection_refused=refused_connection,
-                        refused_tenants=tuple(self.refused), faults=tuple(sorted(self.faults.items())))
+                        refused_tenants=tuple(self.refused), faults=tuple(sorted(self.faults.items())),
+                        pooler_broke=(f"{self.prepared_count} prepared-statement error(s), the first: "
+                                      f"{self.prepared[0]}" if self.prepared_count and not self.other_errors else ""))
 
 
 def coverage(history: History) -> Coverage:
     counter = CoverageCounter()
+    counter.pooled = history.route != "direct"
     for step in history.steps:
         counter.feed(step)
     counter.probed = sum(len(p.states) for p in history.probes)

@@ -22,6 +22,9 @@ class Finding:
     # False when every step showing it uses a raw SQL style the strategy does not rely on:
     # measured and shown, but it does not gate the verdict.
     gating: bool = True
+    #: the step whose leftover session state caused it (a step of another request, or earlier in the same
+    #: one), when the history shows it (:mod:`harness.checks.leftovers`); its explanation then names it too
+    left_by: int | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:

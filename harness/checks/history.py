@@ -69,6 +69,31 @@ class Wait:
 
 
 @dataclasses.dataclass(frozen=True)
+class StateSet:
+    """Session state a statement of a step set on its server connection (``SET``, ``RESET``,
+    ``set_config(..., false)``, ``DISCARD``), read right after it in the same transaction: a later step
+    that inherits the state on that backend is traced to this step (:mod:`harness.checks.leftovers`)."""
+
+    pid: int | None  # the backend the statement ran on (None: it could not be read)
+    search_path: str  # the search_path right after it
+    statement: str  # the statement, shortened
+
+
+@dataclasses.dataclass(frozen=True)
+class AppMessage:
+    """A warning or log record the app's code (or a library it calls, SQLAlchemy's included) emitted while
+    a step ran: the cell's evidence, counted once per distinct message."""
+
+    kind: str  # "warning" | "log"
+    source: str  # the warning's category, or the logger's name
+    level: str  # the log record's level name; WARNING for a warning
+    text: str  # the message's first line (shortened)
+    where: str  # file:line that emitted it
+    count: int  # how many times it was emitted in the cell
+    first_step: int  # the seq of the step that emitted it first
+
+
+@dataclasses.dataclass(frozen=True)
 class StepRecord:
     seq: int
     client: int
@@ -90,6 +115,8 @@ class StepRecord:
     effect: str | None = None
     #: the step outlived the step deadline: what it waited on (its error is then the watchdog's cancel)
     waited: Wait | None = None
+    #: session state its statements set, on which backend (empty for almost every step)
+    state_set: tuple[StateSet, ...] = ()
 
 
 #: The kinds of session state the pool probe compares with a pristine connection: kind -> (label, what it is,
@@ -236,7 +263,9 @@ def step_to_json(step: StepRecord) -> dict[str, Any]:
             "error": None if error is None else {"sqlstate": error.sqlstate, "type": error.type,
                                                   "message": error.message},
             "note": step.note, "wrote": [{"table": r.table, "id": r.id, "owner": r.owner} for r in step.wrote],
-            "effect": step.effect, "waited": None if step.waited is None else dataclasses.asdict(step.waited)}
+            "effect": step.effect, "waited": None if step.waited is None else dataclasses.asdict(step.waited),
+            "state_set": [{"pid": c.pid, "search_path": c.search_path, "statement": c.statement}
+                          for c in step.state_set]}
 
 
 def step_from_json(d: dict[str, Any]) -> StepRecord:
@@ -245,7 +274,8 @@ def step_from_json(d: dict[str, Any]) -> StepRecord:
                          "writes": tuple(Write(**w) for w in d["writes"]),
                          "wrote": tuple(RowSeen(**r) for r in d.get("wrote", ())),
                          "error": ErrorSeen(**d["error"]) if d["error"] else None,
-                         "waited": _wait_from_json(d.get("waited"))})
+                         "waited": _wait_from_json(d.get("waited")),
+                         "state_set": tuple(StateSet(**c) for c in d.get("state_set", ()))})
 
 
 def _wait_from_json(d: dict[str, Any] | None) -> Wait | None:
@@ -289,6 +319,10 @@ class History:
     pools: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
     #: the faults the cell could inject (the faults scenario); errors of a broken connection are then expected
     faults: tuple[str, ...] = ()
+    #: the app's warnings and log records while steps ran, the first distinct ones with their counts
+    messages: tuple[AppMessage, ...] = ()
+    #: how many more were emitted, of messages past the ones kept
+    messages_not_kept: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -311,4 +345,6 @@ class History:
                    gating_styles=tuple(data.get("gating_styles") or cls.gating_styles),
                    layout=data.get("layout", "schema"),
                    pools={k: tuple(v) for k, v in data.get("pools", {}).items()},
-                   faults=tuple(data.get("faults", ())))
+                   faults=tuple(data.get("faults", ())),
+                   messages=tuple(AppMessage(**m) for m in data.get("messages", ())),
+                   messages_not_kept=data.get("messages_not_kept", 0))

@@ -6,7 +6,7 @@ from harness.checks.faults import expected_under_faults
 from harness.checks.findings import Finding
 from harness.tenancy.tenants import needs_quoting
 from harness.checks.history import History, StepRecord
-from harness.checks.refusals import is_name_refusal
+from harness.checks.refusals import is_name_refusal, is_prepared_statement_error
 from harness.checks.steps import step_kind
 
 UNDEFINED_TABLE = "42P01"
@@ -114,19 +114,21 @@ def check_unsafe_identifiers(history: History) -> list[Finding]:
     return findings
 
 
-# psycopg 3 prepares a statement after 5 executions (prepare_threshold=5);
-# PgBouncer before 1.21 cannot route prepared statements in transaction mode, so
-# the next transaction's server does not have it. Not an isolation failure.
-PREPARED_STATEMENT_SQLSTATES = {"26000", "42P05"}
-PREPARED_STATEMENT_ADVICE = ("a prepared-statement error, not an isolation failure: psycopg prepares after 5 "
-                             "executions and PgBouncer before 1.21 cannot route prepared statements in "
-                             "transaction mode; pass connect_args={'prepare_threshold': None}")
+# psycopg 3 prepares a statement after 5 executions (prepare_threshold=5), asyncpg every statement (named
+# while its statement cache is on); PgBouncer before 1.21 cannot route prepared statements in transaction
+# mode, so the next transaction's server does not have it. Not an isolation failure.
+PREPARED_STATEMENT_ADVICE = ("a prepared-statement error, not an isolation failure: the driver prepares statements "
+                             "(psycopg at the 5th execution, asyncpg with its statement cache) and PgBouncer before "
+                             "1.21 cannot route prepared statements in transaction mode; turn the driver's prepares "
+                             "off (psycopg: connect_args={'prepare_threshold': None}; asyncpg: "
+                             "connect_args={'statement_cache_size': 0, 'prepared_statement_cache_size': 0}) or set "
+                             "PgBouncer's max_prepared_statements (1.21+)")
 
 
 def _error_explanation(step: StepRecord) -> str:
     assert step.error is not None
     text = f"{_who(step)} failed: {step.error.type}: {step.error.message}"
-    if step.error.sqlstate in PREPARED_STATEMENT_SQLSTATES or "prepared statement" in step.error.message:
+    if is_prepared_statement_error(step.error):
         text += f" ({PREPARED_STATEMENT_ADVICE})"
     return text
 

@@ -1,4 +1,4 @@
-"""Refusals: a layer that declines to serve, before or instead of running any SQL.
+"""Refusals: a layer that declines to serve, or a pooler that refuses to serve it.
 
 Two kinds, told apart from the history alone:
 
@@ -12,6 +12,10 @@ Two kinds, told apart from the history alone:
   itself (e.g. PgBouncer 1.18 answering ``FATAL: unsupported startup parameter:
   options`` to a layer passing libpq ``options``). When every failure of a run
   is one and no step ever reached a backend, the layer cannot run on that route.
+- a **pooler break**: on a pooled route, the driver's protocol-level prepared
+  statements are missing from (or clash on) the server the pooler hands the
+  next transaction to. When every failure of a run is one (or the aborted
+  transaction after one), the layer does not work behind that pooler.
 """
 
 from __future__ import annotations
@@ -24,6 +28,26 @@ NAME_REFUSED = "refused by the layer before any SQL reached the server"
 #: SQLSTATE classes of a refused connection: connection exception, invalid authorization, insufficient
 #: resources (too many connections), operator intervention (shutting down)
 _REFUSAL_CLASSES = ("08", "28", "53", "57")
+#: the driver errors a refused connection raises: psycopg's and psycopg2's OperationalError, asyncpg's own
+#: (a startup parameter PgBouncer refuses is its ProtocolViolationError, 08P01)
+_REFUSAL_TYPES = ("OperationalError", "ConnectionFailure", "InterfaceError", "ProtocolViolationError",
+                  "ConnectionFailureError", "ClientCannotConnectError", "CannotConnectNowError",
+                  "InvalidAuthorizationSpecificationError", "InvalidPasswordError", "TooManyConnectionsError")
+
+
+#: SQLSTATEs of a protocol-level prepared statement missing on the server (invalid_sql_statement_name) or
+#: already there (duplicate_prepared_statement): what a pooler that moves a client between servers between
+#: transactions does to a driver that prepares (psycopg's _pg3_*, asyncpg's __asyncpg_stmt_*)
+PREPARED_STATEMENT_SQLSTATES = frozenset({"26000", "42P05"})
+#: in_failed_sql_transaction: a statement after the failed one in the same transaction (its consequence)
+ABORTED_TRANSACTION = "25P02"
+
+
+def is_prepared_statement_error(error: ErrorSeen) -> bool:
+    """A driver's prepared statement was not where it was prepared (or a same-named one was): asyncpg also
+    meets another statement under its name ("bind message supplies 1 parameters, but prepared statement
+    ... requires 2")."""
+    return error.sqlstate in PREPARED_STATEMENT_SQLSTATES or "prepared statement" in error.message
 
 
 def is_name_refusal(step: StepRecord) -> bool:
@@ -33,7 +57,7 @@ def is_name_refusal(step: StepRecord) -> bool:
 
 def is_connection_refusal(error: ErrorSeen) -> bool:
     """A driver error that says the connection itself was refused (not a failed statement)."""
-    if error.type not in ("OperationalError", "ConnectionFailure", "InterfaceError"):
+    if error.type not in _REFUSAL_TYPES or is_prepared_statement_error(error):
         return False
     if error.sqlstate is not None:
         return error.sqlstate[:2] in _REFUSAL_CLASSES

@@ -30,6 +30,8 @@ class Judgement(NamedTuple):
     reason: str
 
 
+POOLER_BROKE = ("does not work behind this pooler: the driver's prepared statements are not on the server the "
+                "pooler gives its next transaction (every failure of the run was one)")
 STRUCTURAL = "structural isolation: no backend served two tenants, and the layer keeps one pool per tenant"
 
 
@@ -44,6 +46,8 @@ def verdict(findings: list[Finding], cov: Coverage) -> Judgement:
     if cov.connection_refused:
         return Judgement(Verdict.CANNOT_RUN, "cannot run on this route: every connection the layer made was "
                                              f"refused ({cov.connection_refused})")
+    if cov.pooler_broke:
+        return Judgement(Verdict.CANNOT_RUN, f"{POOLER_BROKE}: {cov.pooler_broke}")
     stuck = [f for f in findings if f.kind == "lock_wait"]
     if stuck:
         more = f" (and {len(stuck) - 1} more step(s) stopped by the step deadline)" if len(stuck) > 1 else ""

@@ -1,5 +1,6 @@
-"""Verdicts that differ between deployments: the cells of a ``--deployments`` run that measured one verdict on
-one deployment and another verdict on another.
+"""Verdicts that differ between deployments or drivers: the cells of a ``--deployments`` or ``--drivers`` run
+that measured one verdict on one deployment (or driver, or deployment/driver pair: a cell's ``variant``) and
+another verdict on another. A Measured's ``deployment`` is that variant's label.
 
 A difference is data (:class:`Difference`); results.json holds it as :meth:`Difference.as_json` and the page
 shows it at the top. The same cell measured alike on every deployment is no difference; a cell measured on
@@ -58,13 +59,14 @@ def deployment_differences(cells: Iterable[CellResult]) -> list[Difference]:
     """Every strategy x route x scenario measured on two deployments or more whose verdicts differ, in the
     order the cells ran (cells without a deployment are compared with nothing: an ordinary run has none)."""
     return _differences(((c.strategy, c.route, c.scenario),
-                         Measured(c.deployment, c.verdict.value, c.reason, c.required.when if c.required else ""))
-                        for c in cells if c.deployment is not None)
+                         Measured(c.column, c.verdict.value, c.reason, c.required.when if c.required else ""))
+                        for c in cells if c.column is not None)
 
 
 def differences_json(cells: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """The same, from results.json's cells (a merged report recomputes them from its shards' cells)."""
     return [d.as_json() for d in _differences(
         ((c["strategy"], c["route"], c["scenario"]),
-         Measured(c["deployment"], c["verdict"], c["verdict_reason"], c.get("required_when") or ""))
-        for c in cells if c.get("deployment") is not None)]
+         Measured((c.get("variant") or c.get("deployment")), c["verdict"], c["verdict_reason"],
+                  c.get("required_when") or ""))
+        for c in cells if (c.get("variant") or c.get("deployment")) is not None)]

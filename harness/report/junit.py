@@ -14,7 +14,8 @@ def junit_xml(results: dict[str, Any]) -> bytes:
                        failures=str(failures), errors="0", skipped=str(skipped), time=str(results["seconds"]), timestamp=results["started"])
     for cell in cells:
         # The same cell on two deployments is two test cases: the deployment leads the class name.
-        where = f"{cell['deployment']}." if cell.get("deployment") else ""
+        label = (cell.get("variant") or cell.get("deployment"))
+        where = f"{label.replace('/', '.')}." if label else ""
         case = ET.SubElement(suite, "testcase", classname=f"{where}{cell['strategy']}.{cell['route']}",
                              name=cell["scenario"], time=str(cell["seconds"]))
         if not cell["as_required"]:

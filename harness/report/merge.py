@@ -33,7 +33,7 @@ from harness.report.results import SCHEMA, VERSION, Axes, axes
 #: What every shard of one run must agree on besides the plan and its environment (seed, versions,
 #: settings); a disagreement means the shards ran different harnesses, stacks or settings, and one
 #: report cannot describe them all.
-AGREED = ("builtin_self_check", "strategies", "routes", "scenarios", "deployments")
+AGREED = ("builtin_self_check", "strategies", "routes", "scenarios", "deployments", "drivers")
 
 #: Environment entries that describe one shard's machine, not what it measured (`jobs`: the parallel
 #: cells a runner's cores allowed); shards may differ there, and the merged report lists every value.
@@ -123,6 +123,7 @@ def merge_results(shards: list[Shard]) -> dict[str, Any]:
             key: ", ".join(dict.fromkeys(str(_environment(s)[key]) for s in ordered if key in _environment(s)))
             for key in PER_SHARD if key in environment}},
         "cells": cells, "differences": differences_json(cells),
+        "variants": list(plan.deployments) if any(c.get("variant") for c in cells) else [],
         "not_run": _once(item for s in ordered for item in s.results.get("not_run", [])),
         "migration": migration_rows(cells),
         "scan": scan,

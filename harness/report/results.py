@@ -41,6 +41,10 @@ removal or a change of meaning bumps it):
   they came from). The report folder then holds ``scan.sarif``: the findings as SARIF 2.1.0.
 - ``strategies``, ``routes``, ``scenarios``, ``deployments``: the plan's axes in run order (cells run
   deployment outermost, then strategy, route, scenario); ``deployments`` is empty for a run on one stack
+- ``drivers``: the drivers of a ``--drivers`` run, in run order (empty otherwise); ``variants``: the matrix
+  columns the cells ran in (a deployment, a driver, or ``deployment/driver``), empty for one stack and driver.
+  Each cell also has ``driver`` (the driver its route URL named, null for the default), ``driver_used``
+  (what the layer's engine really used, with its version) and ``variant``
 - ``differences``: the strategy x route x scenario cells measured on two deployments or more whose verdicts
   differ (empty without deployments): ``strategy``, ``route``, ``scenario``, ``deployments`` (one object per
   deployment, in run order: ``deployment``, ``verdict``, ``reason``, ``when`` and ``condition``: the
@@ -65,7 +69,7 @@ from harness.checks.verdict import Verdict
 from harness.report.differences import deployment_differences
 from harness.report.migration import migration_rows
 from harness.scan.findings import scan_json
-from harness.workload.cell import CellResult
+from harness.workload.cell import CellResult, variant_label
 from harness.workload.program import describe_program
 
 SCHEMA = "tenant-harness/results"
@@ -75,7 +79,7 @@ EVIDENCE_LIMIT = 80
 
 
 def cell_id(cell: CellResult) -> str:
-    where = f"{cell.deployment}--" if cell.deployment else ""
+    where = f"{cell.column}--" if cell.column else ""
     raw = f"{where}{cell.strategy}--{cell.route}--{cell.scenario}"
     return "cell-" + "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in raw)
 
@@ -103,7 +107,8 @@ def evidence_steps(cell: CellResult) -> list[dict[str, Any]]:
 def cell_json(cell: CellResult) -> dict[str, Any]:
     """A cell as results.json (and cells.json) hold it: the one serialisation of a cell."""
     return {
-        "id": cell_id(cell), "deployment": cell.deployment, "strategy": cell.strategy, "route": cell.route, "scenario": cell.scenario,
+        "id": cell_id(cell), "deployment": cell.deployment, "driver": cell.driver, "driver_used": cell.driver_used,
+        "variant": cell.column, "strategy": cell.strategy, "route": cell.route, "scenario": cell.scenario,
         "layout": cell.history.layout,
         "verdict": cell.verdict.value, "verdict_reason": cell.reason,
         "required": cell.required.label if cell.required else None,
@@ -129,6 +134,8 @@ def results_json(run) -> dict[str, Any]:
         "exit_status": 0 if run.ok and complete else 1, "builtin_self_check": run.builtin_self_check,
         "strategies": run.strategies, "routes": list(run.routes or run.config.routes),
         "scenarios": _planned_scenarios(run), "deployments": list(getattr(run, "deployments", [])),
+        "drivers": list(getattr(run, "drivers", [])),
+        "variants": list(dict.fromkeys(c.column for c in run.cells if c.column is not None)),
         "environment": run.environment,
         "cells": cells, "differences": [d.as_json() for d in deployment_differences(run.cells)],
         "not_run": list(getattr(run, "not_run", [])),
@@ -167,7 +174,8 @@ class Axes:
 
     def position(self, cell: dict[str, Any]) -> tuple[int, int, int, int]:
         """Where the unsharded run puts this cell: deployment, strategy, route, scenario (outer to inner)."""
-        return (self.deployments.index(cell.get("deployment")), self.strategies.index(cell["strategy"]),
+        return (self.deployments.index((cell.get("variant") or cell.get("deployment"))),
+                self.strategies.index(cell["strategy"]),
                 self.routes.index(cell["route"]), self.scenarios.index(cell["scenario"]))
 
 
@@ -180,6 +188,11 @@ def axes(results: dict[str, Any]) -> Axes:
         return tuple(dict.fromkeys([*(results.get(key) or ()), *(c.get(field) for c in cells)]))
 
     # Cells without a deployment key sit under the one deployment None: one grid, as today.
-    return Axes(deployments=axis("deployments", "deployment") or (None,),
+    # A run with drivers (or deployments and drivers) groups its cells by variant: deployment/driver, in
+    # the plan's order (a shard's own list holds only the variants its cells drew).
+    planned = [variant_label(d, v) for d in results.get("deployments") or [None] for v in results.get("drivers") or [None]]
+    variants = tuple(dict.fromkeys([*(p for p in planned if p), *(results.get("variants") or ()),
+                                    *((c.get("variant") or c.get("deployment")) for c in cells)]))
+    return Axes(deployments=variants or (None,),
                 strategies=axis("strategies", "strategy"), routes=axis("routes", "route"),
                 scenarios=axis("scenarios", "scenario"))

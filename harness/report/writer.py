@@ -79,7 +79,8 @@ def shared_environment(results: dict[str, Any]) -> dict[str, Any]:
 
 def render_html(results: dict[str, Any], history: list[dict[str, Any]]) -> str:
     plan = axes(results)
-    cells = {(c.get("deployment"), c["strategy"], c["scenario"], c["route"]): c for c in results["cells"]}
+    cells = {((c.get("variant") or c.get("deployment")), c["strategy"], c["scenario"], c["route"]): c
+             for c in results["cells"]}
     measured = {key[:2] for key in cells}
     return _ENV.get_template("report.html.j2").render(
         r=results, headline=headline(results), cells=cells, axes=plan, environment=shared_environment(results),

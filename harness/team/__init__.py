@@ -13,7 +13,7 @@ import dataclasses
 import inspect
 from typing import Any, Callable
 
-from harness.config import HarnessConfig, import_user_module
+from harness.config import HarnessConfig, apply_team_environment, import_user_module
 from harness.errors import UsageError
 from harness.team.models import TeamModels, team_models
 
@@ -86,12 +86,14 @@ def load_team(config: HarnessConfig) -> Team | None:
     """The team's models and actions of a run, or None when it names neither. Fails before any server starts."""
     if not config.models and not config.actions:
         return None
+    apply_team_environment(config)  # the app's settings, before its code is imported
     models = None
     if config.models:
         from harness.tenancy.models import load_user_metadata
 
         metadata = load_user_metadata(config.models, config.pythonpath)
-        models = team_models(config.models, _resolve(config.models, "Models spec", config.pythonpath), metadata)
+        models = team_models(config.models, _resolve(config.models, "Models spec", config.pythonpath), metadata,
+                             config.schema_sql)
         from harness.tenancy.models import model_set
 
         ours = {t.name for t in model_set("placeholder").metadata.tables.values()}

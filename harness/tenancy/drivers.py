@@ -123,6 +123,18 @@ def check_installed(name: str) -> Driver:
     return found
 
 
+def installed_drivers() -> str:
+    """The drivers this interpreter can import, with their versions: "psycopg 3.2.9, asyncpg 0.30.0"."""
+    found = []
+    for item in DRIVERS.values():
+        try:
+            module = __import__(item.module)
+        except ImportError:
+            continue
+        found.append(f"{item.name} {str(getattr(module, '__version__', '?')).split()[0]}")
+    return ", ".join(found)
+
+
 def of_url(url: URL) -> Driver:
     """The driver a URL names (a bare ``postgresql://`` is SQLAlchemy's default driver, psycopg2)."""
     return DRIVERS[_BY_DBAPI.get(url.get_driver_name(), DEFAULT_DRIVER)]

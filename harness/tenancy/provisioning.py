@@ -86,6 +86,8 @@ class Tenancy:
         wanted = (validate_tenants(tuple(self.stack.tenant_name(t) for t in tenants)) if tenants is not None
                   else self.tenants)
         new = [t for t in wanted if t not in self.provisioned]
+        if not self.provisioned and self.team_models is not None:  # the team's --schema-sql, once per database
+            team_provisioning.run_schema_sql(self.engine, self.team_models)
         with self.engine.begin() as conn:
             if not self.provisioned and self.team_models is not None:
                 team_provisioning.check_shared_tables(self.team_models, self.stack.owns_public)

@@ -26,6 +26,11 @@ from harness.workload.program import Program
 from harness.workload.runner import Runner
 
 
+def variant_label(deployment: str | None, driver: str | None) -> str | None:
+    """The matrix column of a cell: the deployment and the driver it ran on, for the dimensions a run spans."""
+    return "/".join(part for part in (deployment, driver) if part) or None
+
+
 @dataclasses.dataclass
 class CellResult:
     strategy: str
@@ -48,6 +53,14 @@ class CellResult:
     driver: str | None = None
     #: the driver the layer's engine really used, with its version, read from the engine ("" when none was seen)
     driver_used: str = ""
+    #: the column of a matrix run this cell belongs to: its deployment, its driver, or both
+    #: (``bookworm/asyncpg``), for the dimensions the run spans; None in a run of one stack and one driver
+    variant: str | None = None
+
+    @property
+    def column(self) -> str | None:
+        """The matrix column: the variant, or the deployment of a cell the run did not label."""
+        return self.variant or self.deployment
 
     @property
     def as_required(self) -> bool:

@@ -23,7 +23,7 @@ from hypothesis.database import DirectoryBasedExampleDatabase
 from hypothesis.errors import Flaky
 
 from harness.checks import Coverage, Judgement, Verdict
-from harness.checks.verdict import STRUCTURAL
+from harness.checks.verdict import POOLER_BROKE, STRUCTURAL
 from harness.checks.steps import drawable
 from harness.stack import Stack
 from harness.team import steps as team_steps
@@ -116,6 +116,9 @@ class Exploration:
     stuck: CellResult | None = None  # the first example with a step the step deadline stopped
     erred: CellResult | None = None  # the first example with an error: the evidence of an inconclusive search
     cannot_run: CellResult | None = None  # the first example in which every connection was refused
+    #: examples whose every failure was a prepared-statement error on a pooled route, and the first of them
+    pooler_broke: int = 0
+    pooler_broke_first: CellResult | None = None
     runnable: int = 0  # examples in which a step reached a backend
     structural: int = 0  # examples over two or more tenants on pools no two tenants shared
     #: examples over two or more tenants that reached a backend, on a pool two tenants shared (or unseen)
@@ -146,6 +149,10 @@ def explore(stack: Stack, tenancy: Tenancy, spec: StrategySpec, route: str, prof
         seen.shared_backends += result.coverage.shared_backends
         seen.probed += result.coverage.probed_connections
         errors = sum(1 for f in result.findings if f.kind == "error" and f.gating)
+        if result.coverage.pooler_broke:  # the pooler's doing, not an error that stopped the search
+            seen.pooler_broke += 1
+            seen.pooler_broke_first = seen.pooler_broke_first or result
+            errors = 0
         seen.errors += errors
         if errors and seen.erred is None:
             seen.erred = result
@@ -197,6 +204,10 @@ def explore(stack: Stack, tenancy: Tenancy, spec: StrategySpec, route: str, prof
     elif seen.cannot_run is not None and not seen.runnable:
         final = seen.cannot_run
         judged = Judgement(Verdict.CANNOT_RUN, f"{final.reason} (no step of {seen.examples} examples reached a backend)")
+    elif seen.pooler_broke and not seen.errors and seen.stuck is None:
+        final = seen.pooler_broke_first
+        judged = Judgement(Verdict.CANNOT_RUN, f"{POOLER_BROKE} in {seen.pooler_broke} of {seen.examples} examples; "
+                                               f"the first example: {final.coverage.pooler_broke}")
     elif seen.stuck is not None:  # a blocked step is the first thing to say, with its example's evidence
         final = seen.stuck
         judged = Judgement(Verdict.INCONCLUSIVE, f"{final.reason} (in one of {seen.examples} examples)")

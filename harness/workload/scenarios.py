@@ -169,6 +169,8 @@ def replay_settings(config: HarnessConfig, spec: StrategySpec, scenario: str, pr
         chosen["driver"] = spec.driver
     if spec.spec not in BUILTIN_SPECS.values() or config.models or config.actions:
         chosen["pythonpath"] = config.pythonpath
+        if config.env_file is not None:  # the app's settings its code needs to import (the path, not the values)
+            chosen["env_file"] = config.env_file
     return chosen
 
 
