@@ -1,4 +1,4 @@
-"""The cost of the session-state probe (`make bench`), one JSON line per route.
+"""The cost of the session-state probe (`make bench`), one JSON line per driver x route.
 
 On one stack, the sound translate-map layer runs the named ``pool_state``
 program (two clients, probed after each of their eight requests) ``CELLS``
@@ -6,7 +6,9 @@ times with the probe and ``CELLS`` times without it, interleaved. Reported:
 the median cell time of each, their difference (the probe's overhead per
 cell), and the time of the probe itself per probed connection (every
 ``Runner.probe`` call timed, divided by the connections it read; it includes
-the one fresh connection per cell that pristine values are read from).
+the one fresh connection per cell that pristine values are read from). The layer
+runs on each driver (psycopg, psycopg2, asyncpg): the engine probe reads its pool
+through that driver.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from harness.workload.runner import Runner
 
 CELLS = 15
 STRATEGY = "translate_map"
+DRIVERS = ("psycopg", "psycopg2", "asyncpg")
 
 
 class ProbeTimer:
@@ -60,22 +63,23 @@ class ProbeTimer:
 def main() -> None:
     stop_on_sigterm()
     config = resolve_config({}, env={})
-    spec = load_strategy(STRATEGY)
+    base = load_strategy(STRATEGY)
     probed = NAMED_SCENARIOS["pool_state"].build(DEFAULT_TENANTS)
     unprobed = dataclasses.replace(probed, probe="")
     with start_stack(config) as stack:
         tenancy = Tenancy(stack, DEFAULT_TENANTS)
         tenancy.provision()
         try:
-            for route in stack.routes:
-                progress(f"probe bench: {STRATEGY} x {route}, {CELLS} cells with and without the probe ...")
+            for driver, route in ((d, r) for d in DRIVERS for r in stack.routes):
+                spec = base.on_driver(driver)
+                progress(f"probe bench: {STRATEGY} on {driver} x {route}, {CELLS} cells with and without the probe ...")
                 run_cell(stack, tenancy, spec, route, "warm-up", probed)
                 with_probe, without_probe = [], []
                 with ProbeTimer() as timer:
                     for _ in range(CELLS):
                         with_probe.append(run_cell(stack, tenancy, spec, route, "probe", probed).seconds)
                         without_probe.append(run_cell(stack, tenancy, spec, route, "no-probe", unprobed).seconds)
-                emit(figure="state_probe_overhead", route=route, strategy=STRATEGY, cells=CELLS,
+                emit(figure="state_probe_overhead", driver=driver, route=route, strategy=STRATEGY, cells=CELLS,
                      cell_ms_with_probe=round(statistics.median(with_probe) * 1000, 1),
                      cell_ms_without_probe=round(statistics.median(without_probe) * 1000, 1),
                      overhead_ms_per_cell=round((statistics.median(with_probe)

@@ -128,6 +128,14 @@ CONDITIONS: dict[str, Condition] = {c.name: c for c in (
               "PostgreSQL 18 or later reports search_path to clients and PgBouncer tracks it: each client's "
               "search_path follows it from server to server",
               lambda facts: facts.postgres_major >= 18 and facts.tracks("search_path")),
+    Condition("driver_never_prepares",
+              "the driver never prepares statements at the protocol level (psycopg2): nothing for a pooler to "
+              "lose between servers",
+              lambda facts: facts.driver == "psycopg2"),
+    Condition("driver_prepares_every_statement",
+              "the driver prepares every statement and keeps the named ones in its statement cache (asyncpg), "
+              "so a request's second transaction already meets a statement prepared on another server",
+              lambda facts: facts.driver == "asyncpg"),
     Condition("prepared_statements",
               "PgBouncer routes protocol-level prepared statements (max_prepared_statements > 0, PgBouncer 1.21 "
               "and later)",

@@ -31,10 +31,10 @@ STACK_KEY = pytest.StashKey[Stack]()
 LOG_OFFSETS_KEY = pytest.StashKey[dict]()
 SIGNALS_KEY = pytest.StashKey[dict]()
 
-PLUGIN_SETTINGS = ("backend", "pg_bindir", "pgbouncer", "cache_dir", "keep_tmp", "start_timeout", "strategies",
+PLUGIN_SETTINGS = ("backend", "driver", "schema_sql", "pg_bindir", "pgbouncer", "cache_dir", "keep_tmp", "start_timeout", "strategies",
                    "postgres_image", "pgbouncer_image", "direct_dsn", "session_dsn", "transaction_dsn",
                    "superuser_dsn", "i_own_this_database", "pgbouncer_config", "pgbouncer_set",
-                   "routes", "tenants", "report_dir", "models", "decoys", "profile", "derandomize", "seed",
+                   "routes", "tenants", "report_dir", "models", "env_file", "decoys", "profile", "derandomize", "seed",
                    "example_db", "hammer_threads", "hammer_requests", "hammer_seconds", "step_deadline")
 RESULTS_KEY = pytest.StashKey[list]()
 
@@ -84,7 +84,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
                 for name in (mark.args[0].split(",") if isinstance(mark.args[0], str) else mark.args[0])}
     if "strategy" in metafunc.fixturenames and "strategy" not in explicit:
         names = config.strategies or BUILTINS
-        metafunc.parametrize("strategy", [load_strategy(n, config.pythonpath) for n in names], ids=[short_name(resolve_spec(n)) for n in names],
+        metafunc.parametrize("strategy", [load_strategy(n, config.pythonpath).on_driver(config.driver) for n in names], ids=[short_name(resolve_spec(n)) for n in names],
                              scope="session")
     if "route" in metafunc.fixturenames and "route" not in explicit:
         metafunc.parametrize("route", list(config.routes), scope="session")

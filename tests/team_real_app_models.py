@@ -1,6 +1,6 @@
 """A real application's whole declarative Base, for tests/test_real_schemas.py (importable as
 ``team_real_app_models``): a billing and help-desk app whose migrations create its enums (the models say
-``create_type=False``), with JSON and JSONB documents, arrays (of an enum too), money as Numeric, intervals,
+``create_type=False``; a DOMAIN too), with JSON and JSONB documents, arrays (of an enum too), money as Numeric, intervals,
 soft delete (``deleted_at``, ``is_deleted``, ``archived``), server defaults, a shared lookup the tenant
 tables point at and a shared audit table that points into a tenant table.
 
@@ -18,7 +18,7 @@ import uuid
 from sqlalchemy import (ARRAY, JSON, BigInteger, Boolean, CheckConstraint, Column, Date, DateTime, Enum, Float,
                         ForeignKey, Index, Integer, Interval, LargeBinary, Numeric, String, Table, Text, Time, func,
                         text)
-from sqlalchemy.dialects.postgresql import ENUM, INET, JSONB, UUID
+from sqlalchemy.dialects.postgresql import DOMAIN, ENUM, INET, JSONB, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import UserDefinedType
 
@@ -35,9 +35,12 @@ class AccountKind(enum.Enum):
 account_kind = Enum(AccountKind, name="account_kind", create_type=False)
 # postgresql.ENUM in a schema of the migrations' own
 invoice_status = ENUM("draft", "open", "paid", "void", name="invoice_status", schema="billing", create_type=False)
-# one type per tenant schema: the migrations run once per tenant
-ticket_priority = Enum("low", "normal", "high", "urgent", name="ticket_priority", inherit_schema=True,
+# one type per tenant schema: the migrations run once per tenant (SQLAlchemy 2.1 spells inherit_schema=True so)
+ticket_priority = Enum("low", "normal", "high", "urgent", name="ticket_priority", schema="tenant",
                        create_type=False)
+
+# a DOMAIN the metadata describes (its base type and CHECK), created by the migrations too
+postal_code = DOMAIN("postal_code", String(12), check="char_length(VALUE) >= 3", create_type=False)
 
 
 class Base(DeclarativeBase):
@@ -63,6 +66,7 @@ class Account(Base):
     settings: Mapped[dict] = mapped_column(JSONB, nullable=False, server_default=text("'{}'::jsonb"))
     tags: Mapped[list[str]] = mapped_column(ARRAY(String(30)), nullable=False, server_default=text("'{}'"))
     credit_limit: Mapped[decimal.Decimal | None] = mapped_column(Numeric(12, 2))
+    postal_code: Mapped[str | None] = mapped_column(postal_code)
     created_at: Mapped[datetime.datetime] = mapped_column(DateTime(timezone=True), nullable=False,
                                                           server_default=func.now())
     deleted_at: Mapped[datetime.datetime | None] = mapped_column(DateTime(timezone=True))

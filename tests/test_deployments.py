@@ -37,12 +37,14 @@ def test_facts_read_versions_and_the_settings_pgbouncer_runs_with():
     holding = {name: [c.holds(f) for f in (BOOKWORM, TRIXIE, TRIXIE_TRACKING, SID)] for name, c in CONDITIONS.items()}
     assert holding == {"pgbouncer_tracks_search_path": [False, False, True, True],
                        "search_path_tracked": [False, False, False, True],
+                       "driver_never_prepares": [False, False, False, False],  # the facts' driver: psycopg
+                       "driver_prepares_every_statement": [False, False, False, False],
                        "prepared_statements": [False, True, True, True]}
 
 
 @pytest.mark.parametrize("facts, verdicts", [
     (BOOKWORM, {"connect_event_search_path": "fail", "startup_options_search_path": "cannot_run",
-                "translate_map_prepared": "inconclusive"}),
+                "translate_map_prepared": "cannot_run"}),
     (TRIXIE, {"connect_event_search_path": "fail", "startup_options_search_path": "cannot_run",
               "translate_map_prepared": "pass"}),
     (TRIXIE_TRACKING, {"connect_event_search_path": "fail", "startup_options_search_path": "fail",
@@ -57,6 +59,22 @@ def test_the_expected_verdict_follows_the_deployment(facts, verdicts):
     assert bool(turned.when) == (facts is not BOOKWORM and facts is not TRIXIE)
     # the direct route does not go through PgBouncer: no condition touches it
     assert all(required_verdict(s, "after_commit", "direct", facts=facts).verdict is Verdict.PASS for s in verdicts)
+
+
+@pytest.mark.parametrize("driver, bookworm, sid", [
+    ("psycopg", "cannot_run", "pass"),  # prepares at the 5th execution; 1.26 routes prepared statements
+    ("psycopg2", "pass", "pass"),  # never prepares
+    ("asyncpg", "cannot_run", "pass"),  # prepares every statement, with its statement cache
+])
+def test_the_expected_verdict_follows_the_driver_too(driver, bookworm, sid):
+    import dataclasses
+
+    old, new = (dataclasses.replace(facts, driver=driver) for facts in (BOOKWORM, SID))
+    assert required_verdict("translate_map_prepared", "after_commit", "transaction", facts=old).verdict == bookworm
+    assert required_verdict("translate_map_prepared", "after_commit", "transaction", facts=new).verdict == sid
+    # a request's first transaction prepares nothing that moves: only asyncpg's reuse across transactions,
+    # which fresh_session's single transaction per request does not meet
+    assert required_verdict("translate_map_prepared", "fresh_session", "transaction", facts=old).verdict == "pass"
 
 
 def test_conditions_turn_only_the_deployment_dependent_built_ins():

@@ -20,6 +20,7 @@ from harness.checks.findings import ISOLATION_KINDS, KINDS, Finding
 from harness.checks.history import History, HistoryFileSteps, StepRecord
 from harness.checks.isolation import (check_context_lost, check_cross_tenant_reads, check_errors, check_team_writes,
                                       check_unsafe_identifiers)
+from harness.checks.leftovers import blame_leftovers
 from harness.checks.pool import check_pool_pollution
 from harness.checks.refusals import check_refusals
 from harness.checks.verdict import Judgement, Verdict, verdict
@@ -59,8 +60,10 @@ def _in_step_order(findings: list[Finding]) -> list[Finding]:
 
 
 def check_history(history: History) -> list[Finding]:
-    """Every finding of a history, in the order of the steps that show it (worded with the fault before it)."""
+    """Every finding of a history, in the order of the steps that show it (worded with the fault before it,
+    and naming the step whose leftover session state a misread inherited)."""
     findings = _in_step_order([finding for check in CHECKS for finding in check.run(history)])
+    findings, _ = blame_leftovers(history, findings)
     return after_faults(findings, history.steps) if history.faults else findings
 
 
@@ -68,7 +71,7 @@ def check_history_file(history: History, path: Path) -> tuple[list[Finding], lis
     """Check a JSON-lines history; ``history`` holds everything but the steps (probes, final state).
 
     Returns the findings, the steps the streamed findings point at (at most
-    ``KEEP_FLAGGED_STEPS``) and the coverage evidence.
+    ``KEEP_FLAGGED_STEPS``, plus those a misread inherited its state from) and the coverage evidence.
     """
     steps = HistoryFileSteps(path)
     counter = CoverageCounter()
@@ -100,4 +103,9 @@ def check_history_file(history: History, path: Path) -> tuple[list[Finding], lis
     findings.extend(finding for check in CHECKS if not check.streams for finding in check.run(whole))
     counter.probed = sum(len(p.states) for p in history.probes)
     counter.pools = history.pools
-    return _in_step_order(findings), flagged, counter.result()
+    # The hammer cannot shrink: its findings name the step whose leftover state a misread inherited.
+    blamed, named = blame_leftovers(whole, _in_step_order(findings))
+    kept = {step.seq for step in flagged}
+    flagged.extend(step for seq, step in sorted(named.items()) if seq not in kept)
+    flagged.sort(key=lambda step: step.seq)
+    return blamed, flagged, counter.result()

@@ -37,6 +37,8 @@ class Coverage:
     #: on a pooled route, when every failure of the run was a prepared-statement error (or the aborted
     #: transaction after one): how many, and the first one's words (else "")
     pooler_broke: str = ""
+    #: the route goes through a pooler (PgBouncer): a refusal or a prepared-statement error is the pooler's
+    pooled: bool = True
 
     @property
     def exercised(self) -> bool:
@@ -120,7 +122,8 @@ class CoverageCounter:
                         separate_pools=self._separate_pools(), connection_refused=refused_connection,
                         refused_tenants=tuple(self.refused), faults=tuple(sorted(self.faults.items())),
                         pooler_broke=(f"{self.prepared_count} prepared-statement error(s), the first: "
-                                      f"{self.prepared[0]}" if self.prepared_count and not self.other_errors else ""))
+                                      f"{self.prepared[0]}" if self.prepared_count and not self.other_errors else ""),
+                        pooled=self.pooled)
 
 
 def coverage(history: History) -> Coverage:

@@ -82,7 +82,7 @@ class SetterIndex:
     def __bool__(self) -> bool:
         return bool(self.by_pid)
 
-    def last_before(self, pid: int | None, seq: int) -> tuple[StepRecord, StateSet] | None:
+    def last_before(self, pid: int | None, seq: float) -> tuple[StepRecord, StateSet] | None:
         """The last state set on ``pid`` by a step before ``seq`` (the last statement of that step)."""
         if pid is None:
             return None
@@ -158,7 +158,7 @@ def blame_leftovers(history: History, findings: list[Finding]) -> tuple[list[Fin
             out.append(finding)
             continue
         added = tuple(s.seq for s in (cause.writer, cause.setter) if s is not None and s.seq not in finding.steps)
-        named.update({s.seq: s for s in (cause.writer, cause.setter) if s is not None})
+        named.update({s.seq: s for s in (step, cause.writer, cause.setter) if s is not None})
         out.append(dataclasses.replace(finding, explanation=f"{finding.explanation} {cause.sentence(step)}",
                                        steps=finding.steps + added, left_by=cause.setter.seq))
     return out, named

@@ -44,8 +44,9 @@ def verdict(findings: list[Finding], cov: Coverage) -> Judgement:
         kinds = sorted({f.kind for f in failing})
         return Judgement(Verdict.FAIL, f"{len(failing)} isolation finding(s): {', '.join(kinds)}")
     if cov.connection_refused:
-        return Judgement(Verdict.CANNOT_RUN, "cannot run on this route: every connection the layer made was "
-                                             f"refused ({cov.connection_refused})")
+        where = "does not work behind this pooler" if cov.pooled else "cannot run on this route"
+        return Judgement(Verdict.CANNOT_RUN, f"{where}: every connection the layer made was refused "
+                                             f"({cov.connection_refused})")
     if cov.pooler_broke:
         return Judgement(Verdict.CANNOT_RUN, f"{POOLER_BROKE}: {cov.pooler_broke}")
     stuck = [f for f in findings if f.kind == "lock_wait"]

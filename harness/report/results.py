@@ -21,7 +21,8 @@ removal or a change of meaning bumps it):
   ``id`` (the page's anchor), ``deployment`` (null, or the built-in deployment it ran on), ``strategy``, ``route``, ``scenario``, ``layout`` (schema | rls), ``verdict`` (pass | fail | inconclusive | cannot_run),
   ``verdict_reason``, ``required``, ``required_reason``, ``required_when`` (the deployment condition that
   turned the required verdict, "" for the entry that holds everywhere), ``as_required`` (bool),
-  ``findings`` (``kind``, ``explanation``, ``steps``, ``tenant``, ``gating``),
+  ``findings`` (``kind``, ``explanation``, ``steps``, ``tenant``, ``gating``, ``left_by``: null, or the seq of
+  the step whose leftover session state caused it),
   ``coverage`` (``steps``, ``backends``, ``shared_backends``, ``tenants``,
   ``probed_connections``, ``separate_pools``, ``connection_refused``, ``refused_tenants``), ``seconds``, ``replay`` (null, or the command that reruns exactly this cell: every
   generated cell has one, any other cell when it fails or is not as required),
@@ -29,7 +30,11 @@ removal or a change of meaning bumps it):
   ``schema_in_sql`` (bool or null), ``counterexample`` (null, or ``program``:
   lines of the minimal program), ``evidence`` (the steps findings point at, with
   their neighbours: ``seq``, ``client``, ``tenant``, ``step``, ``pid``,
-  ``search_path``, ``user`` (current_user: the role that ran the step), ``rows``, ``error``, ``flagged``)
+  ``search_path``, ``user`` (current_user: the role that ran the step), ``rows``, ``error``, ``flagged``,
+  ``state_set``: the session state its statements set, each ``pid``, ``search_path`` (right after it),
+  ``statement``), ``messages`` (the app's warnings and log records while the cell's steps ran, the first
+  distinct ones: ``kind`` (warning | log), ``source`` (category or logger), ``level``, ``text``, ``where``,
+  ``count``, ``first_step``) and ``messages_not_kept`` (how many more were emitted)
 - ``migration``: one row per strategy (see ``harness.report.migration``)
 - ``scan``: null, or what ``harness scan --json`` prints for the same code: ``paths``,
   ``findings`` (``path``, ``line``, ``rule``, ``message``, ``snippet``, ``tag`` (app | scripts |
@@ -100,7 +105,8 @@ def evidence_steps(cell: CellResult) -> list[dict[str, Any]]:
         out.append({"seq": s.seq, "client": s.client, "request": s.request, "tenant": s.tenant, "step": s.step,
                     "style": s.style, "pid": s.pid, "search_path": s.search_path, "user": s.user,
                     "rows": [dataclasses.asdict(r) for r in s.rows], "error": dataclasses.asdict(s.error) if s.error else None,
-                    "note": s.note, "flagged": s.seq in flagged})
+                    "note": s.note, "flagged": s.seq in flagged,
+                    "state_set": [dataclasses.asdict(c) for c in s.state_set]})
     return out
 
 
@@ -120,6 +126,8 @@ def cell_json(cell: CellResult) -> dict[str, Any]:
         "replay": cell.replay, "figures": cell.figures, "schema_in_sql": cell.schema_in_sql,
         "counterexample": {"program": describe_program(cell.program).splitlines()} if cell.program else None,
         "evidence": evidence_steps(cell) if cell.findings else [],
+        "messages": [dataclasses.asdict(m) for m in cell.history.messages],
+        "messages_not_kept": cell.history.messages_not_kept,
     }
 
 

@@ -36,7 +36,6 @@ from typing import Any, Iterator
 from sqlalchemy import JSON, MetaData, Table, UniqueConstraint, types
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql.named_types import NamedType
-from sqlalchemy.engine import Dialect
 from sqlalchemy.sql.schema import Column
 
 from harness.errors import UsageError
@@ -269,6 +268,14 @@ def _type_uses(metadata: MetaData, keep: Any) -> list[TypeUse]:
     return [TypeUse(kind, name, tuple(uses)) for name, (kind, uses) in found.items()]
 
 
+def type_uses(metadata: MetaData, name: str) -> list[TypeUse]:
+    """The types of the metadata's columns that DDL names ``name`` (with or without their schema)."""
+    def bare(text: str) -> str:
+        return text.split("(")[0].split(".")[-1].strip('"').lower()
+
+    return _type_uses(metadata, lambda kind: bare(_type_name(kind)) == bare(name))
+
+
 def named_types(metadata: MetaData) -> list[TypeUse]:
     """Enums and domains the metadata names but does not create (``create_type=False``: the team's
     migrations create them). The harness creates them for the test copies: it knows their labels and
@@ -395,8 +402,12 @@ class TeamModels:
                 tenant = target.table.schema == PLACEHOLDER_SCHEMA or (
                     target.table.schema is None and table.schema is None
                     and any(t.name == target.table.name for t in self.tenant_tables))
-                ref_owner = (anchor or owner if table.schema != PLACEHOLDER_SCHEMA else owner) if tenant \
-                    else SHARED_OWNER
+                if not tenant:
+                    ref_owner = SHARED_OWNER
+                elif anchor is not None:  # a shared table's row points at the canaries of its anchor schema
+                    ref_owner = anchor
+                else:
+                    ref_owner = owner
                 values[column.name] = canary_value(target, ref_owner, referenced, key=target.primary_key)
             else:
                 value = canary_value(column, owner, number, key=column.primary_key)

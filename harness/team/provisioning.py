@@ -23,7 +23,7 @@ from sqlalchemy.exc import CompileError, DBAPIError
 
 from harness.team import observer
 from harness.team.models import (SEQUENCE_START, SHARED_OWNER, CanaryError, TeamModels, TypeUse, named_types,
-                                 schema_sql_fixes, undescribed_types)
+                                 schema_sql_fixes, type_uses, undescribed_types)
 from harness.errors import UsageError
 from harness.tenancy.tenants import PLACEHOLDER_SCHEMA
 
@@ -154,12 +154,13 @@ def _ddl_refused(models: TeamModels, schema: str, exc: DBAPIError) -> UsageError
     what = created.group(1) if created else "one of the team's tables"
     said = _server_said(exc)
     missing = re.search(r'type "([^"]+)" does not exist', said)
-    uses = [use for use in undescribed_types(models.metadata) if missing and use.name.endswith(missing.group(1))]
-    fix = (schema_sql_fixes(uses or [TypeUse(types.NullType(), missing.group(1), ("?",))]) if missing else
+    uses = type_uses(models.metadata, missing.group(1)) if missing else []
+    fix = (schema_sql_fixes(uses or [TypeUse(types.UserDefinedType(), missing.group(1), (what,))]) if missing else
            ["the statement is the team's metadata as SQLAlchemy renders it: check that it creates on this "
             "PostgreSQL version (a server default, an index or a constraint naming a function or extension "
             "the database does not have can come from --schema-sql)"])
-    return UsageError(f"Creating the test copy {what} in {schema!r} failed: {said}.",
+    used = f" (it is {'; '.join(use.where for use in uses)})" if uses else ""
+    return UsageError(f"Creating the test copy {what} in {schema!r} failed: {said}{used}.",
                       checked=[f"statement: {' '.join(statement.split())[:300]}"], fix=fix)
 
 

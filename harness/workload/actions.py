@@ -157,9 +157,14 @@ def orm_insert(ctx: Context, session: Session) -> Outcome:
 
 def _raw_insert(ctx: Context, session: Session, qualified: bool) -> Outcome:
     new_id = ctx.new_id()
-    session.execute(text(f"INSERT INTO {_raw_table(qualified)} (id, owner, name, price) "
-                         "VALUES (:id, :owner, :name, 1)"),
-                    {"id": new_id, "owner": ctx.client.tenant, "name": f"ins:{new_id}"})
+    # Lean (the hammer): the backend comes back with the insert, so a row misplaced by a search_path
+    # another step left on that backend can be traced to that step (harness.checks.leftovers).
+    inserted = session.execute(text(f"INSERT INTO {_raw_table(qualified)} (id, owner, name, price) "
+                                    "VALUES (:id, :owner, :name, 1)"
+                                    + (" RETURNING pg_backend_pid()" if ctx.lean else "")),
+                               {"id": new_id, "owner": ctx.client.tenant, "name": f"ins:{new_id}"})
+    if ctx.lean:
+        ctx.client.lean_pid = {"pid": inserted.scalar()}
     return _inserted(ctx, new_id, f"ins:{new_id}")
 
 

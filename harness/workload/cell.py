@@ -108,6 +108,7 @@ class CellSetup:
                         setting_names=self.runner.setting_names)
         runner.ids, runner.seq = self.runner.ids, self.runner.seq
         runner.watchdog, runner.owns_watchdog = self.runner.watchdog, False  # one watchdog for the cell
+        runner.messages = self.runner.messages  # one record of the app's warnings and logs for the cell
         return runner
 
     def history(self, tenants: tuple[str, ...] | None = None, **fields: Any) -> History:

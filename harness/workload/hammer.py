@@ -177,7 +177,8 @@ def hammer(stack: Stack, tenancy: Tenancy, spec: StrategySpec, route: str, *, th
     pools = runner.pools_seen()
     for seen in thread_pools:
         pools = runner.pools_seen({tenant: pools.get(tenant, ()) + seen.get(tenant, ()) for tenant in {*pools, *seen}})
-    history = cell.history(probes=probes, pools=pools, faults=faults)
+    history = cell.history(probes=probes, pools=pools, faults=faults, messages=runner.messages.kept(),
+                           messages_not_kept=runner.messages.not_kept)
     cell.read_back(history)
     findings, flagged, cov = check_history_file(history, history_path)
     history.steps = flagged

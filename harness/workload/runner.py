@@ -29,6 +29,7 @@ from harness.team import steps as team_steps
 from harness.tenancy import drivers
 from harness.tenancy.strategy import Strategy
 from harness.workload import probe as pool_probe
+from harness.workload import step_watch
 from harness.workload.actions import ACTIONS, Context, error_seen
 from harness.workload.faults import FaultInjector
 from harness.workload.deadline import DEFAULT_STEP_DEADLINE, Slot, Watchdog
@@ -118,6 +119,9 @@ class Runner:
         self.faults = FaultInjector(stack, route)  # connects nothing until the first fault step
         #: the driver the layer's sessions used, read from the engine of the first one opened
         self.driver_used = ""
+        #: the app's warnings and log records while steps run: the cell's evidence (shared by a cell's runners)
+        self.messages = step_watch.AppMessages()
+        step_watch.install()
         self.setting_names.start()  # last: a runner that failed to start leaves no listener behind
 
     # -- program --------------------------------------------------------------------
@@ -146,6 +150,7 @@ class Runner:
             if self._bouncer_probe is not None:
                 self._bouncer_probe.close()
             history.pools = self.pools_seen(history.pools)
+            history.messages, history.messages_not_kept = self.messages.kept(), self.messages.not_kept
         return history
 
     def pools_seen(self, before: dict[str, tuple[str, ...]] | None = None) -> dict[str, tuple[str, ...]]:
@@ -172,8 +177,17 @@ class Runner:
     # -- one action -----------------------------------------------------------------
     def act(self, client: Client, r: int, request: Request, action: str) -> StepRecord:
         """Run one action of a client and record it; past the step deadline, the watchdog stops it and the
-        record says what it waited on."""
+        record says what it waited on. While it runs, the app's warnings and log records go to the cell's
+        evidence and every statement that sets session state is recorded with its backend (:mod:`step_watch`)."""
         seq = next(self.seq)
+        watch, token = step_watch.watching(self.messages, seq)
+        try:
+            record = self._deadline_act(client, r, request, action, seq)
+        finally:
+            step_watch.CURRENT.reset(token)
+        return dataclasses.replace(record, state_set=tuple(watch.state_set)) if watch.state_set else record
+
+    def _deadline_act(self, client: Client, r: int, request: Request, action: str, seq: int) -> StepRecord:
         watchdog = self.watchdog
         if watchdog is None:
             return self._act(client, r, request, action, seq)

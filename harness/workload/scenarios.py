@@ -38,7 +38,7 @@ FAULTS = FAULTS_SCENARIO
 #: gives those not at their default. Not the external backend's DSNs: they hold passwords, and the
 #: environment or pyproject.toml that gave them gives them again.
 CELL_SETTINGS = ("backend", "deployment", "driver", "pg_bindir", "pgbouncer", "postgres_image", "pgbouncer_image", "session_pool_size",
-                 "transaction_pool_size", "tenants", "decoys", "models", "actions", "step_deadline",
+                 "transaction_pool_size", "tenants", "decoys", "models", "schema_sql", "actions", "step_deadline",
                  "pgbouncer_config", "pgbouncer_set")
 #: ... and those only one scenario reads
 SCENARIO_SETTINGS = {GENERATED: ("example_db",), HAMMER: ("hammer_threads", "hammer_requests", "hammer_seconds"),
@@ -148,8 +148,8 @@ def run_scenario(ctx: CellContext, spec: StrategySpec, route: str, scenario: str
     """Run one cell and set the verdict it is required to measure."""
     result = SCENARIOS[scenario].run(ctx, spec, route)
     result.driver = spec.driver
-    facts = dataclasses.replace(ctx.stack.facts, driver=spec.driver or DEFAULT_DRIVER)
-    result.required = required_verdict(spec.name, scenario, route, gate=ctx.gate, facts=None if ctx.gate else facts)
+    facts = None if ctx.gate else dataclasses.replace(ctx.stack.facts, driver=spec.driver or DEFAULT_DRIVER)
+    result.required = required_verdict(spec.name, scenario, route, gate=ctx.gate, facts=facts)
     if ctx.replay is not None and (scenario in (GENERATED, FAULTS) or result.verdict is Verdict.FAIL or not result.as_required):
         result.replay = ctx.replay(spec, route, scenario, ctx.profile)
     return result

@@ -1,5 +1,5 @@
-"""Built-ins whose verdict depends on the deployment: the tenant bound when a connection is made, and the
-driver's defaults.
+"""Built-ins whose verdict depends on the deployment and the driver: the tenant bound when a connection is
+made, and the driver's defaults.
 
 - ``connect_event_search_path``: one engine per tenant whose pool runs ``SET search_path`` in its
   ``connect`` event (SQLAlchemy's documented recipe for a per-connection setting). Every connection the
@@ -7,13 +7,16 @@ driver's defaults.
   transaction, and later transactions of the connection may run on others: unsafe where PgBouncer does not
   keep search_path with its client (it can only from PostgreSQL 18, which reports search_path, with
   PgBouncer 1.20+ tracking it: by default from 1.26).
-- ``startup_options_search_path``: one engine per tenant whose connections carry libpq
-  ``options=-c search_path=<schema>``. PgBouncer before 1.26 refuses the startup parameter (FATAL), unless
-  it is told to track search_path; 1.26 forwards it.
-- ``translate_map_prepared``: the pinned translate map (sound) with psycopg's default
-  ``prepare_threshold`` (5): what most teams run. PgBouncer before 1.21 cannot route protocol-level
-  prepared statements in transaction mode ("prepared statement _pg3_0 already exists"); 1.21+ with
-  ``max_prepared_statements`` (default 200 from 1.24) can.
+- ``startup_options_search_path``: one engine per tenant whose connections start with ``search_path`` set:
+  libpq ``options=-c search_path=<schema>`` on psycopg and psycopg2, ``server_settings={"search_path":
+  ...}`` on asyncpg (a startup parameter of its own). PgBouncer before 1.26 refuses either (FATAL),
+  unless it is told to track search_path; 1.26 forwards it.
+- ``translate_map_prepared``: the pinned translate map (sound) with the driver's default prepares: what
+  most teams run. psycopg prepares a statement at its 5th execution on a connection, asyncpg prepares every
+  statement and keeps the named ones in its statement cache, psycopg2 never prepares. PgBouncer before
+  1.21 cannot route protocol-level prepared statements in transaction mode ("prepared statement _pg3_0
+  does not exist", "__asyncpg_stmt_1__"); 1.21+ with ``max_prepared_statements`` (default 200 from 1.24)
+  can.
 """
 
 from __future__ import annotations
