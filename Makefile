@@ -87,6 +87,7 @@ bench: setup deployments
 	$(BIN)/python bench/faults.py
 	$(BIN)/python bench/scan.py
 	$(BIN)/python bench/deployments.py
+	$(BIN)/python bench/example_drivers.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

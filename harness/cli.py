@@ -144,8 +144,8 @@ def summary(run, report: Path) -> str:
              f"{', '.join(run.routes or run.config.routes)} in {run.seconds:.0f}s (profile {run.config.profile}, "
              f"seed {'derandomized' if run.config.derandomize else run.seed})."]
     if off:
-        names = "; ".join(f"{c.strategy} x {c.route} x {c.scenario} measured {c.verdict.value}, "
-                          f"required {c.required.label}" for c in off[:8])
+        names = "; ".join(f"{f'{c.column}: ' if c.column else ''}{c.strategy} x {c.route} x {c.scenario} measured "
+                          f"{c.verdict.value}, required {c.required.label}" for c in off[:8])
         lines.append(f"{len(off)} cell(s) not as required: {names}{' ...' if len(off) > 8 else ''}.")
     if run.not_run:
         lines.append(f"Not run (neither passed nor failed): "
@@ -165,7 +165,8 @@ def cmd_report_merge(args: argparse.Namespace) -> int:
     merged = merge_results([load_shard(Path(p)) for p in args.shards])
     folder = write_report_folder(merged, report_dir)
     off = [c for c in merged["cells"] if not c["as_required"]]
-    names = "; ".join(f"{c['strategy']} x {c['route']} x {c['scenario']} measured {c['verdict']}, "
+    names = "; ".join(f"{f'{where}: ' if (where := c.get('variant') or c.get('deployment')) else ''}"
+                      f"{c['strategy']} x {c['route']} x {c['scenario']} measured {c['verdict']}, "
                       f"required {c['required']}" for c in off[:8])
     print(f"harness report merge: {headline(merged)}; {len(merged['merged_from'])} shard(s) of plan "
           f"{merged['plan'][:12]}, {len(merged['cells'])} cells."

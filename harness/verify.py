@@ -214,4 +214,15 @@ def run_verify(config: HarnessConfig, *, seed: int, scan: list[Path] | None = No
     run.cells = [results[i] for i in sorted(results)]
     run.seconds = time.monotonic() - started
     run.complete = True
+    if run.cells:
+        run.environment["drivers_used"] = drivers_used(run.cells)
     return run
+
+
+def drivers_used(cells: list[CellResult]) -> str:
+    """The drivers the layers really used (read from their engines), each with the strategies that used it."""
+    used: dict[str, dict[str, None]] = {}
+    for cell in cells:
+        used.setdefault(cell.driver_used or "none seen (no session opened)", {})[cell.strategy] = None
+    return "; ".join(f"{driver}: {', '.join(names) if len(names) <= 3 else f'{len(names)} strategies'}"
+                     for driver, names in used.items())

@@ -198,3 +198,34 @@ def test_asyncpgs_statement_cache_does_not_work_behind_pgbouncer_1_18_in_transac
     assert "does not work behind this pooler" in result.reason and "__asyncpg_stmt_" in result.reason, result.reason
     session = run_cell(stack, tenancy, spec, "session", "simultaneous_tenants", program)
     assert session.verdict is Verdict.PASS, explain(session)
+
+
+class FixedDriverLayer:
+    """A layer that ignores the driver of the URL it gets: it always runs on psycopg 3 (a hard-coded
+    drivername, as some apps have)."""
+
+    layout = "schema"
+    models = "placeholder"
+
+    def __init__(self, url):
+        from harness.tenancy.strategies.builtin import TranslateMapPinned
+
+        self.inner = TranslateMapPinned(url.set(drivername="postgresql+psycopg"))
+        self.engine = self.inner.engine
+
+    def session(self, tenant):
+        return self.inner.session(tenant)
+
+    def close(self):
+        self.inner.close()
+
+
+def test_a_cell_whose_layer_ignored_the_driver_asked_does_not_pass(stack, tenancy, harness_config):
+    from harness.workload.scenarios import CellContext, run_scenario
+
+    spec = load_strategy("test_drivers:FixedDriverLayer").on_driver("psycopg2")
+    result = run_scenario(CellContext(stack, tenancy, harness_config, seed=1, gate=True), spec, "direct",
+                          "fresh_session")
+    assert result.driver_used.startswith("psycopg "), result.driver_used
+    assert result.verdict is Verdict.INCONCLUSIVE, explain(result)
+    assert "ignored the driver" in result.reason and "asked psycopg2" in result.reason

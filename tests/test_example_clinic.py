@@ -3,8 +3,8 @@
 The clinic (FastAPI-style session dependency, psycopg2 by default, enums its migration creates, JSON
 columns, soft delete, a shared plan table) has a nightly job whose raw ``text()`` query is not rewritten
 by ``schema_translate_map``. On each driver, verify must catch it as a cross-tenant read with a minimal
-counterexample of one request holding the job step, on the driver asked for; with the query written
-through the mapped classes, every cell passes.
+counterexample of one request holding the job step, on the driver asked for; with the example's fixed
+job (clinic/jobs_fixed.py: the query through the mapped classes) in its place, every cell passes.
 """
 
 from __future__ import annotations
@@ -21,18 +21,7 @@ import pytest
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "clinic"
 JOB = "action:send_payment_reminders"
-LEAKY = '''OVERDUE = text(
-    "SELECT i.id, i.number, i.total, i.due_on, p.full_name, p.email"
-    " FROM invoice AS i JOIN patient AS p ON p.id = i.patient_id"
-    " WHERE i.status IN ('issued', 'overdue') AND i.due_on < CURRENT_DATE"
-    " AND i.deleted_at IS NULL AND p.deleted_at IS NULL"
-    " ORDER BY i.due_on, i.id")'''
-FIXED = '''OVERDUE = (
-    select(Invoice.id, Invoice.number, Invoice.total, Invoice.due_on, Patient.full_name, Patient.email)
-    .join(Patient, Patient.id == Invoice.patient_id)
-    .where(Invoice.status.in_(("issued", "overdue")), Invoice.due_on < func.current_date(),
-           Invoice.deleted_at.is_(None), Patient.deleted_at.is_(None))
-    .order_by(Invoice.due_on, Invoice.id))'''
+LEAKY = "OVERDUE = text(\n"  # the job's raw SQL, which schema_translate_map does not rewrite
 
 
 def _harness(project: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -51,15 +40,11 @@ def clinic(tmp_path: Path) -> Path:
 
 
 def _fix(project: Path) -> None:
-    """The job's query through the mapped classes: the translate map renders the clinic's schema."""
-    jobs = project / "clinic" / "jobs.py"
-    source = jobs.read_text()
-    assert LEAKY in source and "from sqlalchemy import text\n" in source
-    source = source.replace(LEAKY, FIXED).replace("from sqlalchemy import text\n",
-                                                  "from sqlalchemy import func, select\n")
-    source = source.replace("from clinic.models import Reminder\n",
-                            "from clinic.models import Invoice, Patient, Reminder\n")
-    jobs.write_text(source)
+    """Ship the example's fixed job (its query through the mapped classes) in place of the leaking one."""
+    package = project / "clinic"
+    leaky, fixed = (package / "jobs.py").read_text(), (package / "jobs_fixed.py").read_text()
+    assert LEAKY in leaky and "text(" not in fixed and "OVERDUE = (\n    select(" in fixed
+    (package / "jobs.py").write_text(fixed)
 
 
 def _verify(project: Path, driver: str, report_dir: Path) -> tuple[subprocess.CompletedProcess, dict, float]:
@@ -80,6 +65,21 @@ def _program_steps(cell: dict) -> list[list[str]]:
     """The counterexample's requests, each as its steps."""
     return [line.split(": ", 1)[1].split(", ") for line in cell["counterexample"]["program"]
             if line.startswith("client ")]
+
+
+def test_the_scan_points_at_the_jobs_query_and_passes_once_it_is_fixed(clinic):
+    scan = ("scan", "clinic", "--models", "clinic.models:Base", "--json")
+    result = _harness(clinic, *scan, timeout=120)
+    assert result.returncode == 1, result.stdout + result.stderr
+    gating = [f for f in json.loads(result.stdout)["findings"] if f["gating"]]
+    line = next(n for n, text in enumerate((clinic / "clinic" / "jobs.py").read_text().splitlines(), 1)
+                if "FROM invoice AS i JOIN patient" in text)
+    assert sorted((f["path"], f["line"], f["table"]) for f in gating) == [
+        ("clinic/jobs.py", line, "invoice"), ("clinic/jobs.py", line, "patient")], gating
+    _fix(clinic)
+    result = _harness(clinic, *scan, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert not [f for f in json.loads(result.stdout)["findings"] if f["gating"]]
 
 
 @pytest.mark.parametrize("driver", ["psycopg", "psycopg2", "asyncpg"])

@@ -135,6 +135,12 @@ def installed_drivers() -> str:
     return ", ".join(found)
 
 
+def ran_on(asked: str, used: str) -> bool:
+    """Did a layer given driver ``asked`` run on it? ``used`` is :func:`used_by`'s answer ("" when no engine
+    was seen: nothing says otherwise)."""
+    return not used or _BY_DBAPI.get(used.split()[0], used.split()[0]) == asked
+
+
 def of_url(url: URL) -> Driver:
     """The driver a URL names (a bare ``postgresql://`` is SQLAlchemy's default driver, psycopg2)."""
     return DRIVERS[_BY_DBAPI.get(url.get_driver_name(), DEFAULT_DRIVER)]

@@ -21,7 +21,7 @@ from harness.config import FAULT_PROFILES, FAULTS_SCENARIO, SETTINGS_BY_NAME, Ha
 from harness.stack import Stack
 from harness.team import steps as team_steps
 from harness.tenancy.provisioning import Tenancy
-from harness.tenancy.drivers import DEFAULT_DRIVER
+from harness.tenancy.drivers import DEFAULT_DRIVER, ran_on
 from harness.tenancy.strategy import BUILTIN_SPECS, StrategySpec
 from harness.workload.cell import CellResult, run_cell
 from harness.workload.expectations import required_verdict
@@ -148,6 +148,14 @@ def run_scenario(ctx: CellContext, spec: StrategySpec, route: str, scenario: str
     """Run one cell and set the verdict it is required to measure."""
     result = SCENARIOS[scenario].run(ctx, spec, route)
     result.driver = spec.driver
+    if spec.driver and not ran_on(spec.driver, result.driver_used):
+        # The cell is labelled with a driver its layer did not use: a pass there would be a pass on a driver
+        # nothing tried. A failure stands (the leak is real), worded with the driver it ran on.
+        ignored = (f"the layer ignored the driver its route URL named: asked {spec.driver}, its engine used "
+                   f"{result.driver_used} (build the engine from the URL the factory gets)")
+        if result.verdict is not Verdict.FAIL:
+            result.verdict = Verdict.INCONCLUSIVE
+        result.reason = f"{ignored}; {result.reason}"
     facts = None if ctx.gate else dataclasses.replace(ctx.stack.facts, driver=spec.driver or DEFAULT_DRIVER)
     result.required = required_verdict(spec.name, scenario, route, gate=ctx.gate, facts=facts)
     if ctx.replay is not None and (scenario in (GENERATED, FAULTS) or result.verdict is Verdict.FAIL or not result.as_required):
