@@ -58,6 +58,18 @@ def test_prepared_statement_errors_behind_a_pooler_mean_the_layer_does_not_work_
     assert "__asyncpg_stmt_3__" in judged.reason
 
 
+def test_a_missing_relation_of_a_style_that_does_not_gate_leaves_the_pooler_verdict_standing():
+    """translate_map's qualified raw SQL fails with relation "tenant.product" does not exist wherever it runs
+    (a context_lost that does not gate for a layer relying on unqualified raw SQL): not an error that stops
+    the run, so the prepared-statement errors beside it still say the layer does not work behind the pooler."""
+    history = _history("transaction", PREPARED)
+    history.steps.append(StepRecord(9, 0, 0, "acme", "raw_select_qualified", style="raw_qualified", pid=11,
+                                    error=ErrorSeen("42P01", "UndefinedTableError",
+                                                    'relation "tenant.product" does not exist')))
+    judged = verdict(check_history(history), coverage(history))
+    assert judged.verdict is Verdict.CANNOT_RUN, judged
+
+
 @pytest.mark.parametrize("route, errors", [
     ("direct", (PREPARED,)),  # no pooler moved the client: an error like any other
     ("transaction", (PREPARED, ErrorSeen("22012", "DivisionByZero", "division by zero"))),  # another error too

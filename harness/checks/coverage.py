@@ -11,6 +11,7 @@ import dataclasses
 from harness.checks.history import History, StepRecord
 from harness.checks.faults import fault_counts
 from harness.checks.steps import is_fault
+from harness.checks.isolation import INSUFFICIENT_PRIVILEGE, UNDEFINED_TABLE
 from harness.checks.refusals import (ABORTED_TRANSACTION, is_connection_refusal, is_name_refusal,
                                      is_prepared_statement_error, server_message)
 
@@ -73,6 +74,9 @@ class CoverageCounter:
         self.pooled = True  # the route goes through a pooler (coverage() reads it off the history)
         self.prepared: list[str] = []  # prepared-statement errors: the first's words, then a count
         self.prepared_count = 0
+        #: failures that are neither a refusal, nor the pooler's, nor a finding kind of their own (a missing
+        #: relation is context_lost, judged by its style): one of these and the pooler is not all there is
+        self.unexplained = 0
 
     def feed(self, step: StepRecord) -> None:
         self.steps += 1
@@ -101,6 +105,7 @@ class CoverageCounter:
                 pass
             else:
                 self.other_errors += 1
+                self.unexplained += step.error.sqlstate not in (UNDEFINED_TABLE, INSUFFICIENT_PRIVILEGE)
 
     def _separate_pools(self) -> bool:
         served = [t for t in self.tenants if t not in self.refused]
@@ -122,7 +127,7 @@ class CoverageCounter:
                         separate_pools=self._separate_pools(), connection_refused=refused_connection,
                         refused_tenants=tuple(self.refused), faults=tuple(sorted(self.faults.items())),
                         pooler_broke=(f"{self.prepared_count} prepared-statement error(s), the first: "
-                                      f"{self.prepared[0]}" if self.prepared_count and not self.other_errors else ""),
+                                      f"{self.prepared[0]}" if self.prepared_count and not self.unexplained else ""),
                         pooled=self.pooled)
 
 

@@ -47,7 +47,8 @@ def is_prepared_statement_error(error: ErrorSeen) -> bool:
     """A driver's prepared statement was not where it was prepared (or a same-named one was): asyncpg also
     meets another statement under its name ("bind message supplies 1 parameters, but prepared statement
     ... requires 2")."""
-    return error.sqlstate in PREPARED_STATEMENT_SQLSTATES or "prepared statement" in error.message
+    return (error.sqlstate in PREPARED_STATEMENT_SQLSTATES or "prepared statement" in error.message
+            or error.type == "InvalidCachedStatementError" or "cached plan must not change result type" in error.message)
 
 
 def is_name_refusal(step: StepRecord) -> bool:
