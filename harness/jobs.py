@@ -39,7 +39,7 @@ from harness.config import (REPEATABLE, SETTINGS_BY_NAME, VERIFY_SETTINGS, Harne
 from harness.errors import HarnessError, UsageError
 from harness.stack import Missing, Stack, signals, start_stack
 from harness.team import Team, load_team
-from harness.tenancy.drivers import DEFAULT_DRIVER, installed_drivers
+from harness.tenancy.drivers import DEFAULT_DRIVER, driver, installed_drivers
 from harness.tenancy.provisioning import Tenancy
 from harness.tenancy.strategy import StrategySpec, load_strategy
 from harness.tenancy.tenants import HOSTILE_TENANTS, tenant_set
@@ -147,7 +147,8 @@ def _not_run(stack: Stack, config: HarnessConfig, specs: list[StrategySpec],
               for spec in specs if spec.spec in layouts and layouts[spec.spec] not in stack.layouts]
     items += [{"what": what, "reason": reason} for what, reason in stack.missing(Missing.CHECK).items()]
     items += [{"what": f"strategy {spec.name} on driver {name}",
-               "reason": f"the layer declares the drivers it runs on: {', '.join(spec.drivers or ())}"}
+               "reason": f"the layer declares the drivers it runs on: {', '.join(spec.drivers or ())}"
+                         + ("" if driver(name).asynchronous else f" ({name} has no asyncio support)")}
               for spec in specs for name in (config.drivers or (config.driver,)) if not spec.runs_on(name)]
     return items
 

@@ -241,3 +241,18 @@ def test_a_cell_whose_layer_ignored_the_driver_asked_does_not_pass(stack, tenanc
     assert result.driver_used.startswith("psycopg "), result.driver_used
     assert result.verdict is Verdict.INCONCLUSIVE, explain(result)
     assert "ignored the driver" in result.reason and "asked psycopg2" in result.reason
+
+
+def test_the_hammer_probes_the_pools_of_an_async_layers_threads(stack, tenancy, harness_config, tmp_path):
+    """An async layer runs one instance per hammer thread (an event loop each): the pollution a thread's
+    requests leave on its own pool is read before that instance closes (on asyncpg every built-in is one)."""
+    import dataclasses
+
+    from harness.workload.scenarios import CellContext, run_scenario
+
+    config = dataclasses.replace(harness_config, report_dir=tmp_path, hammer_requests=120, hammer_seconds=5.0)
+    ctx = CellContext(stack, tenancy, config, seed=1234, gate=True)
+    result = run_scenario(ctx, load_strategy("search_path_restore").on_driver("asyncpg"), "direct", "hammer")
+    assert result.verdict is Verdict.FAIL, explain(result)
+    assert result.coverage.probed_connections > 0 and result.figures["pool_checkouts"] > 0, result.figures
+    assert any(f.kind == "pool_pollution" and "engine" in f.explanation for f in result.findings), explain(result)

@@ -223,5 +223,5 @@ def test_cannot_run_shows_in_results_json_junit_the_page_and_the_terminal_matrix
     failure = [c.find("failure") for c in ET.parse(folder / "junit.xml").getroot().findall("testcase")]
     assert [f.get("message") for f in failure if f is not None] == ["measured cannot_run, required pass"]
     html = (folder / "index.html").read_text()
-    assert 'class="mark cannot_run notreq"' in html and "cannot run (every connection" in html
+    assert 'class="mark cannot_run notreq"' in html and "cannot run (the layer does not work on that route: every connection" in html
     assert verdict_matrix(cells)[1].split()[2:] == ["pass", "cannot", "run*"]

@@ -108,20 +108,24 @@ def hammer(stack: Stack, tenancy: Tenancy, spec: StrategySpec, route: str, *, th
     steps = team_steps.weighted(drawable(hammer=True, layout=strategy.layout),
                                 drawable(hammer=True, layout=strategy.layout, team=team_steps.step_names(cell.team)))
     checkouts = [0]
-    if strategy.engine is not None:
-        event.listen(getattr(strategy.engine, "sync_engine", strategy.engine), "checkout",
-                     lambda *args: checkouts.__setitem__(0, checkouts[0] + 1))
     issued = [0]
     lock = threading.Lock()
     deadline = time.monotonic() + max_seconds
     failures: list[BaseException] = []
     buffers: dict[int, list[str]] = {}  # each thread's lines not yet written, kept for a thread given up on
     thread_pools: list[dict[str, tuple[str, ...]]] = []  # the pools seen by an async layer's per-thread instances
+    thread_probes: list = []  # their engines' probes, read as each thread ends (their engines close with them)
+
+    def count_checkouts(engine) -> None:
+        event.listen(getattr(engine, "sync_engine", engine), "checkout",
+                     lambda *args: checkouts.__setitem__(0, checkouts[0] + 1))
 
     def worker(index: int) -> None:
         rng = random.Random(seed * 1000 + index)
         # An async layer gets an event loop per thread (several loops on threads), and so an instance per thread.
         mine = cell.runner_for_thread() if strategy.is_async else runner
+        if mine is not runner and mine.strategy.engine is not None:
+            count_checkouts(mine.strategy.engine)
         client = Client(index, loop=mine.loop() if strategy.is_async else None)
         lines = buffers[index] = []
         try:
@@ -141,8 +145,15 @@ def hammer(stack: Stack, tenancy: Tenancy, spec: StrategySpec, route: str, *, th
             mine._end(client)
             if mine is not runner:
                 thread_pools.append(mine.pools_seen())
-                mine.close_strategy()
+                try:
+                    # What this thread's own pool keeps, read before its engine closes with it (PgBouncer's
+                    # servers are read once, after every thread has ended).
+                    thread_probes.extend(mine.probe(after_step=0, bouncer=False))
+                finally:
+                    mine.close_strategy()
 
+    if strategy.engine is not None:
+        count_checkouts(strategy.engine)
     started = time.monotonic()
     workers = [threading.Thread(target=worker, args=(i,), name=f"hammer-{i}", daemon=True) for i in range(threads)]
     for thread in workers:
@@ -167,7 +178,7 @@ def hammer(stack: Stack, tenancy: Tenancy, spec: StrategySpec, route: str, *, th
         out.flush([json.dumps(step_to_json(record), ensure_ascii=False) for record in runner.watchdog.in_flight(
             f"the hammer gave up on its thread after {grace:.0f} s")])
     try:
-        probes = runner.probe(after_step=0)
+        probes = runner.probe(after_step=0) + thread_probes
     finally:
         runner.close_strategy()
         out.close()

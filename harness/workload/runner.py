@@ -351,7 +351,8 @@ class Runner:
         return {"pid": pid, "search_path": path, "user": user}
 
     # -- pool probe -------------------------------------------------------------------
-    def probe(self, after_step: int) -> list[ProbeRecord]:
+    def probe(self, after_step: int, bouncer: bool = True) -> list[ProbeRecord]:
+        """Read the state the route's PgBouncer servers (``bouncer``) and the layer's own pools keep."""
         records = []
         settings = self.strategy.settings
         try:
@@ -363,7 +364,7 @@ class Runner:
             records.append(ProbeRecord(next(self.seq), after_step, "pristine", (),
                                        error=f"reading a fresh connection failed: {type(exc).__name__}: {exc}"))
         names = read_in_catalog + tuple(self.setting_names.names)
-        if self.route in self.stack.bouncers:
+        if bouncer and self.route in self.stack.bouncers:
             try:
                 if self._bouncer_probe is None:
                     self._bouncer_probe = pool_probe.PgBouncerProbe(self.stack, self.route, settings, self.url)
