@@ -104,11 +104,15 @@ class PartialResults:
     cells when the run stops early: what a late failure cannot take away."""
 
     INTERVAL = 1.0
+    #: at most this share of the parent's time goes to rewriting: a run of a thousand cells has a results.json
+    #: of megabytes, and a parent that rewrites it after every cell leaves its workers' results waiting
+    SHARE = 0.1
 
     def __init__(self, report_dir: Path):
         self.report_dir = report_dir
         self.run = None
         self.written = 0.0
+        self.interval = self.INTERVAL
 
     def update(self, run) -> None:
         from harness.report.results import results_json
@@ -116,9 +120,10 @@ class PartialResults:
 
         self.run = run
         now = time.monotonic()
-        if now - self.written >= self.INTERVAL:
-            self.written = now
+        if now - self.written >= self.interval:
             write_partial_results(results_json(run), self.report_dir)
+            self.written = time.monotonic()
+            self.interval = max(self.INTERVAL, (self.written - now) / self.SHARE)
 
     def keep(self) -> None:
         from harness.report import write_report

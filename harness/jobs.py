@@ -258,6 +258,11 @@ def _worker(config: HarnessConfig, spec_names: list[str], seed: int, gate: bool,
             results.put(("error", exc))
         else:
             results.put(("error", RuntimeError(f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}")))
+    # From here on the process only exits, and exiting flushes what it put into the queue: a signal now (a
+    # timeout killing the process group) would cut a message in half in the pipe, and the parent, reading
+    # it, would wait for the rest for ever.
+    for ignored in (signal.SIGINT, *signals.HANDLED):
+        signal.signal(ignored, signal.SIG_IGN)
     results.put(("done", os.getpid()))
 
 

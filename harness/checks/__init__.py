@@ -76,6 +76,7 @@ def check_history_file(history: History, path: Path) -> tuple[list[Finding], lis
     steps = HistoryFileSteps(path)
     counter = CoverageCounter()
     counter.pooled = history.route != "direct"
+    counter.under_faults = bool(history.faults)
     findings: list[Finding] = []
     flagged: list[StepRecord] = []
     streaming = [c for c in CHECKS if c.streams]

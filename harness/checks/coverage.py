@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 
 from harness.checks.history import History, StepRecord
-from harness.checks.faults import fault_counts
+from harness.checks.faults import fault_counts, is_fault_error
 from harness.checks.steps import is_fault
 from harness.checks.isolation import INSUFFICIENT_PRIVILEGE, UNDEFINED_TABLE
 from harness.checks.refusals import (ABORTED_TRANSACTION, is_connection_refusal, is_name_refusal,
@@ -72,6 +72,7 @@ class CoverageCounter:
         self.refused: dict[str, None] = {}  # tenant names the layer refused, in order
         self.faults: dict[str, int] = {}  # faults injected, by kind
         self.pooled = True  # the route goes through a pooler (coverage() reads it off the history)
+        self.under_faults = False  # the cell injects faults: a broken connection is a fault's doing
         self.prepared: list[str] = []  # prepared-statement errors: the first's words, then a count
         self.prepared_count = 0
         #: failures that are neither a refusal, nor the pooler's, nor a finding kind of their own (a missing
@@ -105,7 +106,8 @@ class CoverageCounter:
                 pass
             else:
                 self.other_errors += 1
-                self.unexplained += step.error.sqlstate not in (UNDEFINED_TABLE, INSUFFICIENT_PRIVILEGE)
+                self.unexplained += (step.error.sqlstate not in (UNDEFINED_TABLE, INSUFFICIENT_PRIVILEGE)
+                                     and not (self.under_faults and is_fault_error(step.error)))
 
     def _separate_pools(self) -> bool:
         served = [t for t in self.tenants if t not in self.refused]
@@ -134,6 +136,7 @@ class CoverageCounter:
 def coverage(history: History) -> Coverage:
     counter = CoverageCounter()
     counter.pooled = history.route != "direct"
+    counter.under_faults = bool(history.faults)
     for step in history.steps:
         counter.feed(step)
     counter.probed = sum(len(p.states) for p in history.probes)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import sys
 import uuid
 from typing import Any, Callable, Iterator
 
@@ -147,23 +148,16 @@ def of_url(url: URL) -> Driver:
 
 
 def used_by(engine: Any) -> str:
-    """The driver an engine (sync or async) really uses, as SQLAlchemy names it, with its version
-    (e.g. ``asyncpg 0.30.0``); "" for something that is not an engine."""
-    sync = getattr(engine, "sync_engine", engine)
-    dialect = getattr(sync, "dialect", None)
+    """The driver an engine (sync or async) really uses, as SQLAlchemy names it, with the version of the
+    driver's module (e.g. ``asyncpg 0.30.0``); "" for something that is not an engine."""
+    dialect = getattr(getattr(engine, "sync_engine", engine), "dialect", None)
     if dialect is None:
         return ""
     name = getattr(dialect, "driver", "") or ""
-    module = getattr(dialect, "dbapi", None) or getattr(dialect, "loaded_dbapi", None)
-    version = getattr(module, "__version__", "") or ""
-    if name.startswith("asyncpg") or name == "asyncpg":
-        try:
-            import asyncpg
-
-            version = asyncpg.__version__
-        except ImportError:  # pragma: no cover - an engine on asyncpg imported it
-            pass
-    return f"{name} {version.split()[0]}" if version else name
+    known = DRIVERS.get(_BY_DBAPI.get(name, ""))
+    module = sys.modules.get(known.module) if known is not None else None
+    version = str(getattr(module, "__version__", "") or "").split()
+    return f"{name} {version[0]}" if version else name
 
 
 # -- engines and sessions for the built-ins -----------------------------------------------------------------
