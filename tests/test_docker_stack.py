@@ -238,6 +238,7 @@ def test_named_scenarios_give_the_same_verdicts_on_native_and_docker_on_every_de
     differ = {cell: (v, matrices["docker"].get(cell)) for cell, v in matrices["native"].items()
               if matrices["docker"].get(cell) != v}
     assert not differ, differ
-    # every kind of verdict the built-ins measure: a leak, a layer PgBouncer refuses
-    # (startup_options_search_path before sid), prepared-statement errors (translate_map_prepared, bookworm)
-    assert set(matrices["native"].values()) == {"pass", "fail", "cannot_run", "inconclusive"}
+    # every kind of verdict the built-ins measure on named scenarios: a leak, a layer PgBouncer refuses
+    # (startup_options_search_path before sid) or breaks (translate_map_prepared's prepared statements,
+    # bookworm): cannot_run; none is inconclusive
+    assert set(matrices["native"].values()) == {"pass", "fail", "cannot_run"}
