@@ -105,3 +105,23 @@ def test_results_are_written_as_cells_finish_and_kept_when_the_run_stops_early(t
     # (the signal may land between cell 2's progress line and its results: at least cell 1 is kept)
     assert kept["complete"] is False and kept["verdict"] == "fail" and 1 <= len(kept["cells"]) < 10
     assert "INCOMPLETE" in (reports / "latest" / "index.html").read_text()
+
+
+def test_results_json_is_rewritten_at_most_a_tenth_of_the_time(monkeypatch, tmp_path):
+    """A run of a thousand cells has a results.json of megabytes: the parent must not spend its time
+    rewriting it after every cell while its workers' results wait."""
+    import time as clock
+
+    from harness import cli
+    from harness.report import results, writer
+
+    writes = []
+    monkeypatch.setattr(results, "results_json", lambda run: {"run": run})
+    monkeypatch.setattr(writer, "write_partial_results", lambda data, folder: (clock.sleep(0.2), writes.append(data)))
+    partial = cli.PartialResults(tmp_path)
+    partial.INTERVAL = 0.01
+    started = clock.monotonic()
+    while clock.monotonic() - started < 1.5:
+        partial.update(object())
+    # each write takes 0.2 s: the next waits 2 s, so 1.5 s of updates write once
+    assert len(writes) == 1 and partial.interval >= 2.0
