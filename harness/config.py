@@ -461,6 +461,11 @@ def resolve_config(
         refuse_pgbouncer_settings_on_external(config)
     check_deployments(config)
     check_drivers(config)
+    if config.schema_sql is not None and not config.models:
+        raise UsageError(f"--schema-sql {config.schema_sql}: the file prepares the test copies of --models, "
+                         "and no --models is given: it would not be read.",
+                         fix=["give --models package.module:Base (your declarative Base) with it",
+                              "or drop --schema-sql (HARNESS_SCHEMA_SQL, [tool.harness] schema_sql)"])
     if config.profile not in PROFILE_NAMES:
         raise UsageError(f"Unknown profile {config.profile!r}.", fix=[f"use one of: {', '.join(PROFILE_NAMES)}"])
     unknown_routes = [r for r in config.routes if r not in ROUTE_NAMES]

@@ -256,3 +256,10 @@ def test_the_hammer_probes_the_pools_of_an_async_layers_threads(stack, tenancy, 
     assert result.verdict is Verdict.FAIL, explain(result)
     assert result.coverage.probed_connections > 0 and result.figures["pool_checkouts"] > 0, result.figures
     assert any(f.kind == "pool_pollution" and "engine" in f.explanation for f in result.findings), explain(result)
+
+
+def test_schema_sql_without_models_is_refused_rather_than_ignored(tmp_path):
+    (tmp_path / "types.sql").write_text("CREATE DOMAIN email AS text")
+    with pytest.raises(UsageError) as caught:
+        resolve_config(cli={"schema_sql": str(tmp_path / "types.sql")}, env={}, cwd=tmp_path)
+    assert "--models" in str(caught.value) and "would not be read" in str(caught.value)

@@ -95,7 +95,7 @@ def test_a_type_the_metadata_cannot_describe_is_refused_naming_it_its_columns_an
 
 
 def test_schema_sql_is_a_setting_of_the_command_line_environment_and_pyproject(tmp_path):
-    (tmp_path / "pyproject.toml").write_text('[tool.harness]\nschema_sql = "db/types.sql"\n')
+    (tmp_path / "pyproject.toml").write_text('[tool.harness]\nschema_sql = "db/types.sql"\nmodels = "app:Base"\n')
     assert resolve_config({}, env={}, cwd=tmp_path).schema_sql == tmp_path / "db" / "types.sql"
     assert resolve_config({}, env={"HARNESS_SCHEMA_SQL": "x.sql"}, cwd=tmp_path).schema_sql == tmp_path / "x.sql"
     assert resolve_config({"schema_sql": "/abs/y.sql"}, env={}, cwd=tmp_path).schema_sql.as_posix() == "/abs/y.sql"
