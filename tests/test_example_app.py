@@ -9,31 +9,24 @@ counterexample that contains it, and fixing the query must make both pass.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "shop"
+from example_projects import copy_example, run_harness
+
 UNQUALIFIED = 'text("SELECT coalesce(sum(total), 0) FROM invoice")'
 FIXED = "select(func.coalesce(func.sum(Invoice.total), 0))"
 
 
 def _harness(project: Path, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
-    """`harness ...` from the project's root, without PYTHONPATH: the project's modules import as pytest's would."""
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",) and not k.startswith("HARNESS_")}
-    return subprocess.run([sys.executable, "-m", "harness", *args], cwd=project, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return run_harness(project, *args, timeout=timeout)
 
 
 @pytest.fixture
 def shop(tmp_path: Path) -> Path:
-    project = tmp_path / "shop"
-    shutil.copytree(EXAMPLE, project, ignore=shutil.ignore_patterns("__pycache__", "reports", ".hypothesis"))
-    return project
+    return copy_example("shop", tmp_path)
 
 
 def _fix(project: Path) -> None:

@@ -10,33 +10,26 @@ job (clinic/jobs_fixed.py: the query through the mapped classes) in its place, e
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "clinic"
+from example_projects import copy_example, run_harness
+
 JOB = "action:send_payment_reminders"
 LEAKY = "OVERDUE = text(\n"  # the job's raw SQL, which schema_translate_map does not rewrite
 
 
 def _harness(project: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    """`harness ...` from the example's root, as its team runs it (its settings from its pyproject.toml)."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("PYTHONPATH", "DATABASE_URL") and not k.startswith("HARNESS_")}
-    return subprocess.run([sys.executable, "-m", "harness", *args], cwd=project, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    """`harness ...` from the example's root; its DATABASE_URL comes from its [tool.harness.env]."""
+    return run_harness(project, *args, timeout=timeout, drop=("DATABASE_URL",))
 
 
 @pytest.fixture
 def clinic(tmp_path: Path) -> Path:
-    project = tmp_path / "clinic"
-    shutil.copytree(EXAMPLE, project, ignore=shutil.ignore_patterns("__pycache__", "reports", ".hypothesis"))
-    return project
+    return copy_example("clinic", tmp_path)
 
 
 def _fix(project: Path) -> None:

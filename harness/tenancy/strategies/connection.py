@@ -26,12 +26,17 @@ from typing import Any
 from sqlalchemy import event
 from sqlalchemy.engine import URL
 
-from harness.tenancy.drivers import close_engine, is_async, make_engine, of_url, open_session
+from harness.tenancy.drivers import close_engine, make_engine, of_url, open_session
 from harness.tenancy.strategies.builtin import TranslateMapPinned, _engine
 
 
 def _quoted(tenant: str) -> str:
     return '"' + tenant.replace('"', '""') + '"'
+
+
+async def _all(closing: list) -> None:
+    for coroutine in closing:
+        await coroutine
 
 
 class _EnginePerTenant:
@@ -54,17 +59,11 @@ class _EnginePerTenant:
             self.engines[tenant] = self.make_engine(tenant)
         return open_session(self.engines[tenant])
 
-    async def _close_async(self, engines: list[Any]) -> None:
-        for engine in engines:
-            await engine.dispose()
-
     def close(self):
-        engines = list(self.engines.values())
-        for engine in engines:
-            if not is_async(engine):
-                close_engine(engine)
-        waiting = [engine for engine in engines if is_async(engine)]
-        return self._close_async(waiting) if waiting else None
+        """Dispose of every tenant's engine: a coroutine when they are async (one driver, one kind)."""
+        closing = [close_engine(engine) for engine in self.engines.values()]
+        waiting = [c for c in closing if c is not None]
+        return _all(waiting) if waiting else None
 
 
 class ConnectEventSearchPath(_EnginePerTenant):
