@@ -11,6 +11,8 @@ prepared-statement errors into that verdict is tested on canned histories first.
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -127,6 +129,63 @@ def test_an_error_keeps_its_sqlstate_the_drivers_type_and_its_words(stack, drive
 @pytest.mark.parametrize("driver", DRIVERS)
 def test_a_terminated_backend_is_an_error_of_the_fault_family(stack, driver):
     error = error_seen(_execute(_on(stack.url("direct"), driver), "SELECT pg_terminate_backend(pg_backend_pid())"))
+    assert is_fault_error(error), error
+
+
+def _cut(driver_connection) -> None:
+    """Cut a driver connection's socket under it, as a network fault does: no message from the server, the
+    next read finds the connection closed."""
+    transport = getattr(driver_connection, "_transport", None)  # asyncpg
+    if transport is not None:
+        transport.get_extra_info("socket").shutdown(socket.SHUT_RDWR)
+        return
+    with socket.socket(fileno=os.dup(driver_connection.fileno())) as raw:
+        raw.shutdown(socket.SHUT_RDWR)
+
+
+def _broken_during_rollback(url) -> BaseException:
+    """A statement fails on purpose (division by zero), the connection is cut, and the rollback meets the
+    broken connection: what the rollback raised."""
+    if url.get_dialect().is_async:
+        async def run() -> BaseException:
+            engine = create_async_engine(url)
+            try:
+                async with engine.connect() as conn:
+                    driver_connection = (await conn.get_raw_connection()).driver_connection
+                    try:
+                        await conn.execute(text("SELECT 1 / 0"))
+                    except DBAPIError:  # rolled back inside the handler, as fail_and_rollback does
+                        _cut(driver_connection)
+                        try:
+                            await conn.rollback()
+                        except DBAPIError as exc:
+                            return exc
+            finally:
+                await engine.dispose()
+            raise AssertionError("the rollback did not fail")
+        return asyncio.run(run())
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            try:
+                conn.execute(text("SELECT 1 / 0"))
+            except DBAPIError:  # rolled back inside the handler, as fail_and_rollback does
+                _cut(conn.connection.driver_connection)
+                try:
+                    conn.rollback()
+                except DBAPIError as exc:
+                    return exc
+    finally:
+        engine.dispose()
+    raise AssertionError("the rollback did not fail")
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_a_connection_broken_during_a_rollback_is_not_the_error_being_rolled_back(stack, driver):
+    """The rollback's error is raised while the division by zero is handled (its ``__context__``); it must
+    keep its own nature (a broken connection, of the fault family), not take 22012 from the error before it."""
+    error = error_seen(_broken_during_rollback(_on(stack.url("direct"), driver)))
+    assert error.sqlstate != "22012", error
     assert is_fault_error(error), error
 
 

@@ -231,7 +231,11 @@ def close_engine(engine: Any):
 # -- what the harness reads of the layer's connections -----------------------------------------------------
 def sqlstate_of(exc: BaseException | None) -> str | None:
     """The SQLSTATE of a driver error (psycopg's ``sqlstate``, psycopg2's ``pgcode``, asyncpg's ``sqlstate``,
-    also through SQLAlchemy's asyncpg adapter, whose error wraps asyncpg's as its cause)."""
+    also through SQLAlchemy's asyncpg adapter, whose error wraps asyncpg's as its cause).
+
+    Only what an error wraps is followed (``orig``, ``__cause__``), never the error that was being handled
+    when it was raised (``__context__``): a connection that broke during the rollback of a deliberate
+    division by zero is a broken connection, not a 22012."""
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
@@ -239,7 +243,7 @@ def sqlstate_of(exc: BaseException | None) -> str | None:
             value = getattr(exc, attribute, None)
             if isinstance(value, str) and len(value) == 5:
                 return value
-        exc = exc.__cause__ or getattr(exc, "orig", None) or exc.__context__
+        exc = getattr(exc, "orig", None) or exc.__cause__
     return None
 
 
