@@ -104,7 +104,7 @@ EXPECTED_TOGETHER: dict[str, set[tuple[str, int]]] = {
                            ("search-path-function-call", 18)},
     "helper_calls/views.py": {("search-path-function-call", 8), ("search-path-function-call", 13),
                               ("search-path-function-call", 15)},
-    "migrations/versions/0001_tenant_tables.py": {("set-search-path-sql", 7), ("unqualified-tenant-table", 8)},
+    "migrations/versions/0001_tenant_tables.py": {("set-search-path-sql", 7), ("unqualified-after-set-search-path", 8)},
     "scripts/backfill.py": {("set-search-path-sql", 6)},
 }
 
@@ -450,7 +450,7 @@ def test_the_report_folder_holds_scan_sarif_and_the_html_links_the_findings(tmp_
     results = json.loads((folder / "results.json").read_text())
     scan = results["scan"]
     assert set(scan) == {"paths", "findings", "not_scanned", "files", "base", "tenant_tables", "tables_from"}
-    assert set(scan["findings"][0]) == {"path", "line", "rule", "message", "snippet", "tag", "gating", "table"}
+    assert set(scan["findings"][0]) == {"path", "line", "rule", "message", "snippet", "tag", "gating", "table", "cites"}
     assert [n["path"].endswith("py2.py") for n in scan["not_scanned"]] == [True]
     jsonschema.validate(json.loads((folder / "scan.sarif").read_text()), SARIF_SCHEMA)
     html = (folder / "index.html").read_text()
@@ -486,7 +486,7 @@ def test_main_json_prints_the_results_scan_value(capsys: pytest.CaptureFixture[s
     assert main([str(FIXTURES / "legacy_set_config.py"), "--json"]) == 1
     data = json.loads(capsys.readouterr().out)
     assert [(d["rule"], d["line"]) for d in data["findings"]] == [("set-config-search-path", n) for n in (8, 12, 16)]
-    assert set(data["findings"][0]) == {"path", "line", "rule", "message", "snippet", "tag", "gating", "table"}
+    assert set(data["findings"][0]) == {"path", "line", "rule", "message", "snippet", "tag", "gating", "table", "cites"}
     assert data["paths"] == [str(FIXTURES / "legacy_set_config.py")] and data["files"] == 1
     assert data["not_scanned"] == []
 

@@ -53,6 +53,11 @@ RULES: dict[str, Rule] = {rule.id: rule for rule in (
          "raw SQL names the tenant table {table} without a schema, so it reads whatever schema the pooled "
          "connection's search_path points at; qualify it with the tenant's schema or run the query through "
          "the mapped table."),
+    Rule("unqualified-after-set-search-path", "raw SQL relies on a session SET search_path",
+         "raw SQL names the tenant table {table} without a schema and relies on the SET search_path at {where}: "
+         "it breaks (\"relation does not exist\") or reads another tenant's rows once that is removed or the "
+         "pooled connection carries someone else's search_path; qualify it with the tenant's schema or run the "
+         "query through the mapped table."),
     Rule("model-missing-placeholder", "a mapped class without the tenant placeholder",
          "mapped class {name} (table {table}) has no schema while its siblings use the '{schema}' placeholder, "
          "so the translate map never reaches it and it follows search_path; give it "
@@ -79,6 +84,8 @@ class ScanFinding:
     tag: str = "app"
     gating: bool = True
     table: str | None = None
+    #: "path:line" of what the finding depends on: the def a call reaches, the SET a query relies on
+    cites: str | None = None
 
 
 @dataclass(frozen=True)

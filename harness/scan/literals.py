@@ -31,9 +31,12 @@ _STRING_START = re.compile(r"([rRbBuUfFtT]{0,2})('''|\"\"\"|'|\")")
 
 
 class Names(Protocol):
-    """The string names in scope: ``get(name)`` is what the name is bound to, or None."""
+    """The names in scope: ``value(name)`` is what a name is bound to (a string, a dict literal, or
+    something else), ``attribute(receiver, name)`` a class constant (``self.SQL``, ``Repo.SQL``)."""
 
-    def get(self, name: str) -> SqlText | None: ...
+    def value(self, name: str) -> object: ...
+
+    def attribute(self, receiver: str, name: str) -> object: ...
 
 
 def split_lines(source: str) -> list[str]:
@@ -123,8 +126,22 @@ class Resolver:
                     + (right or SqlText.unknown(getattr(node.right, "lineno", node.lineno))))
         if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mod):
             return self.resolve(node.left, names)  # the %-template carries the SQL
+        if names is None:
+            return None
         if isinstance(node, ast.Name):
-            return None if names is None else names.get(node.id)
+            return _string(names.value(node.id))
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+            return _string(names.attribute(node.value.id, node.attr))
+        if isinstance(node, ast.Subscript):  # QUERIES["report"], self.QUERIES["report"]
+            key = node.slice
+            mapping = (names.value(node.value.id) if isinstance(node.value, ast.Name) else
+                       names.attribute(node.value.value.id, node.value.attr)
+                       if isinstance(node.value, ast.Attribute) and isinstance(node.value.value, ast.Name) else None)
+            if isinstance(mapping, ast.Dict) and isinstance(key, ast.Constant):
+                item = next((v for k, v in zip(mapping.keys, mapping.values)
+                             if isinstance(k, ast.Constant) and k.value == key.value), None)
+                return None if item is None else self.resolve(item, names)
+            return None
         if isinstance(node, ast.Call):
             name = call_name(node)
             if name == "format" and isinstance(node.func, ast.Attribute):
@@ -204,6 +221,10 @@ class Resolver:
             return lines[first].encode()[node.col_offset:node.end_col_offset].decode(errors="replace")
         return (lines[first].encode()[node.col_offset:].decode(errors="replace") + "".join(lines[first + 1:last])
                 + lines[last].encode()[:node.end_col_offset].decode(errors="replace"))
+
+
+def _string(value: object) -> SqlText | None:
+    return value if isinstance(value, SqlText) else None
 
 
 def joined_text(node: ast.JoinedStr) -> str:

@@ -57,6 +57,11 @@ def sarif_log(scan: dict[str, Any]) -> dict[str, Any]:
             result["ruleIndex"] = rule_ids.index(finding["rule"])
         if finding.get("table"):
             result["properties"]["table"] = finding["table"]
+        cited_path, _, cited_line = (finding.get("cites") or "").rpartition(":")
+        if cited_path and cited_line.isdigit():  # the def a call reaches, the SET a query relies on
+            related = _location(cited_path, int(cited_line))
+            related.update(id=0, message={"text": "cited by this finding"})
+            result["relatedLocations"] = [related]
         results.append(result)
     notifications = [{"level": "warning", "message": {"text": f"not scanned: {item['reason']}"},
                       "locations": [_location(item["path"], 1)]} for item in scan.get("not_scanned", [])]

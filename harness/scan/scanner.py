@@ -27,7 +27,8 @@ from harness.scan.models import TenantModels, load_metadata, metadata_schemas, r
 from harness.scan.sarif import write_sarif
 from harness.scan.syntax import Unreadable, parse_module
 from harness.scan.tags import Tags
-from harness.scan.visitor import ModuleReport, ModuleScan
+from harness.scan.calls import Project, Target, module_names
+from harness.scan.visitor import CallSite, ModuleReport, ModuleScan
 
 __all__ = ["ScanFinding", "NotScanned", "ScanResult", "main", "python_files", "scan_paths", "scan_source"]
 
@@ -39,7 +40,12 @@ class _Module:
     path: str  # as shown in findings
     tag: str
     source: str
-    report: ModuleReport
+    scan: ModuleScan
+    names: list[str]  # its dotted module names
+
+    @property
+    def report(self) -> ModuleReport:
+        return self.scan.report
 
 
 def python_files(path: Path) -> Iterator[Path]:
@@ -93,7 +99,7 @@ def scan_paths(paths: Sequence[Path], *, models: str | None = None, tags: Tags |
     entries = _entries(paths)
     tags = tags or Tags.from_options()
     metadata = load_metadata(models) if models else None
-    result = _scan(((str(file), tags.tag(*relative), read_source(file)) for file, relative in entries),
+    result = _scan(((str(file), tags.tag(*relative), read_source(file), relative) for file, relative in entries),
                    metadata, f"--models {models}", tags)
     result.paths = [str(p) for p in paths]
     result.files = len(entries)
@@ -102,23 +108,27 @@ def scan_paths(paths: Sequence[Path], *, models: str | None = None, tags: Tags |
 
 def scan_source(source: str, path: str = "<string>", *, tag: str = "app") -> list[ScanFinding]:
     """Findings of one module's source on its own (its own mapped classes give the tenant tables)."""
-    return _scan([(path, tag, source)], None, "", Tags.from_options()).findings
+    return _scan([(path, tag, source, (path,))], None, "", Tags.from_options()).findings
 
 
 def _scan(entries: Any, metadata: Any, metadata_name: str, tags: Tags) -> ScanResult:
     modules: list[_Module] = []
     result = ScanResult(paths=[], base=os.getcwd())
-    for path, tag, source in entries:
+    for path, tag, source, relatives in entries:
         try:
             parsed = parse_module(source, path)
-            report = ModuleScan(parsed, source, path).run(parsed.tree)
+            scan = ModuleScan(parsed, source, path)
+            scan.run(parsed.tree)
         except Unreadable as unreadable:
             result.not_scanned.append(NotScanned(path, unreadable.reason))
             continue
         except (RecursionError, MemoryError) as error:  # a pathologically deep or large module
             result.not_scanned.append(NotScanned(path, f"too deep or too large to walk ({type(error).__name__})"))
             continue
-        modules.append(_Module(path, tag, source, report))
+        modules.append(_Module(path, tag, source, scan, module_names(relatives)))
+    calls = Project((m.path, m.names, m.report) for m in modules)
+    resolved = list(calls.calls())
+    _judge_helper_arguments(modules, resolved)
     project = read_models(m.report.models for m in modules)
     if metadata is not None:
         schemas = metadata_schemas(metadata)
@@ -131,32 +141,78 @@ def _scan(entries: Any, metadata: Any, metadata_name: str, tags: Tags) -> ScanRe
     gates = tags.gating
     tag_of = {m.path: m.tag for m in modules}
 
-    def add(path: str, line: int, rule: str, text: str, source_line: str, table: str | None) -> None:
+    def add(path: str, line: int, rule: str, text: str, source_line: str, table: str | None,
+            cites: str | None = None) -> None:
         tag = tag_of[path]
         result.findings.append(ScanFinding(path, line, rule, text, source_line, tag,
-                                           RULES[rule].gates and tag in gates, table))
+                                           RULES[rule].gates and tag in gates, table, cites))
 
+    relied = _bindings_before(calls, resolved)
     for module in modules:
         for hit in module.report.hits.values():
             add(module.path, hit.line, hit.rule, hit.message, hit.snippet, hit.table)
-        for ref in _judged_refs(module.report, tenant, project):
+        for ref in _judged_refs(module.path, module.report, tenant, project, relied):
             add(module.path, *ref)
     for issue in project.issues:
         add(issue.path, issue.line, issue.rule, message(issue.rule, **issue.values), issue.snippet, issue.table)
     lines: dict[str, list[str]] = {}
-    for module, line, name, where in _binder_calls(modules):
-        source_lines = lines.setdefault(module.path, split_lines(module.source))
-        add(module.path, line, "search-path-function-call",
-            message("search-path-function-call", name=name, where=where), snippet(source_lines, line), None)
+    for path, call, target in resolved:
+        if target.facts.binds is None:
+            continue
+        source_lines = lines.setdefault(path, split_lines(next(m.source for m in modules if m.path == path)))
+        add(path, call.line, "search-path-function-call",
+            message("search-path-function-call", name=target.qualified, where=target.where),
+            snippet(source_lines, call.line), None, target.where)
     result.findings.sort(key=lambda f: (f.path, f.line, f.rule, f.table or ""))
     return result
 
 
-def _judged_refs(report: ModuleReport, tenant: set[str], project: TenantModels) -> Iterator[tuple[Any, ...]]:
+def _judge_helper_arguments(modules: list[_Module], resolved: list[tuple[str, CallSite, Target]]) -> None:
+    """A string handed to a def that runs that parameter as SQL is judged as SQL at the call."""
+    by_path = {m.path: m for m in modules}
+    for path, call, target in resolved:
+        facts = target.facts
+        if not facts.sql_params or not call.strings:
+            continue
+        # self/cls is not among a bound method's arguments at the call
+        shift = 1 if facts.owner is not None and facts.params[:1] in (("self",), ("cls",)) else 0
+        strings = dict(call.strings)
+        for position, name in facts.sql_params:
+            text = strings.get(position - shift, strings.get(name))
+            if text is not None:
+                by_path[path].scan.judge_sql(text, scope=call.scope)
+
+
+def _bindings_before(calls: Project, resolved: list[tuple[str, CallSite, Target]]
+                     ) -> dict[tuple[str, str], list[tuple[int, str]]]:
+    """(module, def) -> its session-level bindings in line order: (line, where the SET is), its own SETs
+    and its calls of defs that run one."""
+    found: dict[tuple[str, str], list[tuple[int, str]]] = {}
+    for path, report in calls.reports.items():
+        for scope, line in report.bindings:
+            found.setdefault((path, scope), []).append((line, f"{path}:{line}"))
+    for path, call, target in resolved:
+        binding = calls.binding(target)
+        if binding is not None:
+            found.setdefault((path, call.scope), []).append((call.line, f"{binding[0]}:{binding[1]}"))
+    for events in found.values():
+        events.sort()
+    return found
+
+
+def _judged_refs(path: str, report: ModuleReport, tenant: set[str], project: TenantModels,
+                 relied: dict[tuple[str, str], list[tuple[int, str]]]) -> Iterator[tuple[Any, ...]]:
     seen: set[tuple[int, str, str]] = set()
     for ref in report.refs:
+        cites = None
         if ref.schema is None and ref.table in tenant:
-            rule, values, table = "unqualified-tenant-table", {"table": ref.table}, ref.table
+            before = [where for line, where in relied.get((path, ref.scope), ()) if line <= ref.line]
+            if before:
+                cites = before[-1]
+                rule, values = "unqualified-after-set-search-path", {"table": ref.table, "where": cites}
+            else:
+                rule, values = "unqualified-tenant-table", {"table": ref.table}
+            table = ref.table
         elif ref.schema in project.placeholders:
             rule, values = "hardcoded-tenant-prefix", {"schema": ref.schema or ""}
             table = None if ref.table == "{}" else ref.table
@@ -165,32 +221,7 @@ def _judged_refs(report: ModuleReport, tenant: set[str], project: TenantModels) 
         key = (ref.line, rule, table or "")
         if key not in seen:
             seen.add(key)
-            yield ref.line, rule, message(rule, **values), ref.snippet, table
-
-
-def _binder_calls(modules: list[_Module]) -> Iterator[tuple[_Module, int, str, str]]:
-    """Calls of project functions whose body binds search_path: (module, line, name, where it is defined)."""
-    binders: dict[str, str] = {}
-    plain: set[str] = set()  # names also defined by functions that bind nothing: a method call is ambiguous
-    for module in modules:
-        bound = {name for name, _line in module.report.binders.values()}
-        for name, line in module.report.binders.values():
-            binders.setdefault(name, f"{module.path}:{line}")
-        plain.update(module.report.defined - bound)
-    for module in modules:
-        report = module.report
-        for name, line, receiver in report.calls:
-            original = report.imports.get(name, name) if receiver == "" else name
-            if original not in binders:
-                continue
-            if receiver == "":
-                known = name in report.defined or name in report.imports
-            elif receiver == "self":
-                known = True
-            else:
-                known = original not in plain and not original.startswith("__")
-            if known:
-                yield module, line, original, binders[original]
+            yield ref.line, rule, message(rule, **values), ref.snippet, table, cites
 
 
 def main(argv: list[str] | None = None) -> int:

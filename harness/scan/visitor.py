@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import harness.scan.bindings as bindings
 from harness.scan.findings import message
-from harness.scan.literals import Resolver, SqlText, call_name, snippet, split_lines
+from harness.scan.literals import TRANSPARENT_CALLS, Resolver, SqlText, call_name, snippet, split_lines
 from harness.scan.models import CoreTable, MappedClass, ModelFacts
 from harness.scan.sql import SET_CONFIG, SET_CONFIG_PARAM, SET_SEARCH_PATH, TABLE, analyse
 from harness.scan.syntax import ParsedModule
@@ -48,12 +48,52 @@ class Hit:
 
 @dataclass(frozen=True)
 class TableRef:
-    """A table named in SQL that reaches a SQL call: judged once the tenant tables are known."""
+    """A table named in SQL that reaches a SQL call: judged once the tenant tables are known. ``scope`` is the
+    qualified name of the function running it ("" at module level)."""
 
     line: int
     table: str
     schema: str | None
     snippet: str
+    scope: str = ""
+
+
+@dataclass
+class FunctionFacts:
+    """A ``def``: where it is, the class it is a method of, its parameters, and what its body does to
+    search_path and with SQL it is given."""
+
+    name: str
+    line: int
+    owner: str | None  # the qualified name of its class, for a method
+    params: tuple[str, ...]
+    #: the first line of its own body (nested functions apart) that binds search_path, if any
+    binds: int | None = None
+    #: parameters whose value its body runs as SQL: (position, name)
+    sql_params: set[tuple[int, str]] = field(default_factory=set)
+
+
+@dataclass(frozen=True)
+class ImportRef:
+    """What an import binds a local name to: a module (``name`` None) or a name inside one; ``level`` counts
+    the dots of a relative import."""
+
+    module: str
+    name: str | None
+    level: int = 0
+
+
+@dataclass(frozen=True)
+class CallSite:
+    """A call the project may define: ``callee`` is its dotted form (``("f",)``, ``("db", "f")``,
+    ``("self", "m")``; a local made by ``Foo(...)`` stands as ``Foo``), ``scope`` the function it is in,
+    ``owner`` that function's class, ``strings`` its arguments that are strings (position or keyword)."""
+
+    line: int
+    callee: tuple[str, ...]
+    scope: str
+    owner: str | None
+    strings: tuple[tuple[int | str, SqlText], ...] = ()
 
 
 @dataclass
@@ -63,13 +103,15 @@ class ModuleReport:
     hits: dict[tuple[int, str, str | None], Hit] = field(default_factory=dict)
     refs: list[TableRef] = field(default_factory=list)
     models: ModelFacts = field(default_factory=ModelFacts)
-    #: functions whose body binds search_path: qualified name -> (name, line)
-    binders: dict[str, tuple[str, int]] = field(default_factory=dict)
-    #: every function name defined here (binding or not), and from-imports: local name -> imported name
-    defined: set[str] = field(default_factory=set)
-    imports: dict[str, str] = field(default_factory=dict)
-    #: calls by name: (name, line, receiver) with receiver "" (a bare name), "self" (self/cls) or "." (other)
-    calls: list[tuple[str, int, str]] = field(default_factory=list)
+    #: every def by qualified name (``f``, ``Cls.m``, ``f.inner``); the first of a name redefined wins
+    functions: dict[str, FunctionFacts] = field(default_factory=dict)
+    #: every class by qualified name: its bases, dotted
+    classes: dict[str, tuple[tuple[str, ...], ...]] = field(default_factory=dict)
+    #: imports: local name -> what it names
+    imports: dict[str, ImportRef] = field(default_factory=dict)
+    calls: list[CallSite] = field(default_factory=list)
+    #: session-level bindings of search_path: (scope, line)
+    bindings: list[tuple[str, int]] = field(default_factory=list)
 
 
 class ModuleScan(ast.NodeVisitor):
@@ -82,9 +124,15 @@ class ModuleScan(ast.NodeVisitor):
         self.report = ModuleReport()
         self._lines: list[str] | None = None
         # Names bound to a string (SqlText) or a dict literal, innermost scope last; None: rebound to anything else.
-        self.scopes: list[dict[str, SqlText | ast.Dict | None]] = [{}]
-        self.functions: list[tuple[str, str, int]] = []  # (qualified name, name, line), innermost last
+        self.scopes: list[dict[str, SqlText | ast.Dict | Param | None]] = [{}]
+        # Locals made by calling a dotted name (``repo = Repository(...)``): their methods resolve through it.
+        self.made: list[dict[str, tuple[str, ...]]] = [{}]
+        self.functions: list[FunctionFacts] = []  # the defs being walked, innermost last
+        self.scope_names: list[str] = []  # their qualified names
+        self.qualified: list[str] = []  # the names of the defs and classes being walked, innermost last
+        self.qualified_kinds: list[str] = []  # "function" or "class", for each of them
         self.classes: list[str] = []
+        self.class_scopes: dict[str, dict[str, SqlText | ast.Dict | Param | None]] = {}
         self.judged: set[int] = set()  # ids of wrapper calls a runner has already judged with its parameters
         self.owners: list[MappedClass | CoreTable] = []  # the model a ForeignKey(...) belongs to
         self._dispatch: dict[type, Callable[[Any], None]] = {}
@@ -95,6 +143,11 @@ class ModuleScan(ast.NodeVisitor):
     def run(self, tree: ast.Module) -> ModuleReport:
         self.visit(tree)
         return self.report
+
+    @property
+    def scope(self) -> str:
+        """The qualified name of the innermost def being walked ("" at module level)."""
+        return self.scope_names[-1] if self.scope_names else ""
 
     # -- walking (ast.NodeVisitor's, without its per-node getattr and iter_fields) -------------
     def visit(self, node: ast.AST) -> None:
@@ -125,32 +178,52 @@ class ModuleScan(ast.NodeVisitor):
             self._lines = split_lines(self.source)
         return snippet(self._lines, line)
 
-    def hit(self, line: int, rule: str, table: str | None = None, **values: str) -> None:
+    def hit(self, line: int, rule: str, table: str | None = None, scope: str | None = None, **values: str) -> None:
         key = (line, rule, table)
         if key not in self.report.hits:
             self.report.hits[key] = Hit(line, rule, message(rule, **values), self.snippet(line), table)
-        if rule in BINDING_RULES and self.functions:
-            qualified, name, def_line = self.functions[-1]
-            self.report.binders.setdefault(qualified, (name, def_line))
+        if rule in BINDING_RULES:
+            scope = self.scope if scope is None else scope
+            self.report.bindings.append((scope, line))
+            function = self.report.functions.get(scope)
+            if function is not None and function.binds is None:
+                function.binds = line
 
     # -- scopes ------------------------------------------------------------------------------
     def names(self) -> _Names:
-        return _Names(self.scopes)
+        return _Names(self.scopes, self.class_scopes, self.functions[-1].owner if self.functions else None)
 
     def lookup_dict(self, node: ast.expr) -> ast.Dict | None:
         if isinstance(node, ast.Dict):
             return node
-        value = _Names(self.scopes).value(node.id) if isinstance(node, ast.Name) else None
+        value = self.names().value(node.id) if isinstance(node, ast.Name) else None
         return value if isinstance(value, ast.Dict) else None
 
     def bind(self, targets: list[ast.expr], value: ast.expr | None) -> None:
         names = [t.id for t in targets if isinstance(t, ast.Name)]
         if not names:
             return
-        bound: SqlText | ast.Dict | None = value if isinstance(value, ast.Dict) else (
-            None if value is None else self.resolver.resolve(value, self.names()))
+        bound: SqlText | ast.Dict | Param | None
+        if isinstance(value, ast.Dict):
+            bound = value
+        elif value is None:
+            bound = None
+        else:  # sql = text(query): still the parameter, run as SQL wherever sql is
+            bound = self.parameter(value) or self.resolver.resolve(value, self.names())
+        made = _dotted(value.func) if isinstance(value, ast.Call) else None
         for name in names:
             self.scopes[-1][name] = bound
+            if made:
+                self.made[-1][name] = made
+            else:
+                self.made[-1].pop(name, None)
+
+    def parameter(self, node: ast.expr) -> Param | None:
+        """The parameter of the def being walked that ``node`` is (or wraps in text()/SQL()), if any."""
+        while isinstance(node, ast.Call) and call_name(node) in TRANSPARENT_CALLS and node.args:
+            node = node.args[0]
+        value = self.names().value(node.id) if isinstance(node, ast.Name) else None
+        return value if isinstance(value, Param) else None
 
     # -- statements --------------------------------------------------------------------------
     def visit_Module(self, node: ast.Module) -> None:
@@ -181,12 +254,29 @@ class ModuleScan(ast.NodeVisitor):
     def visit_FunctionDef(self, node: ast.FunctionDef | ast.AsyncFunctionDef) -> None:
         if bindings.is_legacy_helper(node.name):
             self.hit(node.lineno, "search-path-helper", name=node.name)
-        qualified = ".".join([*self.classes, node.name])
-        self.report.defined.add(node.name)
-        self.functions.append((qualified, node.name, node.lineno))
-        self.scopes.append({})
-        self.generic_visit(node)
+        for decorator in node.decorator_list:
+            self.visit(decorator)
+        arguments = node.args
+        params = tuple(a.arg for a in (*arguments.posonlyargs, *arguments.args, *arguments.kwonlyargs))
+        owner = ".".join(self.qualified) if self.qualified and self.qualified_kinds[-1] == "class" else None
+        qualified = ".".join([*self.qualified, node.name])
+        facts = self.report.functions.setdefault(qualified, FunctionFacts(node.name, node.lineno, owner, params))
+        self.functions.append(facts)
+        self.scope_names.append(qualified)
+        self.qualified.append(node.name)
+        self.qualified_kinds.append("function")
+        self.scopes.append({name: Param(position, name) for position, name in enumerate(params)})
+        self.made.append({})
+        for item in (arguments, node.returns):
+            if item is not None:
+                self.visit(item)
+        for stmt in node.body:
+            self.visit(stmt)
+        self.made.pop()
         self.scopes.pop()
+        self.qualified_kinds.pop()
+        self.qualified.pop()
+        self.scope_names.pop()
         self.functions.pop()
 
     visit_AsyncFunctionDef = visit_FunctionDef
@@ -196,22 +286,40 @@ class ModuleScan(ast.NodeVisitor):
             self.hit(node.lineno, "schema-manager")
         cls = self.mapped_class(node)
         self.report.models.classes.append(cls)
+        qualified = ".".join([*self.qualified, node.name])
+        self.report.classes.setdefault(qualified, tuple(filter(None, map(_dotted, node.bases))))
         self.classes.append(node.name)
+        self.qualified.append(node.name)
+        self.qualified_kinds.append("class")
         self.owners.append(cls)
-        self.scopes.append({})
+        # Class constants are read through self.NAME / Cls.NAME by methods above or below them.
+        scope = self.class_scopes[qualified] = {}
+        self.scopes.append(scope)
+        for stmt in node.body:
+            if isinstance(stmt, ast.Assign):
+                self.bind(stmt.targets, stmt.value)
         self.generic_visit(node)
         self.scopes.pop()
         self.owners.pop()
+        self.qualified_kinds.pop()
+        self.qualified.pop()
         self.classes.pop()
 
-    def visit_Import(self, node: ast.Import | ast.ImportFrom) -> None:
+    def visit_Import(self, node: ast.Import) -> None:
         for alias in node.names:
             if "SchemaManager" in (alias.name.rpartition(".")[2], alias.asname):
                 self.hit(node.lineno, "schema-manager")
-            if isinstance(node, ast.ImportFrom):
-                self.report.imports[alias.asname or alias.name] = alias.name
+            # import a.b binds a (the package); import a.b as c binds c to a.b
+            local = alias.asname or alias.name.partition(".")[0]
+            self.report.imports.setdefault(local, ImportRef(alias.name if alias.asname else local, None))
 
-    visit_ImportFrom = visit_Import
+    def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
+        for alias in node.names:
+            if "SchemaManager" in (alias.name.rpartition(".")[2], alias.asname):
+                self.hit(node.lineno, "schema-manager")
+            if alias.name != "*":
+                self.report.imports.setdefault(alias.asname or alias.name,
+                                               ImportRef(node.module or "", alias.name, node.level))
 
     def visit_Name(self, node: ast.Name) -> None:
         if node.id == "SchemaManager":
@@ -253,9 +361,7 @@ class ModuleScan(ast.NodeVisitor):
         elif name in bindings.DJANGO_CALLS:
             self.hit(node.lineno, "django-tenancy-call", name=name)
         else:
-            receiver = node.func.value if isinstance(node.func, ast.Attribute) else None
-            self.report.calls.append((name, node.lineno, "" if receiver is None else (
-                "self" if isinstance(receiver, ast.Name) and receiver.id in ("self", "cls") else ".")))
+            self.call_site(node)
         first = bindings.sql_argument(node)
         if name == "set_config" and bindings.constant_key(first) == "search_path":
             self.hit(node.lineno, "set-config-search-path")  # func.set_config("search_path", ...)
@@ -277,6 +383,34 @@ class ModuleScan(ast.NodeVisitor):
             for argument in node.args:
                 self.judge_connection_string(argument)
 
+    def call_site(self, node: ast.Call) -> None:
+        """Keep a call whose callee is a dotted name (a project function perhaps: judged once every module
+        is read), with its string arguments (a helper may run them as SQL)."""
+        callee = _dotted(node.func)
+        if callee is None:
+            return
+        made = self.made_by(callee[0])
+        if made and len(callee) > 1:  # repo.run() where repo = Repository(...)
+            callee = made + callee[1:]
+        strings: list[tuple[int | str, SqlText]] = []
+        names = self.names()
+        for position, argument in enumerate(node.args):
+            text = None if isinstance(argument, ast.Starred) else self.resolver.resolve(argument, names)
+            if text is not None:
+                strings.append((position, text))
+        for keyword in node.keywords:
+            text = self.resolver.resolve(keyword.value, names) if keyword.arg else None
+            if text is not None:
+                strings.append((keyword.arg, text))  # type: ignore[arg-type]
+        owner = self.functions[-1].owner if self.functions else None
+        self.report.calls.append(CallSite(node.lineno, callee, self.scope, owner, tuple(strings)))
+
+    def made_by(self, name: str) -> tuple[str, ...] | None:
+        for scope, made in zip(reversed(self.scopes), reversed(self.made)):
+            if name in scope:
+                return made.get(name)
+        return None
+
     def judge_runner(self, runner: ast.Call, statement: ast.expr) -> None:
         """A runner's SQL, with the parameters it binds (for ``set_config(:name, ...)``)."""
         extra: dict[str, ast.expr] = {}
@@ -289,22 +423,30 @@ class ModuleScan(ast.NodeVisitor):
             self.judged.add(id(inner))
             inner = bindings.sql_argument(inner) or inner
         self.judge_sql(self.resolver.resolve(inner, self.names()), runner, extra)
+        self.sql_parameter(inner)
+
+    def sql_parameter(self, node: ast.expr) -> None:
+        """A def that runs one of its parameters as SQL: its callers' strings are judged at their call."""
+        param = self.parameter(node)
+        if param is not None and self.functions:
+            self.functions[-1].sql_params.add((param.position, param.name))
 
     def judge_sql(self, text: SqlText | None, runner: ast.Call | None = None,
-                  extra: dict[str, ast.expr] | None = None) -> None:
+                  extra: dict[str, ast.expr] | None = None, scope: str | None = None) -> None:
         if text is None:
             return
+        scope = self.scope if scope is None else scope
         for fact in analyse(text.text):
             line = self.resolver.line_of(text, fact.offset)
             if fact.kind == SET_SEARCH_PATH:
-                self.hit(line, "set-search-path-sql")
+                self.hit(line, "set-search-path-sql", scope=scope)
             elif fact.kind == SET_CONFIG:
-                self.hit(line, "set-config-search-path")
+                self.hit(line, "set-config-search-path", scope=scope)
             elif fact.kind == SET_CONFIG_PARAM and runner is not None and fact.param is not None \
                     and bindings.bound_parameter(runner, fact.param, extra or {}) == "search_path":
-                self.hit(line, "set-config-search-path")
+                self.hit(line, "set-config-search-path", scope=scope)
             elif fact.kind == TABLE and fact.table is not None:
-                self.report.refs.append(TableRef(line, fact.table, fact.schema, self.snippet(line)))
+                self.report.refs.append(TableRef(line, fact.table, fact.schema, self.snippet(line), scope))
 
     def judge_connection_string(self, node: ast.expr) -> None:
         text = self.resolver.resolve(node, self.names())
@@ -378,13 +520,23 @@ class ModuleScan(ast.NodeVisitor):
                 self.report.models.declarative[name] = schema
 
 
+@dataclass(frozen=True)
+class Param:
+    """A name bound to a parameter of the def being walked: its value is the caller's."""
+
+    position: int
+    name: str
+
+
 class _Names:
-    """The names in scope, innermost first, looked up without merging the scopes."""
+    """The names in scope, innermost first, looked up without merging the scopes; ``self.NAME``,
+    ``cls.NAME`` and ``Cls.NAME`` are the class constants of the class being walked or named."""
 
-    def __init__(self, scopes: list[dict[str, SqlText | ast.Dict | None]]):
-        self.scopes = scopes
+    def __init__(self, scopes: list[dict[str, SqlText | ast.Dict | Param | None]],
+                 classes: dict[str, dict[str, SqlText | ast.Dict | Param | None]], owner: str | None):
+        self.scopes, self.classes, self.owner = scopes, classes, owner
 
-    def value(self, name: str) -> SqlText | ast.Dict | None:
+    def value(self, name: str) -> SqlText | ast.Dict | Param | None:
         for scope in reversed(self.scopes):
             if name in scope:
                 return scope[name]
@@ -393,6 +545,23 @@ class _Names:
     def get(self, name: str) -> SqlText | None:
         value = self.value(name)
         return value if isinstance(value, SqlText) else None
+
+    def attribute(self, receiver: str, name: str) -> SqlText | ast.Dict | None:
+        cls = self.owner if receiver in ("self", "cls") else receiver
+        value = self.classes.get(cls or "", {}).get(name)
+        return value if isinstance(value, (SqlText, ast.Dict)) else None
+
+
+def _dotted(node: ast.expr) -> tuple[str, ...] | None:
+    """``a.b.c`` as ("a", "b", "c"); None for anything but names and attributes of names."""
+    parts: list[str] = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    if not isinstance(node, ast.Name):
+        return None
+    parts.append(node.id)
+    return tuple(reversed(parts))
 
 
 def _base_name(node: ast.expr) -> str | None:

@@ -1,0 +1,224 @@
+"""Which definition a call reaches: resolved through scopes and imports, as Python would, never by name alone.
+
+A call ``f()`` is the module's own ``f`` (a def nested in the calling function
+first, then the module's), else the ``f`` it imports (``from app.db import f``,
+followed through a package's re-exports); ``db.f()`` is ``f`` of the module
+``db`` names; ``self.m()`` is ``m`` of the calling method's class or of its
+bases; ``repo.m()`` where ``repo = Repository(...)`` is ``Repository.m``. A call
+the scan cannot resolve this way (a method of an object of unknown type, a
+function of a module outside the scanned code) reaches nothing: two functions
+called ``main`` in two scripts are two functions.
+
+Modules are named by their path under the folder scanned and under its parent
+(``app/jobs/nightly.py`` is ``app.jobs.nightly``, and ``jobs.nightly`` if
+``app`` was scanned); an absolute import matches the module with that name, or
+the one module whose name ends with it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Iterator
+
+from harness.scan.visitor import CallSite, FunctionFacts, ImportRef, ModuleReport
+
+_DEPTH = 8  # re-exports and base classes followed at most this deep
+
+
+@dataclass(frozen=True)
+class Target:
+    """A def in a scanned module: ``path`` and its qualified name there."""
+
+    path: str
+    qualified: str
+    facts: FunctionFacts
+
+    @property
+    def where(self) -> str:
+        return f"{self.path}:{self.facts.line}"
+
+
+@dataclass(frozen=True)
+class _Entity:
+    kind: str  # "module", "class" or "function"
+    module: str  # the module's path
+    qualified: str = ""
+
+
+def module_names(relatives: Iterable[str]) -> list[str]:
+    """The dotted names of a file known by ``relatives`` (``/``-separated paths)."""
+    names = []
+    for relative in relatives:
+        parts = relative.removesuffix(".py").split("/")
+        if parts and parts[-1] == "__init__":
+            parts = parts[:-1]
+        if parts and all(part.isidentifier() for part in parts):
+            names.append(".".join(parts))
+    return names
+
+
+class Project:
+    """Every scanned module by name, and the calls between them."""
+
+    def __init__(self, modules: Iterable[tuple[str, list[str], ModuleReport]]):
+        self.reports: dict[str, ModuleReport] = {}
+        self.names: dict[str, list[str]] = {}  # path -> its dotted names, longest first
+        self.by_name: dict[str, set[str]] = {}
+        self.by_suffix: dict[str, set[str]] = {}  # the last two components of a name -> paths
+        for path, names, report in modules:
+            self.reports[path] = report
+            self.names[path] = sorted(names, key=len, reverse=True)
+            for name in names:
+                self.by_name.setdefault(name, set()).add(path)
+                self.by_suffix.setdefault(".".join(name.split(".")[-2:]), set()).add(path)
+        self._reach: dict[tuple[str, str], tuple[str, int] | None] = {}
+        self._scoped: dict[str, dict[str, list[CallSite]]] = {}
+
+    def calls_in(self, path: str, scope: str) -> list[CallSite]:
+        """The calls made in def ``scope`` of module ``path``."""
+        scoped = self._scoped.get(path)
+        if scoped is None:
+            scoped = self._scoped[path] = {}
+            for call in self.reports[path].calls:
+                scoped.setdefault(call.scope, []).append(call)
+        return scoped.get(scope, [])
+
+    # -- modules -------------------------------------------------------------------------------
+    def module(self, name: str) -> str | None:
+        """The path of the module an absolute import names; None when it is not scanned or is ambiguous."""
+        exact = self.by_name.get(name)
+        if exact is not None:
+            return next(iter(exact)) if len(exact) == 1 else None
+        candidates = {path for path in self.by_suffix.get(".".join(name.split(".")[-2:]), ())
+                      if any(n == name or n.endswith("." + name) for n in self.names[path])}
+        return next(iter(candidates)) if len(candidates) == 1 else None
+
+    def imported_module(self, path: str, ref: ImportRef) -> str | None:
+        if ref.level == 0:
+            return self.module(ref.module)
+        for own in self.names[path]:  # relative to the importing module's package
+            parts = own.split(".")
+            package = parts if path.endswith("__init__.py") else parts[:-1]
+            if ref.level - 1 > len(package):
+                continue
+            base = package[:len(package) - (ref.level - 1)]
+            found = self.by_name.get(".".join(base + ([ref.module] if ref.module else [])))
+            if found is not None and len(found) == 1:
+                return next(iter(found))
+        return None
+
+    # -- names -----------------------------------------------------------------------------------
+    def member(self, entity: _Entity, name: str, depth: int = 0) -> _Entity | None:
+        """``name`` of a module (a def, a class, a submodule or a re-export) or of a class (a method,
+        also inherited)."""
+        if depth > _DEPTH:
+            return None
+        report = self.reports[entity.module]
+        if entity.kind == "module":
+            return self._global(entity.module, name, depth)
+        if entity.kind == "class":
+            method = f"{entity.qualified}.{name}"
+            if method in report.functions:
+                return _Entity("function", entity.module, method)
+            for base in report.classes.get(entity.qualified, ()):
+                found = self.dotted(entity.module, "", base, depth + 1)
+                if found is not None and found.kind == "class":
+                    inherited = self.member(found, name, depth + 1)
+                    if inherited is not None:
+                        return inherited
+        return None
+
+    def _global(self, path: str, name: str, depth: int) -> _Entity | None:
+        report = self.reports[path]
+        if name in report.functions:
+            return _Entity("function", path, name)
+        if name in report.classes:
+            return _Entity("class", path, name)
+        ref = report.imports.get(name)
+        if ref is not None:
+            return self.imported(path, ref, depth + 1)
+        for own in self.names[path]:  # a submodule of a package
+            sub = self.by_name.get(f"{own}.{name}")
+            if sub is not None and len(sub) == 1 and path.endswith("__init__.py"):
+                return _Entity("module", next(iter(sub)))
+        return None
+
+    def imported(self, path: str, ref: ImportRef, depth: int) -> _Entity | None:
+        if depth > _DEPTH:
+            return None
+        if ref.name is None:
+            module = self.imported_module(path, ref)
+            return None if module is None else _Entity("module", module)
+        module = self.imported_module(path, ref)
+        if module is not None:
+            found = self._global(module, ref.name, depth)
+            if found is not None:
+                return found
+        # from package import submodule
+        submodule = self.imported_module(path, ImportRef(f"{ref.module}.{ref.name}" if ref.module else ref.name,
+                                                         None, ref.level))
+        return None if submodule is None else _Entity("module", submodule)
+
+    def dotted(self, path: str, scope: str, names: tuple[str, ...], depth: int = 0) -> _Entity | None:
+        """What ``a.b.c`` names in module ``path`` seen from def ``scope``."""
+        report = self.reports[path]
+        first = names[0]
+        entity = None
+        parts = scope.split(".") if scope else []
+        while parts:  # a def nested in the calling def (or in one enclosing it)
+            nested = ".".join([*parts, first])
+            if nested in report.functions:
+                entity = _Entity("function", path, nested)
+                break
+            parts.pop()
+        if entity is None:
+            entity = self._global(path, first, depth)
+        for name in names[1:]:
+            if entity is None:
+                return None
+            entity = self.member(entity, name, depth)
+        return entity
+
+    def resolve(self, path: str, call: CallSite) -> Target | None:
+        """The def ``call`` (in module ``path``) reaches, or None."""
+        if call.callee[0] in ("self", "cls"):
+            if call.owner is None or len(call.callee) != 2:
+                return None
+            entity = self.member(_Entity("class", path, call.owner), call.callee[1])
+        else:
+            entity = self.dotted(path, call.scope, call.callee)
+        if entity is None or entity.kind != "function":
+            return None
+        return Target(entity.module, entity.qualified, self.reports[entity.module].functions[entity.qualified])
+
+    # -- what a def does -----------------------------------------------------------------------
+    def binding(self, target: Target) -> tuple[str, int] | None:
+        """The session-level binding a call of ``target`` runs: its own, or that of a def it calls
+        (path, line of the SET); None if it binds nothing."""
+        return self._binding(target.path, target.qualified, set())
+
+    def _binding(self, path: str, qualified: str, seen: set[tuple[str, str]]) -> tuple[str, int] | None:
+        key = (path, qualified)
+        if key in self._reach:
+            return self._reach[key]
+        if key in seen:
+            return None
+        seen.add(key)
+        facts = self.reports[path].functions[qualified]
+        found = None if facts.binds is None else (path, facts.binds)
+        if found is None:
+            for call in self.calls_in(path, qualified):
+                target = self.resolve(path, call)
+                found = None if target is None else self._binding(target.path, target.qualified, seen)
+                if found is not None:
+                    break
+        self._reach[key] = found
+        return found
+
+    def calls(self) -> Iterator[tuple[str, CallSite, Target]]:
+        """Every resolved call: (the calling module's path, the call, its target)."""
+        for path, report in self.reports.items():
+            for call in report.calls:
+                target = self.resolve(path, call)
+                if target is not None:
+                    yield path, call, target
