@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import datetime as dt
 import json
+from collections import Counter
 import re
 import shutil
 import sys
@@ -314,7 +315,7 @@ def test_models_option_imports_the_teams_metadata(tmp_path, monkeypatch, capsys)
     assert main(["app", "--models", "scanmodels_fixture_pkg.models:metadata"]) == 1
     out = capsys.readouterr().out
     assert "app/report.py:2: [unqualified-tenant-table]" in out
-    assert "tenant tables (--models scanmodels_fixture_pkg.models:metadata): ledger" in out
+    assert "tenant tables (--models scanmodels_fixture_pkg.models:metadata: 1 tenant table(s)): ledger" in out
     assert main(["app"]) == 0  # without the models, nothing says ledger is a tenant table
     assert "no tenant tables known" in capsys.readouterr().out
     assert main(["app", "--models", "scanmodels_fixture_pkg.nothing_here:metadata"]) == 2
@@ -371,7 +372,7 @@ def test_findings_are_tagged_and_migrations_do_not_gate() -> None:
     tags = {(Path(f.path).relative_to(FIXTURES).as_posix(), f.tag, f.gating) for f in result.findings
             if f.rule != "tenant-fk-to-public"}
     assert ("migrations/versions/0001_tenant_tables.py", "migrations", False) in tags
-    assert ("scripts/backfill.py", "scripts", True) in tags
+    assert ("scripts/backfill.py", "scripts", False) in tags  # listed and counted, not gating unless asked
     assert {tag for _, tag, _ in tags} == {"app", "scripts", "migrations"}
 
 
@@ -449,7 +450,8 @@ def test_the_report_folder_holds_scan_sarif_and_the_html_links_the_findings(tmp_
     folder = write_report(run, tmp_path / "reports")
     results = json.loads((folder / "results.json").read_text())
     scan = results["scan"]
-    assert set(scan) == {"paths", "findings", "not_scanned", "files", "base", "tenant_tables", "tables_from"}
+    assert set(scan) == {"paths", "findings", "not_scanned", "files", "base", "tenant_tables", "tables_from",
+                         "summary", "models_unseen"}
     assert set(scan["findings"][0]) == {"path", "line", "rule", "message", "snippet", "tag", "gating", "table", "cites"}
     assert [n["path"].endswith("py2.py") for n in scan["not_scanned"]] == [True]
     jsonschema.validate(json.loads((folder / "scan.sarif").read_text()), SARIF_SCHEMA)
@@ -475,11 +477,18 @@ def test_main_findings_exit_1_with_one_line_each(capsys: pytest.CaptureFixture[s
     files = len(list(FIXTURES.rglob("*.py")))
     gating = sum(f.gating for f in findings)
     assert lines[-1] == f"{len(findings)} finding(s), {gating} gating, in {files} file(s) scanned"
-    assert lines[-2].startswith("tenant tables (models in the scanned code): orders, products")
-    assert len(lines) == len(findings) + 2
+    assert lines[-5].startswith("tenant tables (models in the scanned code): orders, products")
+    by_rule = Counter(f.rule for f in findings)
+    assert lines[-4] == "by rule: " + ", ".join(
+        f"{rule} {count} ({'not gating' if not any(f.gating for f in findings if f.rule == rule) else str(sum(f.gating for f in findings if f.rule == rule)) + ' gating'})"
+        for rule, count in sorted(by_rule.items(), key=lambda item: (-item[1], item[0])))
+    assert lines[-3] == "by tag: app {} ({} gating), migrations 2 (not gating), scripts 1 (not gating)".format(
+        len(findings) - 3, gating)
+    assert lines[-2].startswith(f"by file: {FIXTURES / 'binding_forms.py'} 16 (16 gating), ")
+    assert len(lines) == len(findings) + 5
     assert lines[0].startswith(f"{FIXTURES / 'binding_forms.py'}:11: [libpq-search-path-option] the libpq ")
     assert all(re.fullmatch(r"\S+\.py:\d+: \[[a-z-]+\] [^\n]+\.( \[[a-z]+\])?( \(not gating\))?", line)
-               for line in lines[:-2])
+               for line in lines[:-5])
 
 
 def test_main_json_prints_the_results_scan_value(capsys: pytest.CaptureFixture[str]) -> None:

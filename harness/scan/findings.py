@@ -109,10 +109,15 @@ class ScanResult:
     tables_from: str = ""
     #: the folder the relative paths are relative to (the working folder of the scan)
     base: str = ""
+    #: mapped classes in the scanned code that --models does not import: "Name (path:line)"
+    models_unseen: list[str] = field(default_factory=list)
 
     @property
     def gating(self) -> list[ScanFinding]:
         return [f for f in self.findings if f.gating]
+
+    def summary(self) -> dict[str, dict[str, dict[str, int]]]:
+        return summarize(self.findings)
 
     def as_json(self) -> dict[str, Any]:
         return scan_json(self.paths, self.findings, self)
@@ -121,8 +126,23 @@ class ScanResult:
 def scan_json(paths: list[str], findings: Iterable[ScanFinding], record: ScanResult | None = None) -> dict[str, Any]:
     """The ``scan`` value of results.json (and of ``harness scan --json``); ``record`` adds what the scan
     read: ``files``, ``base``, ``tenant_tables``, ``tables_from`` and ``not_scanned``."""
-    data: dict[str, Any] = {"paths": list(paths), "findings": [dataclasses.asdict(f) for f in findings]}
+    findings = list(findings)
+    data: dict[str, Any] = {"paths": list(paths), "findings": [dataclasses.asdict(f) for f in findings],
+                            "summary": summarize(findings)}
     if record is not None:
         data.update(files=record.files, base=record.base, tenant_tables=list(record.tenant_tables),
-                    tables_from=record.tables_from, not_scanned=[dataclasses.asdict(n) for n in record.not_scanned])
+                    tables_from=record.tables_from, not_scanned=[dataclasses.asdict(n) for n in record.not_scanned],
+                    models_unseen=list(record.models_unseen))
     return data
+
+
+def summarize(findings: Iterable[ScanFinding]) -> dict[str, dict[str, dict[str, int]]]:
+    """Findings and gating findings counted per rule, per tag and per file, most first."""
+    summary: dict[str, dict[str, dict[str, int]]] = {"rules": {}, "tags": {}, "files": {}}
+    for finding in findings:
+        for group, key in (("rules", finding.rule), ("tags", finding.tag), ("files", finding.path)):
+            counts = summary[group].setdefault(key, {"findings": 0, "gating": 0})
+            counts["findings"] += 1
+            counts["gating"] += finding.gating
+    return {group: dict(sorted(counts.items(), key=lambda item: (-item[1]["findings"], item[0])))
+            for group, counts in summary.items()}

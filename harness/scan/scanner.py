@@ -133,7 +133,16 @@ def _scan(entries: Any, metadata: Any, metadata_name: str, tags: Tags) -> ScanRe
     if metadata is not None:
         schemas = metadata_schemas(metadata)
         tenant = {name for name, found in schemas.items() if any(project.is_tenant(s) for s in found)}
-        result.tables_from = metadata_name
+        result.tables_from = f"{metadata_name}: {len(tenant)} tenant table(s)"
+        # Mapped classes the team's Base never imported: their tables are judged from the source.
+        unseen = [cls for m in modules for cls in m.report.models.classes
+                  if cls.tablename is not None and cls.tablename not in schemas]
+        result.models_unseen = [f"{cls.name} ({cls.path}:{cls.line})" for cls in unseen]
+        from_source = {cls.tablename for cls in unseen} & project.tenant_tables()
+        if unseen:
+            result.tables_from += (f"; {len(unseen)} mapped class(es) in the scanned code it does not import, "
+                                   f"read from the source ({len(from_source)} more tenant table(s))")
+        tenant |= from_source
     else:
         tenant = project.tenant_tables()
         result.tables_from = "models in the scanned code" if tenant else ""
@@ -180,7 +189,7 @@ def _judge_helper_arguments(modules: list[_Module], resolved: list[tuple[str, Ca
         for position, name in facts.sql_params:
             text = strings.get(position - shift, strings.get(name))
             if text is not None:
-                by_path[path].scan.judge_sql(text, scope=call.scope)
+                by_path[path].scan.judge_sql(text, scope=call.scope, ran_at=call.line)
 
 
 def _bindings_before(calls: Project, resolved: list[tuple[str, CallSite, Target]]
@@ -189,8 +198,8 @@ def _bindings_before(calls: Project, resolved: list[tuple[str, CallSite, Target]
     and its calls of defs that run one."""
     found: dict[tuple[str, str], list[tuple[int, str]]] = {}
     for path, report in calls.reports.items():
-        for scope, line in report.bindings:
-            found.setdefault((path, scope), []).append((line, f"{path}:{line}"))
+        for scope, ran_at, line in report.bindings:
+            found.setdefault((path, scope), []).append((ran_at, f"{path}:{line}"))
     for path, call, target in resolved:
         binding = calls.binding(target)
         if binding is not None:
@@ -202,26 +211,28 @@ def _bindings_before(calls: Project, resolved: list[tuple[str, CallSite, Target]
 
 def _judged_refs(path: str, report: ModuleReport, tenant: set[str], project: TenantModels,
                  relied: dict[tuple[str, str], list[tuple[int, str]]]) -> Iterator[tuple[Any, ...]]:
-    seen: set[tuple[int, str, str]] = set()
+    """One finding per table named at a line. A tenant table without a schema run after a session-level
+    binding in the same def relies on it: the finding cites the SET it relies on (the last one before)."""
+    judged: dict[tuple[int, str, str], tuple[Any, ...]] = {}
     for ref in report.refs:
         cites = None
         if ref.schema is None and ref.table in tenant:
-            before = [where for line, where in relied.get((path, ref.scope), ()) if line <= ref.line]
+            before = [where for line, where in relied.get((path, ref.scope), ()) if line <= ref.ran_at]
             if before:
                 cites = before[-1]
                 rule, values = "unqualified-after-set-search-path", {"table": ref.table, "where": cites}
             else:
                 rule, values = "unqualified-tenant-table", {"table": ref.table}
-            table = ref.table
+            table, kind = ref.table, "unqualified"
         elif ref.schema in project.placeholders:
             rule, values = "hardcoded-tenant-prefix", {"schema": ref.schema or ""}
-            table = None if ref.table == "{}" else ref.table
+            table, kind = (None if ref.table == "{}" else ref.table), "placeholder"
         else:
             continue
-        key = (ref.line, rule, table or "")
-        if key not in seen:
-            seen.add(key)
-            yield ref.line, rule, message(rule, **values), ref.snippet, table, cites
+        key = (ref.line, kind, table or "")
+        if key not in judged or (cites is not None and judged[key][-1] is None):
+            judged[key] = (ref.line, rule, message(rule, **values), ref.snippet, table, cites)
+    yield from judged.values()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -241,8 +252,9 @@ def main(argv: list[str] | None = None) -> int:
                              "that tag's defaults: migrations=**/migrations/**,**/alembic/** "
                              "tests=**/tests/**,**/test_*.py,... scripts=**/scripts/**,**/bin/**,...); repeatable")
     parser.add_argument("--gate", metavar="TAGS",
-                        help="the tags whose findings fail the scan, comma-separated (default: every tag but "
-                             "migrations, whose findings are listed, not gating)")
+                        help="the tags whose findings fail the scan, comma-separated (default: app and the tags "
+                             "you add; findings in migrations, tests and scripts are listed and counted, not "
+                             "gating)")
     parser.add_argument("--json", action="store_true", help="print the scan as JSON (the results.json 'scan' value)")
     parser.add_argument("--sarif", metavar="FILE", type=Path, help="also write the findings as SARIF 2.1.0")
     args = parser.parse_args(argv)
@@ -272,6 +284,16 @@ def _text(result: ScanResult) -> str:
     else:
         lines.append("no tenant tables known, so raw SQL naming tables without a schema was not judged: "
                      "pass --models package.module:attr, or scan the folder holding the mapped classes")
+    if result.models_unseen:
+        lines.append(f"mapped classes the --models Base does not import ({len(result.models_unseen)}): "
+                     f"{', '.join(result.models_unseen)}; import them where the Base is defined")
+    summary = result.summary()
+    if result.findings:
+        lines.append("by rule: " + ", ".join(_counted(name, c) for name, c in summary["rules"].items()))
+        lines.append("by tag: " + ", ".join(_counted(name, c) for name, c in summary["tags"].items()))
+        files = list(summary["files"].items())
+        lines.append("by file: " + ", ".join(_counted(name, c) for name, c in files[:_FILES_SHOWN])
+                     + (f" and {len(files) - _FILES_SHOWN} more file(s)" if len(files) > _FILES_SHOWN else ""))
     scanned = result.files - len(result.not_scanned)
     tail = f"; {len(result.not_scanned)} file(s) not scanned" if result.not_scanned else ""
     if result.findings:
@@ -280,3 +302,11 @@ def _text(result: ScanResult) -> str:
     else:
         lines.append(f"no search_path leftovers in {scanned} file(s) scanned{tail}")
     return "\n".join(lines)
+
+
+_FILES_SHOWN = 10  # files named in the text summary, most findings first
+
+
+def _counted(name: str, counts: dict[str, int]) -> str:
+    gating = counts["gating"]
+    return f"{name} {counts['findings']} ({'not gating' if not gating else f'{gating} gating'})"

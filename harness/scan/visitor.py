@@ -56,6 +56,8 @@ class TableRef:
     schema: str | None
     snippet: str
     scope: str = ""
+    #: the line of the call that runs it (a constant's SQL runs where it is executed, not where it is written)
+    ran_at: int = 0
 
 
 @dataclass
@@ -110,8 +112,8 @@ class ModuleReport:
     #: imports: local name -> what it names
     imports: dict[str, ImportRef] = field(default_factory=dict)
     calls: list[CallSite] = field(default_factory=list)
-    #: session-level bindings of search_path: (scope, line)
-    bindings: list[tuple[str, int]] = field(default_factory=list)
+    #: session-level bindings of search_path: (scope, the line running it, the line of the binding itself)
+    bindings: list[tuple[str, int, int]] = field(default_factory=list)
 
 
 class ModuleScan(ast.NodeVisitor):
@@ -178,13 +180,14 @@ class ModuleScan(ast.NodeVisitor):
             self._lines = split_lines(self.source)
         return snippet(self._lines, line)
 
-    def hit(self, line: int, rule: str, table: str | None = None, scope: str | None = None, **values: str) -> None:
+    def hit(self, line: int, rule: str, table: str | None = None, scope: str | None = None, ran_at: int = 0,
+            **values: str) -> None:
         key = (line, rule, table)
         if key not in self.report.hits:
             self.report.hits[key] = Hit(line, rule, message(rule, **values), self.snippet(line), table)
         if rule in BINDING_RULES:
             scope = self.scope if scope is None else scope
-            self.report.bindings.append((scope, line))
+            self.report.bindings.append((scope, ran_at or line, line))
             function = self.report.functions.get(scope)
             if function is not None and function.binds is None:
                 function.binds = line
@@ -422,7 +425,7 @@ class ModuleScan(ast.NodeVisitor):
         if isinstance(inner, ast.Call) and call_name(inner) in bindings.SQL_WRAPPERS:
             self.judged.add(id(inner))
             inner = bindings.sql_argument(inner) or inner
-        self.judge_sql(self.resolver.resolve(inner, self.names()), runner, extra)
+        self.judge_sql(self.resolver.resolve(inner, self.names()), runner, extra, ran_at=runner.lineno)
         self.sql_parameter(inner)
 
     def sql_parameter(self, node: ast.expr) -> None:
@@ -432,21 +435,23 @@ class ModuleScan(ast.NodeVisitor):
             self.functions[-1].sql_params.add((param.position, param.name))
 
     def judge_sql(self, text: SqlText | None, runner: ast.Call | None = None,
-                  extra: dict[str, ast.expr] | None = None, scope: str | None = None) -> None:
+                  extra: dict[str, ast.expr] | None = None, scope: str | None = None, ran_at: int = 0) -> None:
+        """Judge a string that reaches SQL: run by ``runner`` at line ``ran_at``, in def ``scope``."""
         if text is None:
             return
         scope = self.scope if scope is None else scope
         for fact in analyse(text.text):
             line = self.resolver.line_of(text, fact.offset)
             if fact.kind == SET_SEARCH_PATH:
-                self.hit(line, "set-search-path-sql", scope=scope)
+                self.hit(line, "set-search-path-sql", scope=scope, ran_at=ran_at)
             elif fact.kind == SET_CONFIG:
-                self.hit(line, "set-config-search-path", scope=scope)
+                self.hit(line, "set-config-search-path", scope=scope, ran_at=ran_at)
             elif fact.kind == SET_CONFIG_PARAM and runner is not None and fact.param is not None \
                     and bindings.bound_parameter(runner, fact.param, extra or {}) == "search_path":
-                self.hit(line, "set-config-search-path", scope=scope)
+                self.hit(line, "set-config-search-path", scope=scope, ran_at=ran_at)
             elif fact.kind == TABLE and fact.table is not None:
-                self.report.refs.append(TableRef(line, fact.table, fact.schema, self.snippet(line), scope))
+                self.report.refs.append(TableRef(line, fact.table, fact.schema, self.snippet(line), scope,
+                                                 ran_at or line))
 
     def judge_connection_string(self, node: ast.expr) -> None:
         text = self.resolver.resolve(node, self.names())
