@@ -322,6 +322,40 @@ def test_models_option_imports_the_teams_metadata(tmp_path, monkeypatch, capsys)
     assert "could not be imported" in capsys.readouterr().err
 
 
+def test_models_that_miss_mapped_classes_say_which_and_their_tables_are_still_judged(tmp_path, monkeypatch,
+                                                                                        capsys) -> None:
+    """A Base whose module does not import every model module: the classes it never saw are named, and
+    their tenant tables (read from the source) still give their findings."""
+    package = tmp_path / "scanunseen_pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "base.py").write_text(
+        "from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column\n"
+        "class Base(DeclarativeBase):\n    pass\n"
+        "class Order(Base):\n    __tablename__ = 'orders'\n    __table_args__ = {'schema': 'tenant'}\n"
+        "    id: Mapped[int] = mapped_column(primary_key=True)\n")
+    (package / "invoices.py").write_text(  # never imported by base.py
+        "from sqlalchemy.orm import Mapped, mapped_column\nfrom scanunseen_pkg.base import Base\n"
+        "class Invoice(Base):\n    __tablename__ = 'invoices'\n    __table_args__ = {'schema': 'tenant'}\n"
+        "    id: Mapped[int] = mapped_column(primary_key=True)\n")
+    (package / "jobs.py").write_text("from sqlalchemy import text\n"
+                                     "def close(conn):\n    conn.execute(text('UPDATE invoices SET closed = 1'))\n"
+                                     "    conn.execute(text('UPDATE orders SET total = 0'))\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    for name in ("scanunseen_pkg", "scanunseen_pkg.base"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    result = scan_paths([Path("scanunseen_pkg")], models="scanunseen_pkg.base:Base")
+    assert result.models_unseen == ["Invoice (scanunseen_pkg/invoices.py:3)"]
+    assert result.tenant_tables == ["invoices", "orders"]
+    assert result.tables_from == ("--models scanunseen_pkg.base:Base: 1 tenant table(s); 1 mapped class(es) in the "
+                                  "scanned code it does not import, read from the source (1 more tenant table(s))")
+    assert {(f.line, f.table) for f in result.findings} == {(3, "invoices"), (4, "orders")}
+    assert main(["scanunseen_pkg", "--models", "scanunseen_pkg.base:Base"]) == 1
+    assert ("mapped classes the --models Base does not import (1): Invoice (scanunseen_pkg/invoices.py:3); import "
+            "them where the Base is defined") in capsys.readouterr().out
+
+
 # -- files written for newer Python, and files that cannot be read -------------------------------
 
 @pytest.mark.parametrize("name", ["py312_fstrings.py", "pep695.py"])

@@ -216,9 +216,34 @@ class Project:
         return found
 
     def calls(self) -> Iterator[tuple[str, CallSite, Target]]:
-        """Every resolved call: (the calling module's path, the call, its target)."""
+        """Every resolved call of a def that matters to the scan: (the calling module's path, the call, its
+        target). A def matters when it binds search_path, runs a parameter as SQL, or calls one that does;
+        the names of such defs only narrow which calls are resolved, never decide what a call reaches."""
+        names = self._names_that_matter()
         for path, report in self.reports.items():
             for call in report.calls:
-                target = self.resolve(path, call)
-                if target is not None:
-                    yield path, call, target
+                if call.callee[-1] in names:
+                    target = self.resolve(path, call)
+                    if target is not None:
+                        yield path, call, target
+
+    def _names_that_matter(self) -> set[str]:
+        names = {f.name for report in self.reports.values() for f in report.functions.values()
+                 if f.binds is not None or f.sql_params}
+        callers: dict[str, set[str]] = {}  # the last name of a callee -> the names of the defs calling it
+        aliases: dict[str, set[str]] = {}  # a name imported under another -> those other names
+        for report in self.reports.values():
+            for call in report.calls:
+                if call.scope:
+                    callers.setdefault(call.callee[-1], set()).add(report.functions[call.scope].name)
+            for local, ref in report.imports.items():
+                if ref.name is not None and local != ref.name:
+                    aliases.setdefault(ref.name, set()).add(local)
+        frontier = list(names)
+        while frontier:  # the defs calling them, whatever the depth, and the names they are imported as
+            name = frontier.pop()
+            for more in callers.get(name, set()) | aliases.get(name, set()):
+                if more not in names:
+                    names.add(more)
+                    frontier.append(more)
+        return names

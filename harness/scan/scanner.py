@@ -13,6 +13,7 @@ not gate by default.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import sys
@@ -112,6 +113,18 @@ def scan_source(source: str, path: str = "<string>", *, tag: str = "app") -> lis
 
 
 def _scan(entries: Any, metadata: Any, metadata_name: str, tags: Tags) -> ScanResult:
+    # Every module's facts stay alive until all are judged together and the walk makes no garbage cycles
+    # worth collecting: without the collector's full passes over them the scan takes about a third less time.
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _scan_together(entries, metadata, metadata_name, tags)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _scan_together(entries: Any, metadata: Any, metadata_name: str, tags: Tags) -> ScanResult:
     modules: list[_Module] = []
     result = ScanResult(paths=[], base=os.getcwd())
     for path, tag, source, relatives in entries:

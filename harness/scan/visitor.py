@@ -30,6 +30,8 @@ _LEAF_FIELDS = frozenset({"ctx", "op", "ops", "id", "attr", "arg", "name", "modu
 @functools.cache
 def _fields(kind: type) -> tuple[str, ...]:
     return tuple(name for name in kind._fields if name not in _LEAF_FIELDS)  # type: ignore[attr-defined]
+# Arguments that may be strings a helper runs as SQL (a call's result is not followed).
+_MAYBE_STRINGS = frozenset({ast.Constant, ast.JoinedStr, ast.BinOp, ast.Name, ast.Attribute, ast.Subscript})
 # Rules that mean "this code binds the tenant through search_path": a function holding one binds at each call.
 BINDING_RULES = frozenset({"set-search-path-sql", "set-config-search-path", "libpq-search-path-option",
                            "asyncpg-server-settings", "django-tenancy-call", "search-path-helper"})
@@ -144,6 +146,9 @@ class ModuleScan(ast.NodeVisitor):
 
     def run(self, tree: ast.Module) -> ModuleReport:
         self.visit(tree)
+        # What the walk needed and the second pass does not: the module's facts are kept until every
+        # module is read, so keep them small.
+        self.scopes, self.made, self.class_scopes, self.judged, self._dispatch = [{}], [{}], {}, set(), {}
         return self.report
 
     @property
@@ -392,19 +397,18 @@ class ModuleScan(ast.NodeVisitor):
         callee = _dotted(node.func)
         if callee is None:
             return
-        made = self.made_by(callee[0])
-        if made and len(callee) > 1:  # repo.run() where repo = Repository(...)
+        made = self.made_by(callee[0]) if len(callee) > 1 else None
+        if made:  # repo.run() where repo = Repository(...)
             callee = made + callee[1:]
         strings: list[tuple[int | str, SqlText]] = []
-        names = self.names()
-        for position, argument in enumerate(node.args):
-            text = None if isinstance(argument, ast.Starred) else self.resolver.resolve(argument, names)
-            if text is not None:
-                strings.append((position, text))
-        for keyword in node.keywords:
-            text = self.resolver.resolve(keyword.value, names) if keyword.arg else None
-            if text is not None:
-                strings.append((keyword.arg, text))  # type: ignore[arg-type]
+        names = None
+        arguments = [*enumerate(node.args), *((k.arg, k.value) for k in node.keywords if k.arg)]
+        for key, argument in arguments:
+            if type(argument) in _MAYBE_STRINGS:
+                names = names or self.names()
+                text = self.resolver.resolve(argument, names)
+                if text is not None:
+                    strings.append((key, text))
         owner = self.functions[-1].owner if self.functions else None
         self.report.calls.append(CallSite(node.lineno, callee, self.scope, owner, tuple(strings)))
 
