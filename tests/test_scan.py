@@ -183,6 +183,11 @@ def test_each_change_in_a_long_plpgsql_string_is_at_its_own_line_and_comments_do
     'conn.execute(text("ALTER FUNCTION f() SET search_path = pg_catalog"))\n',
     'cursor.execute("ALTER TABLE t SET SCHEMA archive")\n',
     'cursor.execute("UPDATE t SET schema = %s", (1,))\n',
+    # the project's own set_tenant(): no django import, and its body sets nothing
+    'def set_tenant(request, tenant):\n    request.state.tenant = tenant\nset_tenant(request, "acme")\n',
+    'with schema_context("acme"):\n    pass\n',
+    # a parameter named like a module constant is the caller's value, not the constant
+    'SQL = "SET search_path TO acme"\ndef run(conn, SQL):\n    conn.execute(text(SQL))\n',
 ])
 def test_near_misses_are_not_findings(source: str) -> None:
     assert scan_source(source) == []

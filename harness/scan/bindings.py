@@ -25,6 +25,13 @@ LEGACY_HELPERS = frozenset({"set_user_schema", "set_user_search_path", "commit_a
 LEGACY_PREFIXES = ("set_search_path", "restore_search_path")
 # django-tenants / django-tenant-schemas: each sets search_path on the shared connection.
 DJANGO_CALLS = frozenset({"set_tenant", "set_schema", "set_schema_to_public", "schema_context", "tenant_context"})
+# ... judged only in a module that imports django's connection or one of those packages: elsewhere a
+# set_tenant() is the project's own, and the scan follows what it does instead of guessing from its name.
+DJANGO_MODULES = ("django_tenants", "tenant_schemas", "django.db")
+
+
+def is_django_import(module: str) -> bool:
+    return any(module == name or module.startswith(name + ".") for name in DJANGO_MODULES)
 
 # Calls whose string arguments are connection strings (DSNs, URLs, libpq keyword strings).
 CONNECT_CALLS = frozenset({"connect", "create_engine", "create_async_engine", "create_pool", "make_url",

@@ -137,6 +137,7 @@ class ModuleScan(ast.NodeVisitor):
         self.qualified_kinds: list[str] = []  # "function" or "class", for each of them
         self.classes: list[str] = []
         self.class_scopes: dict[str, dict[str, SqlText | ast.Dict | Param | None]] = {}
+        self.django_calls: list[tuple[int, str, str]] = []  # (line, name, scope): judged once the imports are known
         self.judged: set[int] = set()  # ids of wrapper calls a runner has already judged with its parameters
         self.owners: list[MappedClass | CoreTable] = []  # the model a ForeignKey(...) belongs to
         self._dispatch: dict[type, Callable[[Any], None]] = {}
@@ -146,6 +147,9 @@ class ModuleScan(ast.NodeVisitor):
 
     def run(self, tree: ast.Module) -> ModuleReport:
         self.visit(tree)
+        if any(bindings.is_django_import(ref.module) for ref in self.report.imports.values() if ref.level == 0):
+            for line, name, scope in self.django_calls:
+                self.hit(line, "django-tenancy-call", scope=scope, name=name)
         # What the walk needed and the second pass does not: the module's facts are kept until every
         # module is read, so keep them small.
         self.scopes, self.made, self.class_scopes, self.judged, self._dispatch = [{}], [{}], {}, set(), {}
@@ -367,7 +371,8 @@ class ModuleScan(ast.NodeVisitor):
         if bindings.is_legacy_helper(name):
             self.hit(node.lineno, "search-path-helper", name=name)
         elif name in bindings.DJANGO_CALLS:
-            self.hit(node.lineno, "django-tenancy-call", name=name)
+            self.django_calls.append((node.lineno, name, self.scope))
+            self.call_site(node)
         else:
             self.call_site(node)
         first = bindings.sql_argument(node)
