@@ -490,7 +490,7 @@ def test_the_report_folder_holds_scan_sarif_and_the_html_links_the_findings(tmp_
     results = json.loads((folder / "results.json").read_text())
     scan = results["scan"]
     assert set(scan) == {"paths", "findings", "not_scanned", "files", "base", "tenant_tables", "tables_from",
-                         "summary", "models_unseen"}
+                         "summary", "models_unseen", "shared_models"}
     assert set(scan["findings"][0]) == {"path", "line", "rule", "message", "snippet", "tag", "gating", "table", "cites"}
     assert [n["path"].endswith("py2.py") for n in scan["not_scanned"]] == [True]
     jsonschema.validate(json.loads((folder / "scan.sarif").read_text()), SARIF_SCHEMA)

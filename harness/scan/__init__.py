@@ -3,9 +3,12 @@
 ``harness scan PATH...`` reads Python source (any version up to 3.14, see
 :mod:`harness.scan.syntax`), follows the strings that reach SQL calls into a
 PostgreSQL parser (:mod:`harness.scan.sql`), reads the team's models
-(:mod:`harness.scan.models`) and reports each finding at its own line, tagged
+(:mod:`harness.scan.models`), resolves calls through scopes and imports
+(:mod:`harness.scan.calls`) and reports each finding at its own line, tagged
 app/scripts/tests/migrations. Comments, docstrings, log messages and strings
-that never reach SQL are not judged.
+that never reach SQL are not judged; a call is judged by the def it reaches,
+not by its name (the legacy layer's helpers and django-tenants' calls, known
+APIs, apart).
 """
 
 from harness.scan.findings import NotScanned, ScanFinding, ScanResult

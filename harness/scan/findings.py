@@ -58,10 +58,13 @@ RULES: dict[str, Rule] = {rule.id: rule for rule in (
          "it breaks (\"relation does not exist\") or reads another tenant's rows once that is removed or the "
          "pooled connection carries someone else's search_path; qualify it with the tenant's schema or run the "
          "query through the mapped table."),
-    Rule("model-missing-placeholder", "a mapped class without the tenant placeholder",
-         "mapped class {name} (table {table}) has no schema while its siblings use the '{schema}' placeholder, "
-         "so the translate map never reaches it and it follows search_path; give it "
-         "__table_args__ = {{\"schema\": \"{schema}\"}}."),
+    Rule("model-missing-placeholder", "a tenant model without the tenant placeholder",
+         "{model} has no schema but looks per tenant ({evidence}), so the translate map never reaches it and it "
+         "follows search_path; give it {fix}."),
+    Rule("model-scope-unclear", "a model without a schema, neither clearly shared nor per tenant",
+         "{model} has no schema, so it follows search_path, and the scan cannot tell whether it is shared or per "
+         "tenant ({evidence}); name its schema: \"public\" (or your shared schema) if it is shared, the "
+         "'{schema}' placeholder if it is per tenant.", gates=False),
     Rule("tenant-fk-to-public", "a foreign key between a tenant table and a shared one",
          "foreign key from {table} to {target} links a tenant table and a shared one, so every tenant's copy "
          "points into one shared table (information: it does not gate).", gates=False),
@@ -111,6 +114,9 @@ class ScanResult:
     base: str = ""
     #: mapped classes in the scanned code that --models does not import: "Name (path:line)"
     models_unseen: list[str] = field(default_factory=list)
+    #: models without a schema beside placeholder models that the evidence says are shared: "Name (table,
+    #: path:line: why)"
+    shared_models: list[str] = field(default_factory=list)
 
     @property
     def gating(self) -> list[ScanFinding]:
@@ -132,7 +138,7 @@ def scan_json(paths: list[str], findings: Iterable[ScanFinding], record: ScanRes
     if record is not None:
         data.update(files=record.files, base=record.base, tenant_tables=list(record.tenant_tables),
                     tables_from=record.tables_from, not_scanned=[dataclasses.asdict(n) for n in record.not_scanned],
-                    models_unseen=list(record.models_unseen))
+                    models_unseen=list(record.models_unseen), shared_models=list(record.shared_models))
     return data
 
 

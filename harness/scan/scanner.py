@@ -1,13 +1,16 @@
 """`harness scan`: every module walked once, then judged together.
 
 The first pass walks each file (:mod:`harness.scan.visitor`) and keeps what it
-binds, the tables its SQL names, the models it declares, the functions whose
-body binds search_path and the calls it makes. The second pass judges them
-together: the tenant tables (from ``--models`` or from every module's mapped
-classes), mapped classes missing the placeholder next to siblings that have it,
-and every call of a project function that binds search_path, at its call site.
-Each finding is tagged app/scripts/tests/migrations by its path; migrations do
-not gate by default.
+binds, the tables its SQL names, the models it declares, its defs and classes,
+its imports and the calls it makes. The second pass judges them together: the
+tenant tables (from ``--models``, plus the mapped classes it does not import,
+or from every module's mapped classes), models missing the placeholder, every
+call that reaches a def binding search_path (resolved through scopes and
+imports by :mod:`harness.scan.calls`, citing that def), strings handed to a def
+that runs them as SQL, and raw SQL run after a session-level binding in the
+same def (citing the SET it relies on). Each finding is tagged
+app/scripts/tests/migrations by its path; only app code (and the team's own
+tags) gates by default.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from typing import Any, Iterator, Sequence
 from harness.errors import UsageError
 from harness.scan.findings import RULES, NotScanned, ScanFinding, ScanResult, message
 from harness.scan.literals import snippet, split_lines
-from harness.scan.models import TenantModels, load_metadata, metadata_schemas, read_models
+from harness.scan.models import UNKNOWN_SCHEMA, TenantModels, load_metadata, metadata_schemas, read_models
 from harness.scan.sarif import write_sarif
 from harness.scan.syntax import Unreadable, parse_module
 from harness.scan.tags import Tags
@@ -142,7 +145,13 @@ def _scan_together(entries: Any, metadata: Any, metadata_name: str, tags: Tags) 
     calls = Project((m.path, m.names, m.report) for m in modules)
     resolved = list(calls.calls())
     _judge_helper_arguments(modules, resolved)
-    project = read_models(m.report.models for m in modules)
+    qualified: dict[str, set[str | None]] = {}  # raw SQL naming a table with a schema: evidence of its scope
+    for module in modules:
+        for ref in module.report.refs:
+            if ref.schema is not None and ref.schema != UNKNOWN_SCHEMA:
+                qualified.setdefault(ref.table, set()).add(ref.schema)
+    project = read_models((m.report.models for m in modules), qualified)
+    result.shared_models = [f"{m.name} ({m.table}, {m.path}:{m.line}: {m.reason})" for m in project.shared]
     if metadata is not None:
         schemas = metadata_schemas(metadata)
         tenant = {name for name, found in schemas.items() if any(project.is_tenant(s) for s in found)}
@@ -297,6 +306,9 @@ def _text(result: ScanResult) -> str:
     else:
         lines.append("no tenant tables known, so raw SQL naming tables without a schema was not judged: "
                      "pass --models package.module:attr, or scan the folder holding the mapped classes")
+    if result.shared_models:
+        lines.append(f"models without a schema judged shared ({len(result.shared_models)}), not flagged: "
+                     f"{', '.join(result.shared_models)}")
     if result.models_unseen:
         lines.append(f"mapped classes the --models Base does not import ({len(result.models_unseen)}): "
                      f"{', '.join(result.models_unseen)}; import them where the Base is defined")
