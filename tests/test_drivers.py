@@ -92,29 +92,36 @@ def _on(url, driver: str):
     return drivers.driver(driver).url(url)
 
 
-def _execute(url, statement: str) -> BaseException:
-    """Run a failing statement through SQLAlchemy on the URL's driver; return what it raised."""
+def _raised(url, work) -> BaseException:
+    """What ``work(connection)`` raised on a SQLAlchemy connection of the URL's driver (through ``run_sync`` on
+    an async one, so the same work runs on every driver)."""
+    def guarded(conn) -> BaseException:
+        try:
+            work(conn)
+        except DBAPIError as exc:
+            return exc
+        raise AssertionError("nothing failed")
+
     if url.get_dialect().is_async:
         async def run() -> BaseException:
             engine = create_async_engine(url)
             try:
                 async with engine.connect() as conn:
-                    await conn.execute(text(statement))
-            except DBAPIError as exc:
-                return exc
+                    return await conn.run_sync(guarded)
             finally:
                 await engine.dispose()
-            raise AssertionError("the statement did not fail")
         return asyncio.run(run())
     engine = create_engine(url)
     try:
         with engine.connect() as conn:
-            conn.execute(text(statement))
-    except DBAPIError as exc:
-        return exc
+            return guarded(conn)
     finally:
         engine.dispose()
-    raise AssertionError("the statement did not fail")
+
+
+def _execute(url, statement: str) -> BaseException:
+    """Run a failing statement through SQLAlchemy on the URL's driver; return what it raised."""
+    return _raised(url, lambda conn: conn.execute(text(statement)))
 
 
 @pytest.mark.parametrize("driver", DRIVERS)
@@ -144,40 +151,15 @@ def _cut(driver_connection) -> None:
 
 
 def _broken_during_rollback(url) -> BaseException:
-    """A statement fails on purpose (division by zero), the connection is cut, and the rollback meets the
-    broken connection: what the rollback raised."""
-    if url.get_dialect().is_async:
-        async def run() -> BaseException:
-            engine = create_async_engine(url)
-            try:
-                async with engine.connect() as conn:
-                    driver_connection = (await conn.get_raw_connection()).driver_connection
-                    try:
-                        await conn.execute(text("SELECT 1 / 0"))
-                    except DBAPIError:  # rolled back inside the handler, as fail_and_rollback does
-                        _cut(driver_connection)
-                        try:
-                            await conn.rollback()
-                        except DBAPIError as exc:
-                            return exc
-            finally:
-                await engine.dispose()
-            raise AssertionError("the rollback did not fail")
-        return asyncio.run(run())
-    engine = create_engine(url)
-    try:
-        with engine.connect() as conn:
-            try:
-                conn.execute(text("SELECT 1 / 0"))
-            except DBAPIError:  # rolled back inside the handler, as fail_and_rollback does
-                _cut(conn.connection.driver_connection)
-                try:
-                    conn.rollback()
-                except DBAPIError as exc:
-                    return exc
-    finally:
-        engine.dispose()
-    raise AssertionError("the rollback did not fail")
+    """A statement fails on purpose (division by zero), the connection is cut, and the rollback (inside the
+    handler, as fail_and_rollback does) meets the broken connection: what the rollback raised."""
+    def work(conn) -> None:
+        try:
+            conn.execute(text("SELECT 1 / 0"))
+        except DBAPIError:
+            _cut(conn.connection.driver_connection)
+            conn.rollback()
+    return _raised(url, work)
 
 
 @pytest.mark.parametrize("driver", DRIVERS)
