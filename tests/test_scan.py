@@ -343,22 +343,29 @@ def test_models_that_miss_mapped_classes_say_which_and_their_tables_are_still_ju
         "from sqlalchemy.orm import Mapped, mapped_column\nfrom scanunseen_pkg.base import Base\n"
         "class Invoice(Base):\n    __tablename__ = 'invoices'\n    __table_args__ = {'schema': 'tenant'}\n"
         "    id: Mapped[int] = mapped_column(primary_key=True)\n")
+    (package / "ledger.py").write_text(  # a Core table, never imported by base.py either
+        "from sqlalchemy import Column, Integer, MetaData, Table\nmetadata = MetaData()\n"
+        "ledger = Table('ledger', metadata, Column('id', Integer), schema='tenant')\n")
     (package / "jobs.py").write_text("from sqlalchemy import text\n"
                                      "def close(conn):\n    conn.execute(text('UPDATE invoices SET closed = 1'))\n"
-                                     "    conn.execute(text('UPDATE orders SET total = 0'))\n")
+                                     "    conn.execute(text('UPDATE orders SET total = 0'))\n"
+                                     "    conn.execute(text('DELETE FROM ledger'))\n")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "path", list(sys.path))
     for name in ("scanunseen_pkg", "scanunseen_pkg.base"):
         monkeypatch.delitem(sys.modules, name, raising=False)
     result = scan_paths([Path("scanunseen_pkg")], models="scanunseen_pkg.base:Base")
-    assert result.models_unseen == ["Invoice (scanunseen_pkg/invoices.py:3)"]
-    assert result.tenant_tables == ["invoices", "orders"]
-    assert result.tables_from == ("--models scanunseen_pkg.base:Base: 1 tenant table(s); 1 mapped class(es) in the "
-                                  "scanned code it does not import, read from the source (1 more tenant table(s))")
-    assert {(f.line, f.table) for f in result.findings} == {(3, "invoices"), (4, "orders")}
+    assert result.models_unseen == ["Invoice (scanunseen_pkg/invoices.py:3)",
+                                    "Table('ledger') (scanunseen_pkg/ledger.py:3)"]
+    assert result.tenant_tables == ["invoices", "ledger", "orders"]
+    assert result.tables_from == ("--models scanunseen_pkg.base:Base: 1 tenant table(s); 2 mapped class(es) or "
+                                  "table(s) in the scanned code it does not import, read from the source (2 more "
+                                  "tenant table(s))")
+    assert {(f.line, f.table) for f in result.findings} == {(3, "invoices"), (4, "orders"), (5, "ledger")}
     assert main(["scanunseen_pkg", "--models", "scanunseen_pkg.base:Base"]) == 1
-    assert ("mapped classes the --models Base does not import (1): Invoice (scanunseen_pkg/invoices.py:3); import "
-            "them where the Base is defined") in capsys.readouterr().out
+    assert ("mapped classes the --models Base does not import (2): Invoice (scanunseen_pkg/invoices.py:3), "
+            "Table('ledger') (scanunseen_pkg/ledger.py:3); import them where the Base is defined"
+            ) in capsys.readouterr().out
 
 
 # -- files written for newer Python, and files that cannot be read -------------------------------
@@ -423,6 +430,41 @@ def test_findings_are_tagged_and_migrations_do_not_gate() -> None:
 ])
 def test_default_tags(relative: str, tag: str) -> None:
     assert Tags.from_options().tag(relative) == tag
+
+
+def test_an_alembic_revision_is_a_migration_however_the_scan_is_pointed_at_it(tmp_path, monkeypatch) -> None:
+    """``scan alembic/versions`` and ``scan /abs/path/to/alembic/versions/r1.py`` tag the revision as the
+    whole repository's scan does; a folder called versions without Alembic's env.py beside it stays app code."""
+    (tmp_path / "alembic" / "versions").mkdir(parents=True)
+    (tmp_path / "alembic" / "env.py").write_text("")
+    revision = tmp_path / "alembic" / "versions" / "r1.py"
+    revision.write_text('op.execute("SET search_path TO t1")\n')
+    (tmp_path / "api" / "versions").mkdir(parents=True)
+    (tmp_path / "api" / "versions" / "v1.py").write_text('conn.execute(text("SET search_path TO t1"))\n')
+    monkeypatch.chdir(tmp_path)
+    for root in (Path("alembic/versions"), tmp_path / "alembic" / "versions", revision, Path("alembic/versions/r1.py")):
+        assert [f.tag for f in scan_paths([root]).findings] == ["migrations"], root
+    assert [f.tag for f in scan_paths([Path("api/versions")]).findings] == ["app"]
+    assert [f.tag for f in scan_paths([tmp_path / "api" / "versions" / "v1.py"]).findings] == ["app"]
+
+
+def test_only_the_applications_own_sql_is_evidence_of_a_models_scope(tmp_path) -> None:
+    """A test naming public.notes (to check a decoy, say) does not make a tenant model without the placeholder
+    look shared: the application's SQL says where a table lives, a test's or a script's does not."""
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app" / "models.py").write_text(
+        "from sqlalchemy import ForeignKey\nfrom sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column\n"
+        "class Base(DeclarativeBase):\n    pass\n"
+        "class Order(Base):\n    __tablename__ = 'orders'\n    __table_args__ = {'schema': 'tenant'}\n"
+        "    id: Mapped[int] = mapped_column(primary_key=True)\n"
+        "class Note(Base):\n    __tablename__ = 'notes'\n"
+        "    id: Mapped[int] = mapped_column(primary_key=True)\n"
+        "    order_id: Mapped[int] = mapped_column(ForeignKey('tenant.orders.id'))\n")
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "test_decoys.py").write_text(
+        "from sqlalchemy import text\ndef test_decoy(conn):\n    conn.execute(text('SELECT * FROM public.notes'))\n")
+    missing = [f for f in scan_paths([tmp_path]).findings if f.table == "notes" and f.path.endswith("models.py")]
+    assert [(f.rule, f.gating) for f in missing] == [("model-missing-placeholder", True)]
 
 
 def test_tags_and_the_gate_are_settable(tmp_path, capsys) -> None:

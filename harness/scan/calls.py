@@ -1,18 +1,22 @@
 """Which definition a call reaches: resolved through scopes and imports, as Python would, never by name alone.
 
 A call ``f()`` is the module's own ``f`` (a def nested in the calling function
-first, then the module's), else the ``f`` it imports (``from app.db import f``,
-followed through a package's re-exports); ``db.f()`` is ``f`` of the module
-``db`` names; ``self.m()`` is ``m`` of the calling method's class or of its
-bases; ``repo.m()`` where ``repo = Repository(...)`` is ``Repository.m``. A call
-the scan cannot resolve this way (a method of an object of unknown type, a
-function of a module outside the scanned code) reaches nothing: two functions
-called ``main`` in two scripts are two functions.
+or in a function enclosing it, never a method of the class it sits in; then
+the module's, the last def of that name), else the ``f`` it imports (``from
+app.db import f``, followed through a package's re-exports); ``db.f()`` is
+``f`` of the module ``db`` names (``import a.b`` then ``a.b.f()`` too, also in
+namespace packages); ``self.m()`` is ``m`` of the calling method's class or of
+its bases, ``super().m()`` of its bases only; ``repo.m()`` where ``repo =
+Repository(...)`` is ``Repository.m``; ``Repository(...)`` runs its
+``__init__``. A call the scan cannot resolve this way (a method of an object of
+unknown type, a function of a module outside the scanned code) reaches nothing:
+two functions called ``main`` in two scripts are two functions.
 
 Modules are named by their path under the folder scanned and under its parent
 (``app/jobs/nightly.py`` is ``app.jobs.nightly``, and ``jobs.nightly`` if
 ``app`` was scanned); an absolute import matches the module with that name, or
-the one module whose name ends with it.
+the one module whose name ends with it after a folder that is not a package
+(``src/acme/db.py`` for ``acme.db``, not ``app/acme/db.py`` of package ``app``).
 """
 
 from __future__ import annotations
@@ -64,13 +68,21 @@ class Project:
         self.reports: dict[str, ModuleReport] = {}
         self.names: dict[str, list[str]] = {}  # path -> its dotted names, longest first
         self.by_name: dict[str, set[str]] = {}
-        self.by_suffix: dict[str, set[str]] = {}  # the last two components of a name -> paths
         for path, names, report in modules:
             self.reports[path] = report
             self.names[path] = sorted(names, key=len, reverse=True)
             for name in names:
                 self.by_name.setdefault(name, set()).add(path)
-                self.by_suffix.setdefault(".".join(name.split(".")[-2:]), set()).add(path)
+        packages = {name for path, names in self.names.items() if path.endswith("__init__.py") for name in names}
+        # The tail of a name after a folder that is not a package (src/acme/db.py: acme.db and db under src/)
+        # -> paths: what an absolute import may name when the scan's names start above the import root.
+        self.by_suffix: dict[str, set[str]] = {}
+        for path, names in self.names.items():
+            for name in names:
+                parts = name.split(".")
+                for start in range(1, len(parts)):
+                    if ".".join(parts[:start]) not in packages:
+                        self.by_suffix.setdefault(".".join(parts[start:]), set()).add(path)
         self._reach: dict[tuple[str, str], tuple[str, int] | None] = {}
         self._scoped: dict[str, dict[str, list[CallSite]]] = {}
 
@@ -89,8 +101,7 @@ class Project:
         exact = self.by_name.get(name)
         if exact is not None:
             return next(iter(exact)) if len(exact) == 1 else None
-        candidates = {path for path in self.by_suffix.get(".".join(name.split(".")[-2:]), ())
-                      if any(n == name or n.endswith("." + name) for n in self.names[path])}
+        candidates = self.by_suffix.get(name, ())
         return next(iter(candidates)) if len(candidates) == 1 else None
 
     def imported_module(self, path: str, ref: ImportRef) -> str | None:
@@ -120,12 +131,17 @@ class Project:
             method = f"{entity.qualified}.{name}"
             if method in report.functions:
                 return _Entity("function", entity.module, method)
-            for base in report.classes.get(entity.qualified, ()):
-                found = self.dotted(entity.module, "", base, depth + 1)
-                if found is not None and found.kind == "class":
-                    inherited = self.member(found, name, depth + 1)
-                    if inherited is not None:
-                        return inherited
+            return self.inherited(entity, name, depth)
+        return None
+
+    def inherited(self, entity: _Entity, name: str, depth: int = 0) -> _Entity | None:
+        """``name`` of the bases of class ``entity``, in order."""
+        for base in self.reports[entity.module].classes.get(entity.qualified, ()):
+            found = self.dotted(entity.module, "", base, depth + 1)
+            if found is not None and found.kind == "class":
+                inherited = self.member(found, name, depth + 1)
+                if inherited is not None:
+                    return inherited
         return None
 
     def _global(self, path: str, name: str, depth: int) -> _Entity | None:
@@ -164,13 +180,24 @@ class Project:
         report = self.reports[path]
         first = names[0]
         entity = None
-        parts = scope.split(".") if scope else []
+        # The defs enclosing the call (a class's body is no enclosing scope of its methods' bodies).
+        parts = [part.partition("@")[0] for part in scope.split(".")] if scope else []
         while parts:  # a def nested in the calling def (or in one enclosing it)
-            nested = ".".join([*parts, first])
-            if nested in report.functions:
-                entity = _Entity("function", path, nested)
-                break
+            if ".".join(parts) in report.functions:
+                nested = ".".join([*parts, first])
+                if nested in report.functions:
+                    entity = _Entity("function", path, nested)
+                    break
             parts.pop()
+        if entity is None:
+            ref = report.imports.get(first)
+            if ref is not None and ref.name is None and ref.level == 0 and len(names) > 1:
+                # import a.b.c binds a: a.b.c.f() is f of module a.b.c, a package or not
+                for end in range(len(names) - 1, 0, -1):
+                    module = self.module(".".join([ref.module, *names[1:end]]))
+                    if module is not None:
+                        entity, names = _Entity("module", module), names[end - 1:]
+                        break
         if entity is None:
             entity = self._global(path, first, depth)
         for name in names[1:]:
@@ -181,12 +208,18 @@ class Project:
 
     def resolve(self, path: str, call: CallSite) -> Target | None:
         """The def ``call`` (in module ``path``) reaches, or None."""
-        if call.callee[0] in ("self", "cls"):
+        if call.callee[0] in ("self", "cls", "super"):
             if call.owner is None or len(call.callee) != 2:
                 return None
-            entity = self.member(_Entity("class", path, call.owner), call.callee[1])
+            owner = _Entity("class", path, call.owner)
+            if call.callee[0] == "super":
+                entity = self.inherited(owner, call.callee[1])
+            else:
+                entity = self.member(owner, call.callee[1])
         else:
             entity = self.dotted(path, call.scope, call.callee)
+        if entity is not None and entity.kind == "class":  # Repository(...) runs Repository.__init__
+            entity = self.member(entity, "__init__")
         if entity is None or entity.kind != "function":
             return None
         return Target(entity.module, entity.qualified, self.reports[entity.module].functions[entity.qualified])
@@ -195,25 +228,40 @@ class Project:
     def binding(self, target: Target) -> tuple[str, int] | None:
         """The session-level binding a call of ``target`` runs: its own, or that of a def it calls
         (path, line of the SET); None if it binds nothing."""
-        return self._binding(target.path, target.qualified, set())
+        visited: list[tuple[str, str]] = []
+        found, _ = self._binding(target.path, target.qualified, {}, visited)
+        if found is None:  # everything reachable from it was walked: none of it binds
+            for key in visited:
+                self._reach[key] = None
+        return found
 
-    def _binding(self, path: str, qualified: str, seen: set[tuple[str, str]]) -> tuple[str, int] | None:
+    def _binding(self, path: str, qualified: str, stack: dict[tuple[str, str], int],
+                 visited: list[tuple[str, str]]) -> tuple[tuple[str, int] | None, int]:
+        """(the binding, the depth of the shallowest def on the stack its answer leaned on). A def found
+        binding nothing while a def below it on the stack was still being walked is not remembered: that
+        def may bind through a later call."""
         key = (path, qualified)
         if key in self._reach:
-            return self._reach[key]
-        if key in seen:
-            return None
-        seen.add(key)
+            return self._reach[key], len(stack)
+        if key in stack:
+            return None, stack[key]
+        depth = stack[key] = len(stack)
+        visited.append(key)
         facts = self.reports[path].functions[qualified]
-        found = None if facts.binds is None else (path, facts.binds)
+        found, leans = (None, depth) if facts.binds is None else ((path, facts.binds), depth)
         if found is None:
-            for call in self.calls_in(path, qualified):
+            for call in self.calls_in(path, facts.scope or qualified):
                 target = self.resolve(path, call)
-                found = None if target is None else self._binding(target.path, target.qualified, seen)
+                if target is None:
+                    continue
+                found, deepest = self._binding(target.path, target.qualified, stack, visited)
+                leans = min(leans, deepest)
                 if found is not None:
                     break
-        self._reach[key] = found
-        return found
+        del stack[key]
+        if found is not None or leans >= depth:
+            self._reach[key] = found
+        return found, leans
 
     def calls(self) -> Iterator[tuple[str, CallSite, Target]]:
         """Every resolved call of a def that matters to the scan: (the calling module's path, the call, its
@@ -228,14 +276,14 @@ class Project:
                         yield path, call, target
 
     def _names_that_matter(self) -> set[str]:
-        names = {f.name for report in self.reports.values() for f in report.functions.values()
-                 if f.binds is not None or f.sql_params}
+        names = {name for report in self.reports.values() for f in report.functions.values()
+                 if f.binds is not None or f.sql_params for name in _called_as(f)}
         callers: dict[str, set[str]] = {}  # the last name of a callee -> the names of the defs calling it
         aliases: dict[str, set[str]] = {}  # a name imported under another -> those other names
         for report in self.reports.values():
             for call in report.calls:
                 if call.scope:
-                    callers.setdefault(call.callee[-1], set()).add(report.functions[call.scope].name)
+                    callers.setdefault(call.callee[-1], set()).update(_called_as(report.functions[call.scope]))
             for local, ref in report.imports.items():
                 if ref.name is not None and local != ref.name:
                     aliases.setdefault(ref.name, set()).add(local)
@@ -247,3 +295,10 @@ class Project:
                     names.add(more)
                     frontier.append(more)
         return names
+
+
+def _called_as(facts: FunctionFacts) -> tuple[str, ...]:
+    """The last names a call of def ``facts`` may end with: its own, and its class's for an ``__init__``."""
+    if facts.name == "__init__" and facts.owner:
+        return facts.name, facts.owner.rpartition(".")[2]
+    return (facts.name,)

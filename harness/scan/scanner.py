@@ -30,7 +30,7 @@ from harness.scan.literals import snippet, split_lines
 from harness.scan.models import UNKNOWN_SCHEMA, TenantModels, load_metadata, metadata_schemas, read_models
 from harness.scan.sarif import write_sarif
 from harness.scan.syntax import Unreadable, parse_module
-from harness.scan.tags import Tags
+from harness.scan.tags import NOT_GATING, Tags
 from harness.scan.calls import Project, Target, module_names
 from harness.scan.visitor import CallSite, ModuleReport, ModuleScan
 
@@ -80,16 +80,26 @@ def _entries(paths: Sequence[Path]) -> list[tuple[Path, tuple[str, ...]]]:
                 continue
             seen.add(key)
             if root.is_file():
-                relative: tuple[str, ...] = (root.as_posix() if not root.is_absolute() else root.name,)
+                relative: tuple[str, ...] = (root.as_posix() if not root.is_absolute() else root.name,
+                                             f"{root.resolve().parent.name}/{root.name}")
             else:
                 inside = file.relative_to(root).as_posix()
                 relative = (inside, f"{root.resolve().name}/{inside}")
-            entries.append((file, relative))
+            entries.append((file, relative + _alembic_relative(file)))
     if not entries:
         # Scanning nothing proves nothing: say so instead of reporting a clean pass.
         raise UsageError(f"harness scan: no Python files under {', '.join(map(str, paths))}.",
                          fix=["point the scan at the application's source folder"])
     return entries
+
+
+def _alembic_relative(file: Path) -> tuple[str, ...]:
+    """A revision of an Alembic folder (``versions/`` beside ``env.py``) as ``FOLDER/versions/NAME``, however
+    the scan was pointed at it (``alembic/versions`` itself, or one revision by its absolute path)."""
+    versions = file.parent
+    if versions.name != "versions" or not (versions.parent / "env.py").is_file():
+        return ()
+    return (f"{versions.parent.resolve().name}/versions/{file.name}",)
 
 
 def read_source(file: Path) -> str:
@@ -145,8 +155,12 @@ def _scan_together(entries: Any, metadata: Any, metadata_name: str, tags: Tags) 
     calls = Project((m.path, m.names, m.report) for m in modules)
     resolved = list(calls.calls())
     _judge_helper_arguments(modules, resolved)
-    qualified: dict[str, set[str | None]] = {}  # raw SQL naming a table with a schema: evidence of its scope
+    # Raw SQL of the application naming a table with a schema: evidence of its scope (a test or a script may
+    # name a tenant's own schema; what the application runs says where it means the table to live).
+    qualified: dict[str, set[str | None]] = {}
     for module in modules:
+        if module.tag in NOT_GATING:
+            continue
         for ref in module.report.refs:
             if ref.schema is not None and ref.schema != UNKNOWN_SCHEMA:
                 qualified.setdefault(ref.table, set()).add(ref.schema)
@@ -156,14 +170,16 @@ def _scan_together(entries: Any, metadata: Any, metadata_name: str, tags: Tags) 
         schemas = metadata_schemas(metadata)
         tenant = {name for name, found in schemas.items() if any(project.is_tenant(s) for s in found)}
         result.tables_from = f"{metadata_name}: {len(tenant)} tenant table(s)"
-        # Mapped classes the team's Base never imported: their tables are judged from the source.
-        unseen = [cls for m in modules for cls in m.report.models.classes
+        # Mapped classes and Core tables the team's Base never imported: their tables are judged from the source.
+        unseen = [(cls.name, cls.tablename, cls.path, cls.line) for m in modules for cls in m.report.models.classes
                   if cls.tablename is not None and cls.tablename not in schemas]
-        result.models_unseen = [f"{cls.name} ({cls.path}:{cls.line})" for cls in unseen]
-        from_source = {cls.tablename for cls in unseen} & project.tenant_tables()
+        unseen += [(f"Table({table.name!r})", table.name, table.path, table.line) for m in modules
+                   for table in m.report.models.tables if table.name not in schemas]
+        result.models_unseen = [f"{name} ({path}:{line})" for name, _, path, line in unseen]
+        from_source = {table for _, table, _, _ in unseen} & project.tenant_tables()
         if unseen:
-            result.tables_from += (f"; {len(unseen)} mapped class(es) in the scanned code it does not import, "
-                                   f"read from the source ({len(from_source)} more tenant table(s))")
+            result.tables_from += (f"; {len(unseen)} mapped class(es) or table(s) in the scanned code it does not "
+                                   f"import, read from the source ({len(from_source)} more tenant table(s))")
         tenant |= from_source
     else:
         tenant = project.tenant_tables()
@@ -187,10 +203,13 @@ def _scan_together(entries: Any, metadata: Any, metadata_name: str, tags: Tags) 
     for issue in project.issues:
         add(issue.path, issue.line, issue.rule, message(issue.rule, **issue.values), issue.snippet, issue.table)
     lines: dict[str, list[str]] = {}
+    sources = {m.path: m.source for m in modules}
     for path, call, target in resolved:
         if target.facts.binds is None:
             continue
-        source_lines = lines.setdefault(path, split_lines(next(m.source for m in modules if m.path == path)))
+        source_lines = lines.get(path)
+        if source_lines is None:
+            source_lines = lines[path] = split_lines(sources[path])
         add(path, call.line, "search-path-function-call",
             message("search-path-function-call", name=target.qualified, where=target.where),
             snippet(source_lines, call.line), None, target.where)

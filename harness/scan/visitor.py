@@ -71,6 +71,8 @@ class FunctionFacts:
     line: int
     owner: str | None  # the qualified name of its class, for a method
     params: tuple[str, ...]
+    #: the key of its body's calls, SQL and bindings: its qualified name, with ``@line`` for a redefinition
+    scope: str = ""
     #: the first line of its own body (nested functions apart) that binds search_path, if any
     binds: int | None = None
     #: parameters whose value its body runs as SQL: (position, name)
@@ -107,7 +109,8 @@ class ModuleReport:
     hits: dict[tuple[int, str, str | None], Hit] = field(default_factory=dict)
     refs: list[TableRef] = field(default_factory=list)
     models: ModelFacts = field(default_factory=ModelFacts)
-    #: every def by qualified name (``f``, ``Cls.m``, ``f.inner``); the first of a name redefined wins
+    #: every def by qualified name (``f``, ``Cls.m``, ``f.inner``), the last of a name redefined (the one
+    #: called), and each redefinition also by its scope (``f@12``)
     functions: dict[str, FunctionFacts] = field(default_factory=dict)
     #: every class by qualified name: its bases, dotted
     classes: dict[str, tuple[tuple[str, ...], ...]] = field(default_factory=dict)
@@ -131,6 +134,8 @@ class ModuleScan(ast.NodeVisitor):
         self.scopes: list[dict[str, SqlText | ast.Dict | Param | None]] = [{}]
         # Locals made by calling a dotted name (``repo = Repository(...)``): their methods resolve through it.
         self.made: list[dict[str, tuple[str, ...]]] = [{}]
+        # Whether each scope is a class body: a def inside a class does not see the class's names.
+        self.class_body: list[bool] = [False]
         self.functions: list[FunctionFacts] = []  # the defs being walked, innermost last
         self.scope_names: list[str] = []  # their qualified names
         self.qualified: list[str] = []  # the names of the defs and classes being walked, innermost last
@@ -153,6 +158,7 @@ class ModuleScan(ast.NodeVisitor):
         # What the walk needed and the second pass does not: the module's facts are kept until every
         # module is read, so keep them small.
         self.scopes, self.made, self.class_scopes, self.judged, self._dispatch = [{}], [{}], {}, set(), {}
+        self.class_body = [False]
         return self.report
 
     @property
@@ -190,11 +196,13 @@ class ModuleScan(ast.NodeVisitor):
         return snippet(self._lines, line)
 
     def hit(self, line: int, rule: str, table: str | None = None, scope: str | None = None, ran_at: int = 0,
-            **values: str) -> None:
+            binds: bool = True, **values: str) -> None:
+        """A finding; one of BINDING_RULES also makes def ``scope`` (the def being walked) bind search_path,
+        unless ``binds`` is False (a def named like a legacy helper: its own calls are flagged by name)."""
         key = (line, rule, table)
         if key not in self.report.hits:
             self.report.hits[key] = Hit(line, rule, message(rule, **values), self.snippet(line), table)
-        if rule in BINDING_RULES:
+        if binds and rule in BINDING_RULES:
             scope = self.scope if scope is None else scope
             self.report.bindings.append((scope, ran_at or line, line))
             function = self.report.functions.get(scope)
@@ -203,7 +211,22 @@ class ModuleScan(ast.NodeVisitor):
 
     # -- scopes ------------------------------------------------------------------------------
     def names(self) -> _Names:
-        return _Names(self.scopes, self.class_scopes, self.functions[-1].owner if self.functions else None)
+        return _Names(self.visible(self.scopes), self.class_scopes, self.owner)
+
+    def visible(self, scopes: list[Any]) -> list[Any]:
+        """Of ``scopes`` (one per scope being walked), those whose names the innermost sees: a class body's
+        only from that body itself, as in Python."""
+        if not any(self.class_body[:-1]):
+            return scopes
+        return [scope for scope, body in zip(scopes[:-1], self.class_body) if not body] + scopes[-1:]
+
+    @property
+    def owner(self) -> str | None:
+        """The class of the method being walked: ``self`` in a def nested in a method is that method's."""
+        for function in reversed(self.functions):
+            if function.owner is not None:
+                return function.owner
+        return None
 
     def lookup_dict(self, node: ast.expr) -> ast.Dict | None:
         if isinstance(node, ast.Dict):
@@ -212,6 +235,12 @@ class ModuleScan(ast.NodeVisitor):
         return value if isinstance(value, ast.Dict) else None
 
     def bind(self, targets: list[ast.expr], value: ast.expr | None) -> None:
+        for target in targets:  # label, sql = "report", "SELECT ..."
+            if isinstance(target, ast.Tuple):
+                values = value.elts if isinstance(value, ast.Tuple) and len(value.elts) == len(target.elts) \
+                    else [None] * len(target.elts)
+                for item, item_value in zip(target.elts, values):
+                    self.bind([item], item_value)
         names = [t.id for t in targets if isinstance(t, ast.Name)]
         if not names:
             return
@@ -257,6 +286,10 @@ class ModuleScan(ast.NodeVisitor):
         self.generic_visit(node)
         self.bind([node.target], node.value)
 
+    def visit_NamedExpr(self, node: ast.NamedExpr) -> None:
+        self.generic_visit(node)
+        self.bind([node.target], node.value)  # if (sql := "SELECT ..."):
+
     def visit_AugAssign(self, node: ast.AugAssign) -> None:
         self.generic_visit(node)
         if isinstance(node.target, ast.Name) and isinstance(node.op, ast.Add):  # sql += " WHERE ..."
@@ -265,25 +298,30 @@ class ModuleScan(ast.NodeVisitor):
 
     def visit_FunctionDef(self, node: ast.FunctionDef | ast.AsyncFunctionDef) -> None:
         if bindings.is_legacy_helper(node.name):
-            self.hit(node.lineno, "search-path-helper", name=node.name)
+            self.hit(node.lineno, "search-path-helper", binds=False, name=node.name)
         for decorator in node.decorator_list:
             self.visit(decorator)
         arguments = node.args
         params = tuple(a.arg for a in (*arguments.posonlyargs, *arguments.args, *arguments.kwonlyargs))
         owner = ".".join(self.qualified) if self.qualified and self.qualified_kinds[-1] == "class" else None
         qualified = ".".join([*self.qualified, node.name])
-        facts = self.report.functions.setdefault(qualified, FunctionFacts(node.name, node.lineno, owner, params))
+        # A name defined again (an @overload stub, then the implementation) is the last def when called.
+        scope = f"{qualified}@{node.lineno}" if qualified in self.report.functions else qualified
+        facts = FunctionFacts(node.name, node.lineno, owner, params, scope=scope)
+        self.report.functions[qualified] = self.report.functions[scope] = facts
         self.functions.append(facts)
-        self.scope_names.append(qualified)
+        self.scope_names.append(scope)
         self.qualified.append(node.name)
         self.qualified_kinds.append("function")
         self.scopes.append({name: Param(position, name) for position, name in enumerate(params)})
         self.made.append({})
+        self.class_body.append(False)
         for item in (arguments, node.returns):
             if item is not None:
                 self.visit(item)
         for stmt in node.body:
             self.visit(stmt)
+        self.class_body.pop()
         self.made.pop()
         self.scopes.pop()
         self.qualified_kinds.pop()
@@ -307,10 +345,14 @@ class ModuleScan(ast.NodeVisitor):
         # Class constants are read through self.NAME / Cls.NAME by methods above or below them.
         scope = self.class_scopes[qualified] = {}
         self.scopes.append(scope)
+        self.made.append({})
+        self.class_body.append(True)
         for stmt in node.body:
             if isinstance(stmt, ast.Assign):
                 self.bind(stmt.targets, stmt.value)
         self.generic_visit(node)
+        self.class_body.pop()
+        self.made.pop()
         self.scopes.pop()
         self.owners.pop()
         self.qualified_kinds.pop()
@@ -400,6 +442,9 @@ class ModuleScan(ast.NodeVisitor):
         """Keep a call whose callee is a dotted name (a project function perhaps: judged once every module
         is read), with its string arguments (a helper may run them as SQL)."""
         callee = _dotted(node.func)
+        if callee is None and isinstance(node.func, ast.Attribute) and isinstance(node.func.value, ast.Call) \
+                and call_name(node.func.value) == "super":
+            callee = ("super", node.func.attr)  # super().m(): m of the calling method's class's bases
         if callee is None:
             return
         made = self.made_by(callee[0]) if len(callee) > 1 else None
@@ -414,11 +459,10 @@ class ModuleScan(ast.NodeVisitor):
                 text = self.resolver.resolve(argument, names)
                 if text is not None:
                     strings.append((key, text))
-        owner = self.functions[-1].owner if self.functions else None
-        self.report.calls.append(CallSite(node.lineno, callee, self.scope, owner, tuple(strings)))
+        self.report.calls.append(CallSite(node.lineno, callee, self.scope, self.owner, tuple(strings)))
 
     def made_by(self, name: str) -> tuple[str, ...] | None:
-        for scope, made in zip(reversed(self.scopes), reversed(self.made)):
+        for scope, made in zip(reversed(self.visible(self.scopes)), reversed(self.visible(self.made))):
             if name in scope:
                 return made.get(name)
         return None
