@@ -178,6 +178,27 @@ def main() -> None:
     emit(figure="scan_seconds_per_1000_files", files=FILES, megabytes=round(size / 1e6, 1), repeats=REPEATS,
          after=per_1000(after), before=per_1000(before), ratio=ratio(per_1000(after), per_1000(before)),
          goal="after/before <= 2")
+    model_inference()
+
+
+def model_inference(n: int = 2000) -> None:
+    """A model's scope inferred for n tenant models and the n shared ones they point at (quadratic before the
+    index: about 10 s for n=2000)."""
+    import time
+
+    sys.path.insert(0, str(ROOT))
+    sys.path.insert(0, str(ROOT / "tests"))
+    from harness.scan.models import read_models
+    from test_scan_models import many_models
+
+    facts = many_models(n)
+    timings = []
+    for _ in range(REPEATS):
+        started = time.perf_counter()
+        read_models(facts)
+        timings.append(time.perf_counter() - started)
+    emit(figure="scan_model_inference_seconds", models=2 * n, seconds=round(statistics.median(timings), 3),
+         goal="grows with the number of models, not its square")
 
 
 if __name__ == "__main__":

@@ -7,15 +7,11 @@ definition or the SET it cites). Every case also holds calls that must reach not
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
 
-from harness.scan import scan_paths
-
-_EXPECT = re.compile(r"# expect: ([a-z-]+)(?: @([a-z-]+))?")
-_ANCHOR = re.compile(r"# anchor: ([a-z-]+)")
+from scan_marks import expected_findings, found_findings
 
 MODELS = '''\
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -249,29 +245,10 @@ def report(conn):
 }
 
 
-def _write(root: Path, files: dict[str, str]) -> tuple[set[tuple[str, int, str, str | None]], dict[str, str]]:
-    expected, anchors = set(), {}
-    for relative, source in files.items():
-        path = root / relative
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(source)
-        for number, line in enumerate(source.splitlines(), start=1):
-            for match in _EXPECT.finditer(line):
-                expected.add((relative, number, match.group(1), match.group(2)))
-            for match in _ANCHOR.finditer(line):
-                anchors[match.group(1)] = f"{relative}:{number}"
-    return expected, anchors
-
-
 @pytest.mark.parametrize("case", CASES)
 def test_a_call_reaches_the_definition_python_would_call(tmp_path: Path, case: str) -> None:
-    expected, anchors = _write(tmp_path, CASES[case])
-    found = set()
-    for f in scan_paths([tmp_path]).findings:
-        cites = None
-        if f.cites:
-            path, _, line = f.cites.rpartition(":")
-            cites = f"{Path(path).relative_to(tmp_path).as_posix()}:{line}"
-        found.add((Path(f.path).relative_to(tmp_path).as_posix(), f.line, f.rule, cites))
-    assert found == {(path, line, rule, anchors[anchor] if anchor else None)
-                     for path, line, rule, anchor in expected}
+    for relative, source in CASES[case].items():
+        path = tmp_path / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(source)
+    assert found_findings(tmp_path, tmp_path) == expected_findings(tmp_path)

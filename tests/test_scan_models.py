@@ -13,7 +13,7 @@ from pathlib import Path
 
 from harness.scan import scan_paths
 from harness.scan.findings import RULES
-from harness.scan.models import TenantModels, read_models
+from harness.scan.models import MappedClass, ModelFacts, TenantModels, read_models
 from harness.scan.syntax import parse_module
 from harness.scan.visitor import ModuleScan
 
@@ -176,3 +176,126 @@ def test_raw_sql_naming_a_model_in_public_is_read_by_the_scan_as_shared_evidence
     assert result.findings == []
     assert len(result.shared_models) == 1 and result.shared_models[0].startswith("Plan (plans, ")
     assert "public.plans" in result.shared_models[0]
+
+
+BASE = ("from sqlalchemy import ForeignKey\nfrom sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column\n"
+        "class Base(DeclarativeBase):\n    pass\n"
+        "class TenantMixin:\n    __table_args__ = {'schema': 'tenant'}\n"
+        "class Order(TenantMixin, Base):\n    __tablename__ = 'orders'\n"
+        "    id: Mapped[int] = mapped_column(primary_key=True)\n")
+
+
+def _tree(root: Path, files: dict[str, str]) -> Path:
+    """``files`` (path below ``root`` -> source) written under ``root``, beside a models/base.py holding the
+    Base, the TenantMixin and one tenant model (Order)."""
+    for relative, source in {"models/base.py": BASE, **files}.items():
+        (root / relative).parent.mkdir(parents=True, exist_ok=True)
+        (root / relative).write_text(source)
+    return root
+
+
+def _model(name: str, table: str, *lines: str) -> str:
+    return "\n".join(["from sqlalchemy import ForeignKey", "from sqlalchemy.orm import Mapped, mapped_column",
+                      "from models.base import Base, TenantMixin", f"class {name}(Base):",
+                      f"    __tablename__ = {table!r}", *(f"    {line}" for line in lines), ""])
+
+
+def _judged(root: Path) -> tuple[dict[str, tuple[str, bool, str]], dict[str, str]]:
+    """Table -> (rule, gating, message) of the model findings, and table -> reason of the shared models."""
+    findings = {f.table: (f.rule, f.gating, f.message) for f in scan_paths([root]).findings
+                if f.rule.startswith("model-")}
+    return findings, {m.table: m.reason for m in _models(root).shared}
+
+
+def test_a_key_from_a_shared_table_says_the_table_it_names_is_shared(tmp_path: Path) -> None:
+    """A public table cannot point into a tenant's schema: what it points at is shared, as surely as a tenant
+    module says per tenant (the two together are unclear, never a gate)."""
+    root = _tree(tmp_path, {
+        # Currency sits beside Order (a tenant module), yet public.countries points at it.
+        "models/base.py": BASE + "class Currency(Base):\n    __tablename__ = 'currencies'\n"
+                                 "    code: Mapped[str] = mapped_column(primary_key=True)\n",
+        "geo/models.py": _model("Country", "countries", "__table_args__ = {'schema': 'public'}",
+                                "code: Mapped[str] = mapped_column(primary_key=True)",
+                                "currency: Mapped[str] = mapped_column(ForeignKey('currencies.code'))",
+                                "language: Mapped[str] = mapped_column(ForeignKey('public.languages.code'))"),
+        # Language: alone in its module and folder, nothing but Country's key says anything about it.
+        "i18n/models.py": _model("Language", "languages", "code: Mapped[str] = mapped_column(primary_key=True)"),
+    })
+    findings, shared = _judged(root)
+    assert set(findings) == {"currencies"}
+    rule, gating, message = findings["currencies"]
+    assert (rule, gating) == ("model-scope-unclear", False)
+    assert "per tenant: same module as Order; shared: shared table Country (public) points at it" in message
+    assert shared == {"languages": "shared table Country (public) points at it"}
+
+
+def test_raw_sql_says_shared_only_in_public_or_a_schema_the_models_declare_shared(tmp_path: Path) -> None:
+    """SQL naming one tenant's schema (acme_clinic.invoices, in a test, a fixture or a one-off job) says nothing
+    about where invoices are meant to live; public or a schema the models put shared tables in does."""
+    def audit(schemas: set[str | None]) -> tuple[list[str], list[str]]:
+        models = _models(FIXTURE, {"audit_entries": schemas})
+        return ([i.rule for i in models.issues if i.table == "audit_entries"],
+                [m.reason for m in models.shared if m.table == "audit_entries"])
+
+    assert audit({"acme_clinic"}) == (["model-scope-unclear"], [])
+    assert audit({"public"}) == ([], ["raw SQL names public.audit_entries"])
+
+    def job(schema: str) -> str:
+        return ("from sqlalchemy import text\ndef totals(conn):\n"
+                f"    return conn.execute(text('SELECT total FROM {schema}.invoices'))\n")
+
+    root = _tree(tmp_path, {
+        "billing/models.py": _model("Invoice", "invoices", "id: Mapped[int] = mapped_column(primary_key=True)"),
+        "geo/models.py": _model("Country", "countries", "__table_args__ = {'schema': 'reference'}",
+                                "code: Mapped[str] = mapped_column(primary_key=True)"),
+        "jobs/totals.py": job("acme_clinic"),
+    })
+    findings, shared = _judged(root)
+    assert findings["invoices"][:2] == ("model-scope-unclear", False) and "invoices" not in shared
+    (root / "jobs" / "totals.py").write_text(job("reference"))  # reference: Country's schema, not the tenant's
+    result = scan_paths([root])
+    assert not [f for f in result.findings if f.table == "invoices"]
+    assert [m for m in result.shared_models if m.startswith("Invoice (invoices, ")][0].endswith(
+        ": raw SQL names reference.invoices)")
+
+
+def test_only_a_whole_folder_or_module_name_says_shared(tmp_path: Path) -> None:
+    """public_api/ and commonmark/ are not public and common; models/public.py and shared/ are."""
+    lone = "id: Mapped[int] = mapped_column(primary_key=True)"
+    root = _tree(tmp_path, {
+        "public_api/models.py": _model("ApiKey", "api_keys", lone),
+        "commonmark/render.py": _model("Rendered", "rendered", lone),
+        "global_settings.py": _model("Setting", "settings", lone),
+        "models/public.py": _model("Plan", "plans", lone),
+        "shared/registry.py": _model("TenantAccount", "tenants", lone),
+        "Common/lookups.py": _model("Colour", "colours", lone),
+    })
+    findings, shared = _judged(root)
+    assert {table: rule for table, (rule, _, _) in findings.items()} == {
+        "api_keys": "model-scope-unclear", "rendered": "model-scope-unclear", "settings": "model-scope-unclear"}
+    assert shared == {"plans": "its path models/public.py says shared",
+                      "tenants": "its path shared/registry.py says shared",
+                      "colours": "its path Common/lookups.py says shared"}
+
+
+def many_models(n: int, per_module: int = 20) -> list[ModelFacts]:
+    """``n`` tenant models, each pointing at one of ``n`` shared schema-less ones, ``per_module`` to a module
+    (bench/scan.py times the inference on these)."""
+    base = ModelFacts(classes=[MappedClass("app/base.py", 1, "Base", ("DeclarativeBase",)),
+                               MappedClass("app/base.py", 3, "TenantMixin", (), has_table_args=True,
+                                           table_args_schema="tenant")])
+    facts = [base]
+    for k in range(n):
+        facts.append(ModelFacts(classes=[
+            MappedClass(f"app/tenant/m{k // per_module}.py", k, f"T{k}", ("TenantMixin", "Base"), f"t{k}",
+                        foreign_keys=[(k, f"s{k}.id")]),
+            MappedClass(f"app/catalog/m{k // per_module}.py", k, f"S{k}", ("Base",), f"s{k}")]))
+    return facts
+
+
+def test_the_scope_of_thousands_of_models_is_inferred_from_the_index() -> None:
+    """2000 tenant models and the 2000 shared ones they point at: every shared one is found by its keys
+    (the inference looks evidence up in an index; bench/scan.py reports its time)."""
+    models = read_models(many_models(2000))
+    assert len(models.shared) == 2000 and models.shared[7].reason == "tenant table T7 points at it"
+    assert sum(issue.rule == "tenant-fk-to-public" for issue in models.issues) == 2000

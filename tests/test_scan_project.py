@@ -13,49 +13,25 @@ each finding, ``# anchor: NAME`` marking the definition or SET it cites.
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import pytest
 
 from harness.scan import main, scan_paths
 from harness.scan.sarif import sarif_log
+from scan_marks import Mark, expected_findings, found_findings
 
 PROJECT = Path(__file__).parent / "fixtures" / "scan_project"
-_EXPECT = re.compile(r"# expect: ([a-z-]+)(?: @([a-z-]+))?")
-_ANCHOR = re.compile(r"# anchor: ([a-z-]+)")
 
 
-def _marks() -> tuple[set[tuple[str, int, str, str | None]], dict[str, str]]:
-    """(file, line, rule, anchor cited) of every expected finding, and anchor -> "file:line"."""
-    expected, anchors = set(), {}
-    for file in sorted(PROJECT.rglob("*.py")):
-        relative = file.relative_to(PROJECT).as_posix()
-        for number, line in enumerate(file.read_text().splitlines(), start=1):
-            for match in _EXPECT.finditer(line):
-                expected.add((relative, number, match.group(1), match.group(2)))
-            for match in _ANCHOR.finditer(line):
-                anchors[match.group(1)] = f"{relative}:{number}"
-    return expected, anchors
-
-
-def _found(root: Path) -> set[tuple[str, int, str, str | None]]:
-    """(file, line, rule, cited "file:line") of every finding of a scan of ``root``, relative to PROJECT."""
-    found = set()
-    for f in scan_paths([root]).findings:
-        cites = None
-        if f.cites:
-            path, _, line = f.cites.rpartition(":")
-            cites = f"{Path(path).relative_to(PROJECT).as_posix()}:{line}"
-        found.add((Path(f.path).relative_to(PROJECT).as_posix(), f.line, f.rule, cites))
-    return found
+def _found(root: Path) -> set[Mark]:
+    return found_findings(root, PROJECT)
 
 
 def test_every_finding_is_the_one_written_in_the_fixture_and_cites_what_is_really_called() -> None:
-    expected, anchors = _marks()
-    assert len(expected) > 20 and len(anchors) >= 7  # the fixture's marks were read
-    assert _found(PROJECT) == {(path, line, rule, anchors[anchor] if anchor else None)
-                               for path, line, rule, anchor in expected}
+    expected = expected_findings(PROJECT)
+    assert len(expected) > 20 and len({cites for *_, cites in expected if cites}) >= 7  # the marks were read
+    assert _found(PROJECT) == expected
 
 
 def test_scanning_the_package_alone_resolves_its_absolute_imports_the_same_way() -> None:

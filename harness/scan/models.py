@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import importlib
 import os
-import re
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, NamedTuple
 
@@ -32,8 +31,9 @@ DEFAULT_PLACEHOLDER = "tenant"
 UNKNOWN_SCHEMA = "{}"  # a schema the scan cannot know (a name from outside the scanned code)
 # Bases that say nothing about which declarative base a class belongs to.
 _NEUTRAL_BASES = frozenset({"object", "ABC", "Generic", "Protocol"})
-# Words of a module or package path that say its models are shared (app/models/shared/plans.py, models/public.py).
-# No word says tenant: a "tenants" package usually holds the shared registry of tenants.
+# Folder or module names that say its models are shared (app/models/shared/plans.py, models/public.py): whole
+# names only, a word inside one (public_api/, commonmark/) says nothing. No name says tenant: a "tenants"
+# package usually holds the shared registry of tenants.
 SHARED_PATH_WORDS = frozenset({"shared", "public", "common", "global"})
 
 
@@ -251,12 +251,11 @@ def _missing_placeholders(models: TenantModels, found: list[_Model],
     that the scan cannot tell, and to name either schema."""
     if models.none_keyed:
         return  # schema-less models are this code base's tenant tables
-    root = _common_folder(found)
+    index = _ModelIndex(found, models)
     for model in found:
-        if model.schema is not None or not any(
-                other.schema in models.placeholders and other.roots & model.roots for other in found):
+        if model.schema is not None or not model.roots & index.placeholder_roots:
             continue
-        tenant, shared, weak = _scope_evidence(model, found, models, sql_schemas, root)
+        tenant, shared, weak = _scope_evidence(model, index, sql_schemas)
         placeholder = tenant[0][1] if tenant else min(models.placeholders)
         values = {"model": model.label, "fix": model.fix.format(schema=placeholder), "schema": placeholder}
         if weak and tenant and not shared:  # only its package says per tenant: not enough to gate
@@ -276,59 +275,119 @@ def _missing_placeholders(models: TenantModels, found: list[_Model],
                              model.table, model.snippet)
 
 
-def _scope_evidence(model: _Model, found: list[_Model], models: TenantModels,
-                    sql_schemas: dict[str, set[str | None]], root: str
+class _ModelIndex:
+    """The models by root, module, folder and the table their keys name, built once: each model's evidence is
+    then a few lookups, so the inference stays linear in the number of models (scanning every model for every
+    model took seconds on a few thousand)."""
+
+    def __init__(self, found: list[_Model], models: TenantModels):
+        self.models = models
+        placeholders = models.placeholders
+        #: the declarative bases and MetaData that have placeholder models
+        self.placeholder_roots: set[str] = set()
+        #: schemas that say shared: public, and the named schemas the models declare that are not the tenant's
+        self.shared_schemas = {"public"} | {schema for m in found if (schema := m.schema) is not None
+                                            and schema != UNKNOWN_SCHEMA and not models.is_tenant(schema)}
+        # Per folder, each module's first placeholder model and first model in a named (shared) schema, in
+        # the order of `found`: a module's own are looked up by its path, its package's are the first entry
+        # of another module.
+        self.tenant_in: dict[str, dict[str, _Model]] = {}
+        self.named_in: dict[str, dict[str, _Model]] = {}
+        self.in_folder: dict[str, int] = {}
+        self.schemaless_in_folder: dict[str, int] = {}
+        #: table name -> (model holding the key, the key's target, the schema it names)
+        self.keys_to: dict[str, list[tuple[_Model, str, str | None]]] = {}
+        for m in found:
+            folder = os.path.dirname(m.path)
+            self.in_folder[folder] = self.in_folder.get(folder, 0) + 1
+            if m.schema is None:
+                self.schemaless_in_folder[folder] = self.schemaless_in_folder.get(folder, 0) + 1
+            elif m.schema in placeholders:
+                self.placeholder_roots |= m.roots
+                self.tenant_in.setdefault(folder, {}).setdefault(m.path, m)
+            elif m.schema != UNKNOWN_SCHEMA:
+                self.named_in.setdefault(folder, {}).setdefault(m.path, m)
+            for _, target in m.foreign_keys:
+                schema, table = _key_target(target)
+                self.keys_to.setdefault(table, []).append((m, target, schema))
+        self.root = _common_folder(found)
+        self._path_words: dict[str, str | None] = {}
+
+    def beside(self, model: _Model, by_schema: dict[str, dict[str, _Model]]) -> Iterator[tuple[str, _Model]]:
+        """The first model of ``by_schema`` in ``model``'s module, then the first in another module of its folder."""
+        modules = by_schema.get(os.path.dirname(model.path), {})
+        if model.path in modules:
+            yield "module", modules[model.path]
+        other = next((m for path, m in modules.items() if path != model.path), None)
+        if other is not None:
+            yield "package", other
+
+    def beside_schemaless_only(self, model: _Model) -> bool:
+        """Whether its module and package hold other models, all without a schema (``model`` is one)."""
+        folder = os.path.dirname(model.path)
+        return self.in_folder[folder] > 1 and self.schemaless_in_folder.get(folder, 0) == self.in_folder[folder]
+
+    def shared_path(self, path: str) -> str | None:
+        """Why the path below the scanned folder says shared: a folder or module named exactly a shared word
+        (models/shared/plans.py, models/public.py), never a word inside a name (public_api/, commonmark/)."""
+        if path not in self._path_words:
+            relative = os.path.relpath(os.path.abspath(path), self.root)
+            parts = {part.lower() for part in os.path.splitext(relative)[0].split(os.sep)}
+            self._path_words[path] = f"its path {relative} says shared" if parts & SHARED_PATH_WORDS else None
+        return self._path_words[path]
+
+
+def _scope_evidence(model: _Model, index: _ModelIndex, sql_schemas: dict[str, set[str | None]]
                     ) -> tuple[list[tuple[str, str]], list[str], bool]:
     """What says ``model`` is per tenant ((reason, placeholder) pairs), what says it is shared (reasons), and
     whether that is only its package's models: weak evidence, weighed only when nothing about the model
     itself speaks (a folder of tenant models may well hold the one shared table; a flat folder says little)."""
-    beside_tenant, beside_shared, weak = _sibling_evidence(model, found, models.placeholders)
+    placeholders = index.models.placeholders
+    beside_tenant, beside_shared, weak = _sibling_evidence(model, index)
     tenant, shared = ([], []) if weak else (list(beside_tenant), list(beside_shared))
     if model.inherited is not None:
         tenant.append((f"inherits {model.inherited}'s placeholder, which its own __table_args__ hides",
-                       min(models.placeholders)))
-    keys_tenant, keys_shared = _key_evidence(model, found, models)
+                       min(placeholders)))
+    keys_tenant, keys_shared = _key_evidence(model, index)
     tenant += keys_tenant
     shared += keys_shared
+    # Raw SQL says shared only in public or a schema the models declare as shared: any other schema may be
+    # one tenant's (acme_clinic.invoices in a test or a fixture), which says per tenant if anything.
     for schema in sorted(s for s in sql_schemas.get(model.table, ()) if s not in (None, UNKNOWN_SCHEMA)):
-        if schema in models.placeholders:
+        if schema in placeholders:
             tenant.append((f"raw SQL names {schema}.{model.table}", schema))
-        else:
+        elif schema in index.shared_schemas:
             shared.append(f"raw SQL names {schema}.{model.table}")
-    relative = os.path.relpath(os.path.abspath(model.path), root)
-    if {word for part in os.path.splitext(relative)[0].split(os.sep)
-            for word in re.split(r"[_.\-]", part.lower())} & SHARED_PATH_WORDS:
-        shared.append(f"its path {relative} says shared")
+    path_says = index.shared_path(model.path)
+    if path_says is not None:
+        shared.append(path_says)
     if tenant or shared:
         return tenant, shared, False
     return beside_tenant, beside_shared, True
 
 
-def _sibling_evidence(model: _Model, found: list[_Model],
-                      placeholders: frozenset[str]) -> tuple[list[tuple[str, str]], list[str], bool]:
+def _sibling_evidence(model: _Model, index: _ModelIndex) -> tuple[list[tuple[str, str]], list[str], bool]:
     """The models beside it, and whether that evidence is weak. Its module's models speak first: one using
     the placeholder makes it a tenant module, one in a named schema (public) a shared one. Failing those, its
     package (the other modules of its folder) speaks the same way, weakly; and beside schema-less models
     only, with no placeholder model in the module or package, it is (weakly) shared like them."""
-    module = [m for m in found if m is not model and m.path == model.path]
-    package = [m for m in found if m.path != model.path and os.path.dirname(m.path) == os.path.dirname(model.path)]
-    for where, siblings in (("module", module), ("package", package)):
-        tenant = next((m for m in siblings if m.schema in placeholders), None)
-        if tenant is not None:
-            return [(f"same {where} as {tenant.name}", tenant.schema or "")], [], where == "package"
-        named = next((m for m in siblings if m.schema not in (None, UNKNOWN_SCHEMA)), None)
-        if named is not None:
-            return [], [f"same {where} as {named.name}, in {named.schema}"], where == "package"
-    if module + package and all(m.schema is None for m in module + package):
+    tenant = dict(index.beside(model, index.tenant_in))
+    named = dict(index.beside(model, index.named_in))
+    for where in ("module", "package"):
+        if where in tenant:
+            return [(f"same {where} as {tenant[where].name}", tenant[where].schema or "")], [], where == "package"
+        if where in named:
+            return [], [f"same {where} as {named[where].name}, in {named[where].schema}"], where == "package"
+    if index.beside_schemaless_only(model):
         return [], ["its module and package hold schema-less models only"], True
     return [], [], False
 
 
-def _key_evidence(model: _Model, found: list[_Model],
-                  models: TenantModels) -> tuple[list[tuple[str, str]], list[str]]:
+def _key_evidence(model: _Model, index: _ModelIndex) -> tuple[list[tuple[str, str]], list[str]]:
     """Foreign keys. A shared table cannot point into per-tenant tables, so a key of its own to a tenant table
-    says tenant; tenant tables pointing at it (while it points at none) say shared; a key naming it in the
-    placeholder schema says tenant."""
+    says tenant, and a shared table's key to it says shared; tenant tables pointing at it (while it points at
+    none) say shared too; a tenant table's key naming it in the placeholder schema says tenant."""
+    models = index.models
     targets: dict[str, str] = {}  # its keys into tenant tables: target -> that table's placeholder
     for _, target in model.foreign_keys:
         schema, table = _key_target(target)
@@ -337,19 +396,26 @@ def _key_evidence(model: _Model, found: list[_Model],
         if tenant_schemas:
             targets.setdefault(target, tenant_schemas[0])
     tenant = [(f"ForeignKey to {', '.join(targets)}", next(iter(targets.values())))] if targets else []
-    own_keys, pointing = bool(tenant), []
-    for other in found:
-        if other is model or not models.is_tenant(other.schema):
+    own_keys = bool(tenant)
+    from_tenant: list[str] = []
+    from_shared: dict[str, str] = {}  # shared model -> its schema
+    for other, target, schema in index.keys_to.get(model.table, ()):
+        if other is model or schema == UNKNOWN_SCHEMA or other.schema is None or other.schema == UNKNOWN_SCHEMA:
             continue
-        for _, target in other.foreign_keys:
-            schema, table = _key_target(target)
-            if table != model.table or schema == UNKNOWN_SCHEMA:
-                continue
+        if models.is_tenant(other.schema):
             if schema in models.placeholders:
                 tenant.append((f"{other.name}'s ForeignKey names {target}", schema))
             else:
-                pointing.append(other.name)
-    shared = [f"tenant table {', '.join(dict.fromkeys(pointing))} points at it"] if pointing and not own_keys else []
+                from_tenant.append(other.name)
+        elif schema not in models.placeholders:  # a shared table's key into the placeholder is its own mistake
+            from_shared.setdefault(other.name, other.schema)
+    shared = ([f"tenant table {', '.join(dict.fromkeys(from_tenant))} points at it"]
+              if from_tenant and not own_keys else [])
+    # Unlike a tenant table's key, a shared table's key to it speaks even against its own keys into tenant
+    # tables: both cannot hold, and the scan says so rather than pick one.
+    if from_shared:
+        shared.append(f"shared table {', '.join(f'{name} ({schema})' for name, schema in from_shared.items())} "
+                      "points at it")
     return tenant, shared
 
 
