@@ -46,10 +46,19 @@ $(TEST_STAMP): $(STAMP)
 # Each native deployment's root filesystem and binaries patched to run on this host, and its images when a
 # Docker engine answers (scripts/build-deployment, as root: a minute or two per suite the first time, then
 # reused).
+# bookworm-pgpool natively is the host's own pgpool2 package (its service stopped and disabled: the harness
+# starts its own Pgpool-II per stack).
 deployments:
 	@if docker info >/dev/null 2>&1; then images=--images; else images=; \
 	  echo "make deployments: no Docker engine answers, so only the native deployments are built" >&2; fi; \
 	for suite in $(NATIVE_DEPLOYMENTS); do scripts/build-deployment $$suite $$images >/dev/null || exit; done
+	@[ -x /usr/sbin/pgpool ] || command -v pgpool >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends pgpool2 >/dev/null \
+	      || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends pgpool2 >/dev/null; } \
+	      || exit; \
+	    service pgpool2 stop >/dev/null 2>&1; systemctl disable pgpool2 >/dev/null 2>&1; true; \
+	  else echo "The bookworm-pgpool deployment needs Debian's pgpool2: apt-get install pgpool2" >&2; exit 2; fi; }
 
 # The main job: every strategy x route x scenario, then reports/<run-id>/index.html
 # (and results.json, junit.xml); reports/latest points at the newest run.

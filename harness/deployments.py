@@ -1,12 +1,17 @@
-"""Deployments: the PostgreSQL and PgBouncer a stack runs, named after the Debian suite that ships them.
+"""Deployments: the PostgreSQL and the pooler a stack runs, named after the Debian suite that ships them.
 
-A deployment is a PostgreSQL version, a PgBouncer version and the PgBouncer settings (the settings come
-from ``--pgbouncer-config`` / ``--pgbouncer-set``, the same for every deployment of a run). Three are built
-in, from Debian's own packages:
+A deployment is a PostgreSQL version, a pooler (PgBouncer by default, Pgpool-II or pgagroal) with its
+version, and the pooler's settings (they come from ``--pgbouncer-config`` / ``--pgbouncer-set``,
+``--pgpool-set`` or ``--pgagroal-set``, the same for every deployment of a run). The pooled routes are the
+pooler's own modes: PgBouncer's and pgagroal's session and transaction, Pgpool-II's session only. Built in,
+from Debian's own packages:
 
 - ``bookworm``: PostgreSQL 15, PgBouncer 1.18 (the host's packages on a bookworm host);
 - ``trixie``: PostgreSQL 17, PgBouncer 1.24.1;
-- ``sid``: PostgreSQL 18, PgBouncer 1.26.1.
+- ``sid``: PostgreSQL 18, PgBouncer 1.26.1;
+- ``bookworm-pgpool``: PostgreSQL 15, Pgpool-II 4.3.5 (connection pooling on, load balancing and
+  replication off);
+- ``trixie-pgagroal``: PostgreSQL 17, pgagroal 1.6.0 (its session and transaction pipelines).
 
 :mod:`harness.stack.deployment_builds` finds where they were built. Without a deployment a stack runs what
 the binary settings (``pg_bindir``, ``pgbouncer``) or the image settings name, as before.
@@ -24,23 +29,54 @@ BUILD_COMMAND = "make deployments"
 
 
 @dataclasses.dataclass(frozen=True)
+class Pooler:
+    """A kind of pooler: its name in words and the pool modes it offers (the pooled routes it serves)."""
+
+    kind: str
+    title: str
+    modes: tuple[str, ...]
+    #: why a mode it lacks cannot be run, for the stack's not_run
+    lacks: str = ""
+
+
+POOLERS: dict[str, Pooler] = {p.kind: p for p in (
+    Pooler("pgbouncer", "PgBouncer", ("session", "transaction")),
+    Pooler("pgpool", "Pgpool-II", ("session",),
+           lacks="Pgpool-II pools per session only: it has no transaction pooling mode"),
+    Pooler("pgagroal", "pgagroal", ("session", "transaction")),
+)}
+
+
+def pooler(kind: str) -> Pooler:
+    return POOLERS[kind]
+
+
+@dataclasses.dataclass(frozen=True)
 class Deployment:
     name: str
     postgres: str  # the PostgreSQL major version
-    pgbouncer: str  # the PgBouncer version
+    pooler_version: str  # the pooler's version
+    pooler: str = "pgbouncer"  # its kind (POOLERS)
+    suite: str = ""  # the Debian suite whose packages it runs ("" when it is the name)
+
+    @property
+    def debian_suite(self) -> str:
+        return self.suite or self.name
 
     @property
     def describe(self) -> str:
-        return f"{self.name} (PostgreSQL {self.postgres}, PgBouncer {self.pgbouncer})"
+        return f"{self.name} (PostgreSQL {self.postgres}, {POOLERS[self.pooler].title} {self.pooler_version})"
 
     def build_hint(self) -> str:
-        return f"{BUILD_COMMAND} (or scripts/build-deployment {self.name}) builds it from Debian's packages"
+        return f"{BUILD_COMMAND} (or scripts/build-deployment {self.debian_suite}) builds it from Debian's packages"
 
 
 DEPLOYMENTS: dict[str, Deployment] = {d.name: d for d in (
     Deployment("bookworm", "15", "1.18.0"),
     Deployment("trixie", "17", "1.24.1"),
     Deployment("sid", "18", "1.26.1"),
+    Deployment("bookworm-pgpool", "15", "4.3.5", pooler="pgpool", suite="bookworm"),
+    Deployment("trixie-pgagroal", "17", "1.6.0", pooler="pgagroal", suite="trixie"),
 )}
 
 
@@ -68,20 +104,32 @@ TRACKS_EVERY_REPORTED = (1, 26)
 
 @dataclasses.dataclass(frozen=True)
 class DeploymentFacts:
-    """What decides a deployment-dependent verdict, as the stack read it: PostgreSQL's major version,
-    PgBouncer's version and the settings PgBouncer runs with (``SHOW CONFIG``, the transaction route's)."""
+    """What decides a deployment-dependent verdict, as the stack read it: PostgreSQL's major version, the
+    pooler's kind and version and the settings it runs with (read back; the transaction route's where the
+    pooler has one, else the session route's)."""
 
     postgres_major: int
-    pgbouncer: tuple[int, ...]
+    pooler_version: tuple[int, ...]
     settings: Mapping[str, str] = dataclasses.field(default_factory=dict)
     #: the driver of the cell (harness.tenancy.drivers): not the deployment's, but the same kind of fact
     driver: str = "psycopg"
+    pooler: str = "pgbouncer"
 
     @classmethod
-    def read(cls, versions: Mapping[str, str], pgbouncer_settings: Mapping[str, Mapping[str, str]]) -> DeploymentFacts:
-        route_settings = pgbouncer_settings.get("transaction") or next(iter(pgbouncer_settings.values()), {})
+    def read(cls, versions: Mapping[str, str], pooler_settings: Mapping[str, Mapping[str, str]],
+             pooler: str = "pgbouncer") -> DeploymentFacts:
+        route_settings = pooler_settings.get("transaction") or next(iter(pooler_settings.values()), {})
         return cls(postgres_major=(_version(versions.get("postgres", "")) or (0,))[0],
-                   pgbouncer=_version(versions.get("pgbouncer", "")), settings=dict(route_settings))
+                   pooler_version=_version(versions.get(pooler, "")), settings=dict(route_settings), pooler=pooler)
+
+    @property
+    def pgbouncer(self) -> tuple[int, ...]:
+        """PgBouncer's version; () when the pooler is another."""
+        return self.pooler_version if self.pooler == "pgbouncer" else ()
+
+    @property
+    def pooler_title(self) -> str:
+        return POOLERS[self.pooler].title if self.pooler in POOLERS else self.pooler
 
     @property
     def tracked(self) -> frozenset[str]:
@@ -91,13 +139,27 @@ class DeploymentFacts:
 
     def tracks(self, parameter: str) -> bool:
         """Does PgBouncer keep this parameter per client? 1.26 tracks every parameter the server reports."""
+        if self.pooler != "pgbouncer":
+            return False
         return parameter in self.tracked or self.pgbouncer >= TRACKS_EVERY_REPORTED
 
     def describe(self) -> str:
-        return (f"PostgreSQL {self.postgres_major}, PgBouncer {'.'.join(map(str, self.pgbouncer)) or '?'}, "
+        version = ".".join(map(str, self.pooler_version)) or "?"
+        if self.pooler != "pgbouncer":
+            shown = ", ".join(f"{name}={self.settings[name]}" for name in DESCRIBED_SETTINGS.get(self.pooler, ())
+                              if name in self.settings)
+            return f"PostgreSQL {self.postgres_major}, {self.pooler_title} {version}" + (f", {shown}" if shown else "")
+        return (f"PostgreSQL {self.postgres_major}, PgBouncer {version}, "
                 f"track_extra_parameters={', '.join(sorted(self.tracked)) or '(none)'}"
                 f"{' (and every reported parameter)' if self.pgbouncer >= TRACKS_EVERY_REPORTED else ''}, "
                 f"max_prepared_statements={self.settings.get('max_prepared_statements', '(unknown setting)')}")
+
+
+#: per pooler other than PgBouncer: the settings the facts' description names (those the conditions read)
+DESCRIBED_SETTINGS: dict[str, tuple[str, ...]] = {
+    "pgpool": ("reset_query_list", "connection_cache"),
+    "pgagroal": ("pipeline",),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,6 +173,8 @@ class Condition:
 
 
 def _prepared(facts: DeploymentFacts) -> bool:
+    if facts.pooler != "pgbouncer":
+        return False
     try:
         return int(facts.settings.get("max_prepared_statements", "0")) > 0
     except ValueError:

@@ -86,12 +86,13 @@ def available_cores() -> int:
 def environment(stack: Stack, config: HarnessConfig, seed: int, decoys: bool,
                 team: Team | None = None) -> dict[str, Any]:
     """What the report's environment section and results.json say the run ran on and with: versions,
-    settings, the team's models (with their tenant tables) and actions, and ``pgbouncer_settings``: route ->
-    setting -> the value its PgBouncer runs with (read back, not as asked)."""
+    settings, the team's models (with their tenant tables) and actions, and ``pooler_settings``: route ->
+    setting -> the value its pooler runs with (read back, not as asked)."""
     code = team.describe() if team is not None else {"models": None, "tenant_tables": [], "actions": []}
     return {
         "postgresql": stack.versions.get("postgres", "?"),
-        "pgbouncer": stack.versions.get("pgbouncer", "?"),
+        # The pooler of the pooled routes and its version ("PgBouncer 1.18.0", "Pgpool-II 4.3.5").
+        "pooler": f"{stack.facts.pooler_title} {stack.versions.get(stack.pooler, '?')}",
         "sqlalchemy": sqlalchemy.__version__,
         "psycopg": psycopg.__version__,
         # The drivers installed, and the one the route URL names (each cell shows what its layer really used).
@@ -102,7 +103,7 @@ def environment(stack: Stack, config: HarnessConfig, seed: int, decoys: bool,
         **({"deployment": stack.deployment} if stack.deployment else {}),
         # What the expectation table's deployment conditions read (harness.deployments.CONDITIONS).
         "deployment_facts": stack.facts.describe(),
-        **{key: stack.versions[key] for key in ("postgres_image", "pgbouncer_image") if key in stack.versions},
+        **{key: stack.versions[key] for key in ("postgres_image", "pooler_image") if key in stack.versions},
         "profile": config.profile,
         "seed": "derandomized" if config.derandomize else str(seed),
         "session_pool_size": str(config.session_pool_size),
@@ -112,8 +113,8 @@ def environment(stack: Stack, config: HarnessConfig, seed: int, decoys: bool,
         "models": (f"{code['models']} (tenant tables: {', '.join(code['tenant_tables']) or 'none'})"
                    if code["models"] else "the harness's own only"),
         "actions": ", ".join(code["actions"]) or "none",
-        # The team's PgBouncer settings as asked, and what each PgBouncer runs with (read back, SHOW CONFIG).
-        **{key: getattr(stack, key) for key in ("pgbouncer_requested", "pgbouncer_settings")
+        # The team's pooler settings as asked, and what each pooler runs with (read back after it started).
+        **{key: getattr(stack, key) for key in ("pooler_requested", "pooler_settings")
            if getattr(stack, key, None)},
     }
 

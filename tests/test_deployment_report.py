@@ -57,11 +57,11 @@ def stack_environment(deployment: str) -> dict:
     postgres, pgbouncer = {"bookworm": ("15.14", "1.18.0"), "trixie": ("17.6", "1.24.1"),
                            "sid": ("18.1", "1.26.1")}[deployment]
     tracked = "intervalstyle, search_path" if deployment == "sid" else "intervalstyle"
-    return {"postgresql": postgres, "pgbouncer": pgbouncer, "backend": "native", "deployment": deployment,
+    return {"postgresql": postgres, "pooler": f"PgBouncer {pgbouncer}", "backend": "native", "deployment": deployment,
             "deployment_facts": f"PostgreSQL {postgres.split('.')[0]}, PgBouncer {pgbouncer}, "
                                 f"track_extra_parameters={tracked}",
             "profile": "ci", "seed": "42",
-            "pgbouncer_settings": {"transaction": {"track_extra_parameters": tracked,
+            "pooler_settings": {"transaction": {"track_extra_parameters": tracked,
                                                    "max_prepared_statements": "200"}}}
 
 
@@ -198,10 +198,10 @@ def test_every_cell_shows_its_deployment(tmp_path):
 def test_the_environment_has_a_row_per_deployment(tmp_path):
     html = (write_report(matrix_run(tmp_path), tmp_path) / "index.html").read_text()
     rows = table(html, '<table class="deployments" id="environment-deployments">')
-    assert [r[:4] for r in rows[1:]] == [["bookworm", "15.14", "1.18.0", "native"], ["trixie", "17.6", "1.24.1", "native"],
-                                         ["sid", "18.1", "1.26.1", "native"]]
+    assert [r[:4] for r in rows[1:]] == [["bookworm", "15.14", "PgBouncer 1.18.0", "native"], ["trixie", "17.6", "PgBouncer 1.24.1", "native"],
+                                         ["sid", "18.1", "PgBouncer 1.26.1", "native"]]
     assert rows[3][4] == "PostgreSQL 18, PgBouncer 1.26.1, track_extra_parameters=intervalstyle, search_path"
-    assert 'id="env-sid-pgbouncer_settings"' in html
+    assert 'id="env-sid-pooler_settings"' in html
     assert "track_extra_parameters = intervalstyle, search_path" in html
     # The shared table keeps what every deployment ran with, not the first deployment's versions.
     shared = {r[0]: r[1] for r in table(html, '<table><tr><th>profile</th>')}

@@ -133,13 +133,13 @@ def test_a_deployment_not_built_says_how_to_build_it(tmp_path, monkeypatch):
 @pytest.mark.parametrize("name", list(DEPLOYMENTS))
 def test_every_built_in_deployment_runs_on_this_host_with_its_versions(name):
     """make test builds every deployment first: each one's binaries are there and give its versions."""
-    from harness.stack.binaries import find_binaries
+    from harness.stack.binaries import pooler_version, postgres_version
 
-    bindir, pgbouncer = native_binaries(name)
-    binaries = find_binaries(Path(bindir), Path(pgbouncer))
+    bindir, pooler = native_binaries(name)
     wanted = DEPLOYMENTS[name]
-    assert binaries.postgres_version().split(".")[0] == wanted.postgres
-    assert binaries.pgbouncer_version() == wanted.pgbouncer
+    assert postgres_version(Path(bindir)).split(".")[0] == wanted.postgres
+    assert pooler_version(Path(pooler)) == wanted.pooler_version
+    assert Path(pooler).name == {"pgbouncer": "pgbouncer", "pgpool": "pgpool", "pgagroal": "pgagroal"}[wanted.pooler]
 
 
 def test_a_cell_of_a_matrix_run_replays_on_its_own_deployment(tmp_path):

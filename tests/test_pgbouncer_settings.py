@@ -262,13 +262,13 @@ def test_the_values_pgbouncer_runs_with_are_read_back(tmp_path):
     with start_stack(config) as stack:
         for route in ("session", "transaction"):
             live = {row["key"]: row["value"] for row in stack.admin(route, "SHOW CONFIG")}
-            assert stack.pgbouncer_settings[route] == {name: live[name] for name in stack.pgbouncer_settings[route]}
+            assert stack.pooler_settings[route] == {name: live[name] for name in stack.pooler_settings[route]}
             assert live["pool_mode"] == route  # the harness keeps each route's pool_mode
             assert live["listen_port"] == str(stack.bouncers[route].port)  # and its own port
             assert live["default_pool_size"] == "5"  # the team's pool size wins on both routes
             assert live["server_reset_query_always"] == "1"  # --pgbouncer-set wins over the file's 0
             assert live["query_wait_timeout"] == "17" and live["server_check_query"] == "select 2"
-        assert "ignored (the harness's own): [databases], auth_file" in stack.pgbouncer_requested
+        assert "ignored (the harness's own): [databases], auth_file" in stack.pooler_requested
         assert "pgbouncer" in stack.describe() and "server_reset_query_always = 1" in stack.describe()
 
 
@@ -285,9 +285,9 @@ def test_results_json_and_the_report_carry_the_effective_values(tmp_path):
     report = tmp_path / "reports" / "latest"
     environment = json.loads((report / "results.json").read_text())["environment"]
     for route in ("session", "transaction"):
-        assert environment["pgbouncer_settings"][route]["server_reset_query_always"] == "1"
-        assert environment["pgbouncer_settings"][route]["query_wait_timeout"] == "17"
-        assert environment["pgbouncer_settings"][route]["pool_mode"] == route
-    assert "query_wait_timeout = 17" in environment["pgbouncer_requested"]
+        assert environment["pooler_settings"][route]["server_reset_query_always"] == "1"
+        assert environment["pooler_settings"][route]["query_wait_timeout"] == "17"
+        assert environment["pooler_settings"][route]["pool_mode"] == route
+    assert "query_wait_timeout = 17" in environment["pooler_requested"]
     html = (report / "index.html").read_text()
-    assert "server_reset_query_always = 1" in html and "read back from each PgBouncer" in html
+    assert "server_reset_query_always = 1" in html and "read back from each pooler" in html

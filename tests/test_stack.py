@@ -17,6 +17,7 @@ import pytest
 from harness.config import resolve_config
 from harness.errors import StartupTimeout
 from harness.stack import ROUTES, start_stack
+from harness.stack.postgres import DATABASE
 from harness.stack.external import ExternalServer
 from harness.stack.native import RUN_DIR_PREFIX, remove_abandoned_run_dirs, run_root
 from harness.stack.ports import lease_port
@@ -34,6 +35,7 @@ class StandInPart(ExternalServer):
         super().__init__(port=1)
         self.name = name
         self.pool_mode = pool_mode
+        self.kind = "pgbouncer"
         self.stopped = stopped
 
     def log_tail(self, lines: int = 30) -> str:
@@ -55,7 +57,7 @@ def test_an_interrupted_boot_stops_its_parts_undoes_its_steps_and_raises(tmp_pat
         assembly.on_close(lambda: done.append("first step"))
         assembly.add_server(StandInPart("postgres", done))
         assembly.on_close(lambda: done.append("second step"))
-        assembly.add_bouncer(StandInPart("pgbouncer-session", done, "session"))
+        assembly.add_pooler(StandInPart("pgbouncer-session", done, "session"))
         raise KeyboardInterrupt  # Ctrl-C half-way
 
     with pytest.raises(KeyboardInterrupt):
@@ -120,7 +122,7 @@ def test_each_pgbouncer_reports_its_pool_mode(stack, route):
     assert config["server_reset_query"] == "DISCARD ALL"
     assert stack.admin(route, "SHOW VERSION")
     assert isinstance(stack.admin(route, "SHOW SERVERS"), list)
-    assert any(row["database"] == "postgres" for row in stack.admin(route, "SHOW POOLS"))
+    assert any(row["database"] == DATABASE for row in stack.admin(route, "SHOW POOLS"))
 
 
 def seen_by_other_clients(stack, route: str) -> tuple[int, list[tuple[str, int]]]:

@@ -237,7 +237,7 @@ class ProbeRecord:
 
     seq: int
     after_step: int
-    target: str  # "pgbouncer:<route>", "engine", or "engine of 'acme'" (one engine per tenant)
+    target: str  # "<pooler kind>:<route>" (pgbouncer:session), "engine", or "engine of 'acme'" (one engine per tenant)
     states: tuple[ConnectionState, ...]
     server_pids: tuple[int, ...] = ()  # SHOW SERVERS remote_pid, for coverage of the probe
     error: str | None = None

@@ -10,8 +10,8 @@ removal or a change of meaning bumps it):
 - ``builtin_self_check``: true when the built-ins ran against their expectation table
 - ``environment``: versions (postgresql, pgbouncer, sqlalchemy, psycopg, python),
   backend, profile, seed, pool sizes, tenants, decoys, ``models`` (the team's spec and its
-  tenant tables), ``actions`` (the team's specs), ``pgbouncer_requested`` (when the team gave
-  --pgbouncer-config / --pgbouncer-set: what was carried over and what was ignored), ``pgbouncer_settings``
+  tenant tables), ``actions`` (the team's specs), ``pooler_requested`` (when the team gave
+  --pgbouncer-config / --pgbouncer-set: what was carried over and what was ignored), ``pooler_settings``
   (native and docker stacks: an object route -> setting -> value, the settings that decide what clients
   see as each PgBouncer ran with them, read back with SHOW CONFIG), ``deployment_facts`` (one line: what
   the expectation table's deployment conditions read). In a run with ``deployments`` the top level is the

@@ -23,8 +23,8 @@ from harness.report.trend import trend
 from harness.scan.sarif import write_sarif
 
 #: environment entries that describe one deployment's stack; a run with deployments shows them per deployment
-PER_DEPLOYMENT = ("deployment", "postgresql", "pgbouncer", "postgres_image", "pgbouncer_image", "backend",
-                  "deployment_facts", "pgbouncer_settings", "pgbouncer_requested")
+PER_DEPLOYMENT = ("deployment", "postgresql", "pooler", "postgres_image", "pooler_image", "backend",
+                  "deployment_facts", "pooler_settings", "pooler_requested")
 
 _ENV = Environment(loader=PackageLoader("harness.report", "templates"), autoescape=select_autoescape(["html", "j2"]))
 

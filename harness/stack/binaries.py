@@ -31,7 +31,7 @@ class Binaries:
     pgbouncer: Path
 
     def postgres_version(self) -> str:
-        return _version(self.postgres, r"(\d+(?:\.\d+)*)")
+        return postgres_version(self.postgres.parent)
 
     def pgbouncer_version(self) -> str:
         return binary_version(self.pgbouncer)
@@ -42,8 +42,20 @@ def binary_version(pgbouncer: Path) -> str:
     return _version(pgbouncer, r"PgBouncer (\S+)")
 
 
+def pooler_version(binary: Path) -> str:
+    """The version a pooler binary gives (``--version``: "PgBouncer 1.18.0", "pgpool-II version 4.3.5
+    (tamahomeboshi)", "pgagroal 1.6.0"): its first dotted number."""
+    return _version(binary, r"(\d+\.\d+(?:\.\d+)?)")
+
+
+def postgres_version(bindir: Path) -> str:
+    """The version of the ``postgres`` binary in ``bindir``."""
+    return _version(bindir / "postgres", r"(\d+(?:\.\d+)*)")
+
+
 def _version(binary: Path, pattern: str) -> str:
-    out = subprocess.run([str(binary), "--version"], capture_output=True, text=True, check=False).stdout
+    done = subprocess.run([str(binary), "--version"], capture_output=True, text=True, check=False)
+    out = done.stdout or done.stderr  # pgpool prints its version on stderr
     match = re.search(pattern, out)
     return match.group(1) if match else out.strip()
 

@@ -29,10 +29,10 @@ import psycopg
 
 from harness.config import HarnessConfig
 from harness.errors import SetupError, StartupTimeout
-from harness.pgbouncer_settings import requested
+from harness.pgbouncer_settings import PoolerSettings, requested
 from harness.stack.deployment_builds import docker_images, native_binaries
-from harness.stack.pgbouncer import (AdminConsole, refuse_unknown_settings, effective_settings, pool_size, render_config, render_userlist,
-                                     settings_refusal, wait_for_admin)
+from harness.stack.pgbouncer import (AdminConsole, PgBouncerPooler, effective_settings, pool_size, refuse_unknown_settings,
+                                     render_config, render_userlist, settings_refusal, wait_for_admin)
 from harness.stack.postgres import APP_ROLE, DATABASE, SERVER_SETTINGS, SUPERUSER, Logins, bootstrap_roles
 from harness.stack.process import owner_gone, run_owner
 from harness.stack.stack import POOLED_ROUTES, Stack, StackAssembly, conninfo, launch, route_url
@@ -289,12 +289,14 @@ class ContainerServer:
             pass
 
 
-class ContainerBouncer(ContainerServer):
+class ContainerBouncer(PgBouncerPooler, ContainerServer):
     """A PgBouncer container: its pool mode, its mapped port and its admin console."""
 
-    def __init__(self, container: DockerContainer, pool_mode: str, host: str, admin_user: str, password: str):
-        super().__init__(f"pgbouncer-{pool_mode}", container, BOUNCER_PORT, host)
+    def __init__(self, container: DockerContainer, pool_mode: str, host: str, admin_user: str, password: str,
+                 extra: PoolerSettings | None = None):
+        ContainerServer.__init__(self, f"pgbouncer-{pool_mode}", container, BOUNCER_PORT, host)
         self.pool_mode = pool_mode
+        self.extra = extra or PoolerSettings({}, {})
         self.admin_user = admin_user
         self.password = password
         self._console: AdminConsole | None = None
@@ -350,7 +352,7 @@ def _boot(assembly: StackAssembly) -> None:
 
     stack = assembly.stack
     stack.versions["postgres_image"] = config.postgres_image
-    stack.versions["pgbouncer_image"] = config.pgbouncer_image
+    stack.versions["pooler_image"] = config.pgbouncer_image
     host, bind = _connect_host(client)
     logins = Logins()
 
@@ -395,7 +397,7 @@ def _boot(assembly: StackAssembly) -> None:
                      .with_copy_into_container(ini.encode(), f"{CONFIG_DIR}/pgbouncer.ini", 0o644)
                      .with_copy_into_container(render_userlist(logins.users).encode(), f"{CONFIG_DIR}/userlist.txt",
                                                0o644))
-        bouncer = assembly.track(ContainerBouncer(container, mode, host, SUPERUSER, logins.superuser))
+        bouncer = assembly.track(ContainerBouncer(container, mode, host, SUPERUSER, logins.superuser, extra))
         bouncer.start(config.pgbouncer_image)
         try:
             stack.versions["pgbouncer"] = wait_for_admin(
@@ -406,10 +408,10 @@ def _boot(assembly: StackAssembly) -> None:
             if refusal is None:
                 raise
             raise refusal from exc
-        assembly.add_bouncer(bouncer)
+        assembly.add_pooler(bouncer)
         assembly.add_route(mode, route_url(APP_ROLE, logins.app, bouncer.port, host))
-    stack.pgbouncer_settings = effective_settings(stack.bouncers, extra)
-    stack.pgbouncer_requested = extra.describe() if extra or extra.ignored else ""
+    stack.pooler_settings = effective_settings(stack.poolers)
+    stack.pooler_requested = extra.describe() if extra or extra.ignored else ""
 
 
 def _bouncer_user(client, image: str) -> str:

@@ -12,9 +12,10 @@ from __future__ import annotations
 import functools
 import json
 import os
+import shutil
 from pathlib import Path
 
-from harness.deployments import BUILD_COMMAND, deployment
+from harness.deployments import BUILD_COMMAND, Deployment, deployment
 from harness.errors import SetupError
 
 #: where scripts/build-deployment keeps each suite's root (readable by the server account, unlike /root)
@@ -38,38 +39,64 @@ def manifest(name: str) -> dict | None:
 @functools.cache  # two --version runs; the host's packages do not change under a run
 def host_offers(wanted: Deployment) -> tuple[Path, Path] | None:
     """The host's own packages, when they are this deployment's versions (bookworm on a bookworm host)."""
-    from harness.stack.binaries import find_binaries
+    from harness.stack.binaries import find_binaries, find_pg_bindir, postgres_version as version_of
 
     try:
-        binaries = find_binaries(None, None)
+        if wanted.pooler != "pgbouncer":
+            bindir = find_pg_bindir(None)
+            pooler = host_pooler(wanted)
+            postgres_version = version_of(bindir)
+        else:
+            binaries = find_binaries(None, None)
+            bindir, pooler, postgres_version = binaries.postgres.parent, binaries.pgbouncer, binaries.postgres_version()
+            if binaries.pgbouncer_version() != wanted.pooler_version:
+                return None
     except SetupError:
         return None
-    if (binaries.postgres_version().split(".")[0] == wanted.postgres
-            and binaries.pgbouncer_version() == wanted.pgbouncer):
-        return binaries.postgres.parent, binaries.pgbouncer
-    return None
+    if pooler is None or postgres_version.split(".")[0] != wanted.postgres:
+        return None
+    return bindir, pooler
+
+
+def host_pooler(wanted: Deployment) -> Path | None:
+    """The host's own binary of the deployment's pooler (Debian's pgpool2 on a bookworm host), when it is the
+    deployment's version."""
+    from harness.stack.binaries import pooler_version
+
+    found = shutil.which(POOLER_BINARIES[wanted.pooler], path=f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin")
+    if found is None or pooler_version(Path(found)) != wanted.pooler_version:
+        return None
+    return Path(found)
+
+
+#: the program of each pooler
+POOLER_BINARIES = {"pgbouncer": "pgbouncer", "pgpool": "pgpool", "pgagroal": "pgagroal"}
 
 
 def native_binaries(name: str) -> tuple[Path, Path]:
-    """(bindir of initdb and postgres, pgbouncer) of a deployment on this host."""
+    """(bindir of initdb and postgres, the pooler's binary) of a deployment on this host."""
     wanted = deployment(name)
     host = host_offers(wanted)
     if host is not None:
         return host
-    built = manifest(name)
+    built = manifest(wanted.debian_suite)
     if built is None:
         raise SetupError(f"Deployment {wanted.describe} is not built on this host.",
-                         checked=[str(deployments_dir() / name / MANIFEST) + " (missing)",
-                                  "the host's own postgresql and pgbouncer packages (other versions)"],
+                         checked=[str(deployments_dir() / wanted.debian_suite / MANIFEST) + " (missing)",
+                                  f"the host's own postgresql and {POOLER_BINARIES[wanted.pooler]} packages (missing, or other versions)"],
                          fix=[wanted.build_hint(),
                               "or set HARNESS_DEPLOYMENTS_DIR to the folder you built deployments into"])
-    bindir, pgbouncer = Path(built["pg_bindir"]), Path(built["pgbouncer"])
-    missing = [str(p) for p in (bindir / "initdb", bindir / "postgres", pgbouncer) if not os.access(p, os.X_OK)]
+    if wanted.pooler not in built:
+        raise SetupError(f"Deployment {wanted.describe}: the {wanted.debian_suite} root holds no {wanted.pooler}.",
+                         checked=[str(deployments_dir() / wanted.debian_suite / MANIFEST) + f" (no {wanted.pooler})"],
+                         fix=[wanted.build_hint()])
+    bindir, pooler = Path(built["pg_bindir"]), Path(built[wanted.pooler])
+    missing = [str(p) for p in (bindir / "initdb", bindir / "postgres", pooler) if not os.access(p, os.X_OK)]
     if missing:
         raise SetupError(f"Deployment {wanted.describe}: its root is incomplete.",
                          checked=[f"{p} (not an executable)" for p in missing],
-                         fix=[f"build it again: scripts/build-deployment {name} --rebuild"])
-    return bindir, pgbouncer
+                         fix=[f"build it again: scripts/build-deployment {wanted.debian_suite} --rebuild"])
+    return bindir, pooler
 
 
 def docker_images(client, name: str) -> tuple[str, str]:

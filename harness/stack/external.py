@@ -31,7 +31,7 @@ from sqlalchemy.engine import URL, make_url
 
 from harness.config import HarnessConfig, refuse_pgbouncer_settings_on_external
 from harness.errors import SetupError, UsageError
-from harness.stack.pgbouncer import AdminConsole, pgbouncer_version
+from harness.stack.pgbouncer import AdminConsole, PgBouncerPooler, pgbouncer_version
 from harness.stack.process import owner_gone, run_owner
 from harness.stack.stack import POOLED_ROUTES, ROUTES, Missing, Stack, StackAssembly, conninfo, launch
 
@@ -182,7 +182,7 @@ class ExternalServer:
         pass  # not the harness's to stop
 
 
-class ExternalBouncer(ExternalServer):
+class ExternalBouncer(PgBouncerPooler, ExternalServer):
     """A PgBouncer the harness does not run: its pool mode, port and admin console."""
 
     def __init__(self, pool_mode: str, port: int, admin: AdminConsole):
@@ -260,7 +260,7 @@ def _boot(assembly: StackAssembly) -> None:
                     f"the admin console of {url.host}:{url.port} did not open ({why}); pool checks are "
                     f"inconclusive and the pool is emptied by terminating {user}'s backends")
                 continue
-            assembly.add_bouncer(ExternalBouncer(route, url.port or 5432, console))
+            assembly.add_pooler(ExternalBouncer(route, url.port or 5432, console))
             stack.versions["pgbouncer"] = pgbouncer_version(console("SHOW VERSION"))
 
 

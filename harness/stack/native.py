@@ -154,8 +154,8 @@ def _boot(assembly: StackAssembly) -> None:
             lambda port, mode=mode: Bouncer(binaries.pgbouncer, account, mode, run_dir, port, server_port,
                                             logins.users, SUPERUSER, pool_size(config, mode), extra),
             lambda bouncer: bouncer.start(config.start_timeout))
-        assembly.add_bouncer(bouncer)
+        assembly.add_pooler(bouncer)
         stack.versions["pgbouncer"] = version or binaries.pgbouncer_version()
         assembly.add_route(mode, route_url(APP_ROLE, logins.app, bouncer.port))
-    stack.pgbouncer_settings = effective_settings(stack.bouncers, extra)
-    stack.pgbouncer_requested = extra.describe() if extra or extra.ignored else ""
+    stack.pooler_settings = effective_settings(stack.poolers)
+    stack.pooler_requested = extra.describe() if extra or extra.ignored else ""

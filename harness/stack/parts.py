@@ -53,7 +53,36 @@ class ServerPart(Protocol):
         ...
 
 
-class BouncerPart(ServerPart, Protocol):
+class PoolerPart(ServerPart, Protocol):
+    """A pooler of a stack (PgBouncer, Pgpool-II, pgagroal): the server part behind a pooled route.
+
+    What the harness asks of every pooler; a PgBouncer is also a :class:`BouncerPart` (its admin console).
+    A part that can be restarted in place (native) also has ``restart(timeout: float = 10.0) -> None``.
+    """
+
+    #: ``session`` or ``transaction``: the route it serves
+    pool_mode: str
+    #: which pooler it is: ``pgbouncer``, ``pgpool`` or ``pgagroal`` (harness.deployments.POOLERS)
+    kind: str
+
+    def settings(self) -> dict[str, str]:
+        """Setting -> the value it runs with, read back from the running pooler: the team's carried-over
+        settings and those of the harness's that decide what clients see."""
+        ...
+
+    def idle_servers(self, user: str, database: str) -> int:
+        """How many clients of ``user`` on ``database`` the state probe opens at once (each in a transaction)
+        so that together they land on every server connection the pooler keeps idle for them: the idle
+        ones it lists (PgBouncer), or every child process that may hold one (Pgpool-II)."""
+        ...
+
+    def drop_server_connections(self, databases: list[str], timeout: float = 10.0) -> None:
+        """Close every server connection it keeps to ``databases`` (and the clients on them) now, so that no
+        session state on them reaches the next example; it accepts new clients at once after."""
+        ...
+
+
+class BouncerPart(PoolerPart, Protocol):
     """A PgBouncer of a stack: the server part behind a pooled route.
 
     A native PgBouncer also has ``restart(timeout: float = 10.0) -> None``: an
@@ -62,9 +91,6 @@ class BouncerPart(ServerPart, Protocol):
     on their next statement. Docker and external PgBouncers do not have it:
     check ``hasattr(part, "restart")``.
     """
-
-    #: ``session`` or ``transaction``: the route it serves
-    pool_mode: str
 
     def admin(self, command: str) -> list[dict[str, Any]]:
         """Run one admin console command (``SHOW POOLS``, ``RECONNECT``...) and return its rows."""

@@ -144,7 +144,39 @@ def wait_for_admin(bouncer: BouncerPart, *, what: str, timeout: float, interval:
     return pgbouncer_version(rows)
 
 
-class Bouncer(ServerProcess):
+#: SHOW SERVERS states of a server connection no client holds
+IDLE_SERVER_STATES = frozenset({"idle", "used", "tested"})
+
+
+class PgBouncerPooler:
+    """What every PgBouncer part (native, docker, external) does as a stack's pooler, through its admin
+    console (``admin``); ``extra`` is the team's carried-over settings."""
+
+    kind = "pgbouncer"
+    extra = PoolerSettings({}, {})
+
+    def admin(self, command: str) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    def settings(self) -> dict[str, str]:
+        """The team's settings and :data:`REPORTED_SETTINGS`, as SHOW CONFIG gives them."""
+        return read_settings(self.admin, tuple(dict.fromkeys((*REPORTED_SETTINGS, *self.extra.values))))
+
+    def idle_servers(self, user: str, database: str) -> int:
+        return sum(1 for s in self.admin("SHOW SERVERS") if s.get("user") == user
+                   and s.get("database") == database and s.get("state") in IDLE_SERVER_STATES)
+
+    def drop_server_connections(self, databases: list[str], timeout: float = 10.0) -> None:
+        """KILL drops a database's server (and client) connections at once (RECONNECT would wait for
+        PgBouncer's janitor); RESUME lets clients in again."""
+        known = {row["name"] for row in self.admin("SHOW DATABASES")}
+        for database in databases:
+            if database in known:
+                self.admin(f'KILL "{database}"')
+                self.admin(f'RESUME "{database}"')
+
+
+class Bouncer(PgBouncerPooler, ServerProcess):
     """One native PgBouncer process with one ``pool_mode``."""
 
     # In PgBouncer 1.18 SIGINT is a safe shutdown (waits for clients) and
@@ -256,11 +288,9 @@ def read_settings(admin, names: tuple[str, ...] | None = None) -> dict[str, str]
     return rows if names is None else {name: rows[name] for name in names if name in rows}
 
 
-def effective_settings(bouncers: Mapping[str, Any], extra: PoolerSettings) -> dict[str, dict[str, str]]:
-    """Route -> the settings that decide what clients see, as each PgBouncer runs with them (read back):
-    the team's carried-over ones and :data:`REPORTED_SETTINGS` (those the PgBouncer knows)."""
-    names = tuple(dict.fromkeys((*REPORTED_SETTINGS, *extra.values)))
-    return {route: read_settings(bouncer.admin, names) for route, bouncer in bouncers.items()}
+def effective_settings(poolers: Mapping[str, Any]) -> dict[str, dict[str, str]]:
+    """Route -> the settings that decide what clients see, as each pooler runs with them (read back)."""
+    return {route: pooler.settings() for route, pooler in poolers.items()}
 
 
 def _cache_file(cache_dir: Path | None, binary: Path, version: str) -> Path | None:

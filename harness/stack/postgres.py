@@ -25,7 +25,12 @@ from harness.stack.wait import wait_until
 
 SUPERUSER = "harness"
 APP_ROLE = "app"
-DATABASE = "postgres"
+#: The database the code under test uses (and the stack's superuser connects to). Not ``postgres``: Pgpool-II
+#: never caches connections to postgres, template0/1 or regression, so a stack on ``postgres`` would show
+#: nothing of what a Pgpool-II deployment carries between clients.
+DATABASE = "app"
+#: What initdb made the template for: a template without the database above is built again.
+TEMPLATE_LAYOUT = f"db-{DATABASE}"
 
 # Settings for a disposable server: durability off, loopback only.
 SERVER_SETTINGS = {
@@ -102,6 +107,14 @@ def _initdb(binaries: Binaries, account: Account, target: Path) -> None:
                          checked=[(result.stdout + result.stderr).strip()[-2000:]],
                          fix=["check that the server account can write to the temporary folder",
                               "set HARNESS_PG_BINDIR to a working PostgreSQL installation"])
+    # The stack's database, made once in the template (single-user mode: no server, no port).
+    result = run_as(account, [binaries.postgres, "--single", "-D", target, "-c", "fsync=off", "template1"],
+                    input=f"CREATE DATABASE {DATABASE}\n")
+    if result.returncode != 0 or "ERROR" in result.stdout + result.stderr:
+        raise SetupError(f"Creating database {DATABASE} in the initdb template {target} failed "
+                         f"(exit {result.returncode}).",
+                         checked=[(result.stdout + result.stderr).strip()[-2000:]],
+                         fix=["set HARNESS_PG_BINDIR to a working PostgreSQL installation"])
 
 
 def prepare_data_dir(binaries: Binaries, account: Account, cache: Path, scratch: Path,
@@ -111,7 +124,7 @@ def prepare_data_dir(binaries: Binaries, account: Account, cache: Path, scratch:
     The first initdb for a PostgreSQL version is kept in ``cache`` and copied for
     later stacks. Concurrent first runs each build one and the first rename wins.
     """
-    template = cache / f"initdb-{binaries.postgres_version()}"
+    template = cache / f"initdb-{binaries.postgres_version()}-{TEMPLATE_LAYOUT}"
     if not (template / "PG_VERSION").is_file():
         built = scratch / f"template-{uuid.uuid4().hex}"
         _initdb(binaries, account, built)

@@ -1,4 +1,5 @@
-"""The stack: one throwaway PostgreSQL plus two PgBouncers (session, transaction).
+"""The stack: one throwaway PostgreSQL plus its pooler on each pooled route (two PgBouncers by default:
+session and transaction; a deployment may name Pgpool-II or pgagroal instead).
 
 :class:`Stack` is what scenarios and tests see, whatever backend started it.
 :func:`launch` is the one way a backend starts one: the backend says how to
@@ -26,7 +27,7 @@ from sqlalchemy.engine import URL
 
 from harness.config import HarnessConfig
 from harness.deployments import DeploymentFacts
-from harness.stack.parts import BouncerPart, ProxyPart, ServerPart
+from harness.stack.parts import BouncerPart, PoolerPart, ProxyPart, ServerPart
 from harness.stack.postgres import APP_ROLE, DATABASE, SUPERUSER
 from harness.stack.wait import wait_until
 
@@ -52,16 +53,20 @@ class Stack:
     run_id: str
     routes: dict[str, URL]
     superuser_url: URL
-    bouncers: dict[str, BouncerPart]
+    #: route -> the pooler part serving it
+    poolers: dict[str, PoolerPart]
+    #: postgres, the pooler's kind (pgbouncer, pgpool, pgagroal) and images -> their versions
     versions: dict[str, str]
     #: every server part in start order (the external backend's too); stopped in reverse
     processes: list[ServerPart]
     timings: dict[str, float] = dataclasses.field(default_factory=dict)
-    #: route -> PgBouncer setting -> the value it runs with, read back with SHOW CONFIG after the start: the
-    #: team's carried-over settings and those of the harness's that decide what clients see (native, docker)
-    pgbouncer_settings: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)
-    #: what the team asked for (--pgbouncer-config, --pgbouncer-set), in words, for the report ("" if nothing)
-    pgbouncer_requested: str = ""
+    #: route -> pooler setting -> the value it runs with, read back after the start (PgBouncer: SHOW CONFIG):
+    #: the team's carried-over settings and those of the harness's that decide what clients see (native, docker)
+    pooler_settings: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)
+    #: what the team asked for (--pgbouncer-config, --pgbouncer-set, --pgpool-set...), in words ("" if nothing)
+    pooler_requested: str = ""
+    #: which pooler serves the pooled routes (harness.deployments.POOLERS)
+    pooler: str = "pgbouncer"
     #: the built-in deployment it runs (``--deployment``), or None for the binaries or images configured
     deployment: str | None = None
     run_dir: Path | None = None
@@ -87,7 +92,12 @@ class Stack:
     @property
     def facts(self) -> DeploymentFacts:
         """What decides the verdicts that depend on the deployment, as this stack reads it."""
-        return DeploymentFacts.read(self.versions, self.pgbouncer_settings)
+        return DeploymentFacts.read(self.versions, self.pooler_settings, self.pooler)
+
+    @property
+    def bouncers(self) -> dict[str, BouncerPart]:
+        """Route -> its PgBouncer (the pooled routes a PgBouncer serves: its admin console answers)."""
+        return {route: part for route, part in self.poolers.items() if part.kind == "pgbouncer"}  # type: ignore
 
     def why_not(self, kind: Missing, name: str, default: str = "") -> str:
         """Why this stack cannot run a route, a layout or a check (``default`` when it does not say)."""
@@ -165,15 +175,15 @@ class Stack:
 
     def describe(self) -> str:
         lines = [f"stack {self.run_id} ({self.backend}): PostgreSQL {self.versions.get('postgres')}, "
-                 f"PgBouncer {self.versions.get('pgbouncer')}"]
+                 f"{self.facts.pooler_title} {self.versions.get(self.pooler)}"]
         for route, url in self.routes.items():
             lines.append(f"  {route:<12} {url.render_as_string(hide_password=False)}")
         lines.append(f"  {'superuser':<12} {self.superuser_url.render_as_string(hide_password=False)}")
         for route, bouncer in self.bouncers.items():
             admin = self.superuser_url.set(port=bouncer.port, database="pgbouncer")
             lines.append(f"  admin:{route:<6} {admin.render_as_string(hide_password=False)}")
-        if self.pgbouncer_requested:
-            lines.append(f"  {'pgbouncer':<12} {self.pgbouncer_requested}")
+        if self.pooler_requested:
+            lines.append(f"  {self.pooler:<12} {self.pooler_requested}")
         if self.proxy is not None:
             lines.append(f"  {'proxy':<12} 127.0.0.1:{self.proxy.port} (fault proxy: PgBouncers -> PostgreSQL)")
         return "\n".join(lines)
@@ -248,9 +258,10 @@ class StackAssembly:
         """The stack's PostgreSQL (tracked, if it is not yet)."""
         self.stack.server = self.track(server)
 
-    def add_bouncer(self, bouncer: BouncerPart) -> None:
-        """The PgBouncer behind the route named by its pool mode (tracked, if it is not yet)."""
-        self.stack.bouncers[bouncer.pool_mode] = self.track(bouncer)
+    def add_pooler(self, pooler: PoolerPart) -> None:
+        """The pooler behind the route named by its pool mode (tracked, if it is not yet)."""
+        self.stack.poolers[pooler.pool_mode] = self.track(pooler)
+        self.stack.pooler = pooler.kind
 
     def add_proxy(self, proxy: ProxyPart) -> None:
         """The fault proxy the PgBouncers reach PostgreSQL through (tracked, if it is not yet)."""
@@ -281,7 +292,7 @@ def launch(backend: str, config: HarnessConfig, boot: Callable[[StackAssembly], 
     """
     started = time.monotonic()
     stack = Stack(backend=backend, run_id=new_run_id(), routes={}, superuser_url=route_url(SUPERUSER, "", 0),
-                  bouncers={}, versions={}, processes=[])
+                  poolers={}, versions={}, processes=[])
     stack.deployment = config.deployment
     register(stack)
     try:
@@ -299,6 +310,6 @@ def _wait_for_routes(stack: Stack, timeout: float) -> None:
     if stack.server is None:
         raise AssertionError(f"the {stack.backend} backend's boot added no PostgreSQL part")
     for route, url in stack.routes.items():
-        part = stack.bouncers.get(route) or stack.server
+        part = stack.poolers.get(route) or stack.server
         wait_until(functools.partial(check_route, url), what=f"route {route!r}", timeout=timeout,
                    log_tail=part.log_tail, alive=part.alive)

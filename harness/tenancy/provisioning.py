@@ -164,24 +164,18 @@ class Tenancy:
                 self._seed_state = self._read_state(conn)
 
     def drop_server_connections(self, timeout: float = 10.0) -> None:
-        """Drop both PgBouncer pools' server connections and wait until the login role has no backend left.
+        """Drop every pooler's server connections and wait until the login role has no backend left.
 
         A backend that outlives the deadline (a leaked connection) is terminated,
         so no connection state carries over into the next example.
         """
-        for route in self.stack.bouncers:
-            # KILL drops the database's server (and client) connections at once;
-            # RECONNECT would wait for PgBouncer's janitor. RESUME lets clients in again.
-            known = {row["name"] for row in self.stack.admin(route, "SHOW DATABASES")}
-            for database in self.databases:
-                if database in known:
-                    self.stack.admin(route, f'KILL "{database}"')
-                    self.stack.admin(route, f'RESUME "{database}"')
-        # Backends whose PgBouncer connection was killed exit within milliseconds.
-        # One that outlives a short grace was missed by KILL (a session-pool server
-        # still running its DISCARD ALL, say) or belongs to a pooled route without
-        # an admin console (external backend): it is terminated from the server side.
-        unmanaged = [r for r in self.stack.routes if r in POOLED_ROUTES and r not in self.stack.bouncers]
+        for pooler in self.stack.poolers.values():
+            pooler.drop_server_connections(self.databases, timeout)
+        # Backends whose pooler connection was dropped exit within milliseconds.
+        # One that outlives a short grace was missed (a session-pool server still
+        # running its DISCARD ALL, say) or belongs to a pooled route the harness
+        # cannot manage (external backend): it is terminated from the server side.
+        unmanaged = [r for r in self.stack.routes if r in POOLED_ROUTES and r not in self.stack.poolers]
         started = time.monotonic()
         grace = started + (0 if unmanaged else min(timeout, KILL_GRACE))
         deadline = started + timeout

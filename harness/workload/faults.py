@@ -45,12 +45,15 @@ ARM_IDLE_TIMEOUT = text("SELECT pg_backend_pid() FROM set_config('idle_in_transa
 def available_faults(stack: Stack, route: str) -> dict[str, str]:
     """Every fault, and why it cannot be injected on this stack and route ("" when it can)."""
     bouncer = stack.bouncers.get(route)
+    pooler = stack.poolers.get(route)
+    title = stack.facts.pooler_title
     why = {
         "server": "",
-        "pgbouncer": "" if bouncer is not None else "the route has no PgBouncer",
-        "restart": ("the route has no PgBouncer" if bouncer is None else
-                    "" if hasattr(bouncer, "restart") else f"the {stack.backend} backend cannot restart PgBouncer"),
-        "proxy": ("the route has no PgBouncer" if bouncer is None else
+        "pgbouncer": ("" if bouncer is not None else "the route has no PgBouncer" if pooler is None else
+                      f"the route's pooler is {title}, which has no PgBouncer admin console"),
+        "restart": ("the route has no pooler" if pooler is None else
+                    "" if hasattr(pooler, "restart") else f"the {stack.backend} backend cannot restart {title}"),
+        "proxy": ("the route has no pooler" if pooler is None else
                   "" if getattr(stack, "proxy", None) is not None else
                   f"the {stack.backend} backend has no fault proxy" if stack.backend != "native" else
                   "the stack was started without the faults scenario"),
@@ -170,13 +173,15 @@ class FaultInjector:
         return "PgBouncer server_lifetime = 0: every server connection is used once, for the rest of the cell"
 
     def fault_pgbouncer_restart(self, call) -> str:
-        bouncer = self.stack.bouncers[self.route]
+        pooler = self.stack.poolers[self.route]
         started = time.monotonic()
-        bouncer.restart()
-        return f"PgBouncer restarted on port {bouncer.port} in {time.monotonic() - started:.2f} s"
+        pooler.restart()
+        return (f"{self.stack.facts.pooler_title} restarted on port {pooler.port} in "
+                f"{time.monotonic() - started:.2f} s")
 
     def fault_proxy_cut(self, call) -> str:
-        return f"the fault proxy cut {self.stack.proxy.cut()} connection(s) between PgBouncer and PostgreSQL"
+        return (f"the fault proxy cut {self.stack.proxy.cut()} connection(s) between "
+                f"{self.stack.facts.pooler_title} and PostgreSQL")
 
     def fault_proxy_delay(self, call) -> str:
         hold, duration = DELAY

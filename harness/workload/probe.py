@@ -44,11 +44,12 @@ from sqlalchemy import event
 from sqlalchemy.engine import URL, Engine
 
 from harness.stack import Stack
+from harness.stack.pgbouncer import IDLE_SERVER_STATES
 from harness.checks.history import ConnectionState
 from harness.tenancy import drivers
 
 COMMON_SETTINGS = ("app.tenant", "app.tenant_id", "app.current_tenant", "app.schema")
-IDLE_SERVER_STATES = {"idle", "used", "tested"}
+
 # Read apart (search_path has a kind of its own) or set per transaction by the server itself.
 NOT_SESSION_STATE = ("search_path", "transaction_isolation", "transaction_read_only", "transaction_deferrable")
 
@@ -185,13 +186,16 @@ def read_pristine(stack: Stack, url: URL, strategy: str = "") -> tuple[dict[str,
     return _PRISTINE[key]
 
 
-class PgBouncerProbe:
-    """Probes one PgBouncer route; keeps its client connections where that changes nothing.
+class PoolerProbe:
+    """Probes one pooled route; keeps its client connections where that changes nothing.
 
-    In transaction mode an idle client holds no server, so probe clients are
-    kept between probes (a login costs a SCRAM exchange). In session mode a
-    client keeps its server until it disconnects, so probe clients are closed
-    after every probe (PgBouncer then runs server_reset_query on their servers,
+    As many clients as the pooler keeps idle server connections for the login
+    role (:meth:`PoolerPart.idle_servers`) open a transaction each, which pins
+    each to one server connection. In transaction mode an idle client holds no
+    server, so probe clients are kept between probes (a login costs a SCRAM
+    exchange). In session mode a client keeps its server until it disconnects,
+    so probe clients are closed after every probe (the pooler then resets their
+    servers, PgBouncer with server_reset_query, Pgpool-II with reset_query_list,
     as it would for any client).
     """
 
@@ -202,7 +206,8 @@ class PgBouncerProbe:
         self.settings = tuple(settings)
         self.names: tuple[str, ...] = ()
         self.query: sql.Composed | None = None
-        self.keep = stack.bouncers[route].pool_mode == "transaction"
+        self.pooler = stack.poolers[route]
+        self.keep = self.pooler.pool_mode == "transaction"
         self.spare: list[psycopg.Connection] = []
 
     def _client(self) -> psycopg.Connection:
@@ -214,20 +219,26 @@ class PgBouncerProbe:
 
     def probe(self, names: Iterable[str] = (), pristine: dict[str, str] | None = None
               ) -> tuple[list[ConnectionState], tuple[int, ...]]:
-        """Probe every idle server connection; return the states and the SHOW SERVERS pids.
+        """Probe every idle server connection; return the states and the pids of the pooler's server
+        connections where it lists them (PgBouncer's SHOW SERVERS), for coverage.
 
         ``names``: custom setting names to read besides the common and declared ones; ``pristine``: a fresh
         connection's settings (:func:`read_pristine`), which session settings are compared with."""
         wanted = probed_names(self.settings, names)
         if wanted != self.names:
             self.names, self.query = wanted, _probe_query(wanted)
-        servers = [s for s in self.stack.admin(self.route, "SHOW SERVERS")
-                   if s.get("user") == self.url.username and s.get("database") == self.url.database]
-        idle = [s for s in servers if s.get("state") in IDLE_SERVER_STATES]
+        user, database = self.url.username or "", self.url.database or ""
+        if self.pooler.kind == "pgbouncer":
+            servers = [s for s in self.stack.admin(self.route, "SHOW SERVERS")
+                       if s.get("user") == user and s.get("database") == database]
+            count = sum(1 for s in servers if s.get("state") in IDLE_SERVER_STATES)
+            pids = tuple(int(s["remote_pid"]) for s in servers if s.get("remote_pid"))
+        else:
+            count, pids = self.pooler.idle_servers(user, database), ()
         clients: list[psycopg.Connection] = []
         states: list[ConnectionState] = []
         try:
-            for _ in idle:
+            for _ in range(count):
                 conn = self._client()
                 clients.append(conn)
                 # The open transaction pins this client to one server until rollback.
@@ -243,7 +254,7 @@ class PgBouncerProbe:
                     self.spare.append(conn)
                 else:
                     conn.close()
-        return states, tuple(int(s["remote_pid"]) for s in servers if s.get("remote_pid"))
+        return states, pids
 
     def close(self) -> None:
         for conn in self.spare:

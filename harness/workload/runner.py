@@ -98,7 +98,7 @@ class Runner:
         self.tenants = tenants  # what a scheduler pass walks
         # lean: no extra query per step (the hammer); reads carry the backend pid in their own statement.
         self.lean = lean
-        self._bouncer_probe: pool_probe.PgBouncerProbe | None = None
+        self._bouncer_probe: pool_probe.PoolerProbe | None = None
         # Custom setting names the run's statements set, for the pool probe; shared by a cell's runners.
         self.owns_setting_names = setting_names is None
         self.setting_names = setting_names or pool_probe.SettingNames()
@@ -364,14 +364,15 @@ class Runner:
             records.append(ProbeRecord(next(self.seq), after_step, "pristine", (),
                                        error=f"reading a fresh connection failed: {type(exc).__name__}: {exc}"))
         names = read_in_catalog + tuple(self.setting_names.names)
-        if bouncer and self.route in self.stack.bouncers:
+        if bouncer and self.route in self.stack.poolers:
+            target = f"{self.stack.pooler}:{self.route}"
             try:
                 if self._bouncer_probe is None:
-                    self._bouncer_probe = pool_probe.PgBouncerProbe(self.stack, self.route, settings, self.url)
+                    self._bouncer_probe = pool_probe.PoolerProbe(self.stack, self.route, settings, self.url)
                 states, servers = self._bouncer_probe.probe(names, pristine)
-                records.append(ProbeRecord(next(self.seq), after_step, f"pgbouncer:{self.route}", tuple(states), servers))
+                records.append(ProbeRecord(next(self.seq), after_step, target, tuple(states), servers))
             except Exception as exc:  # noqa: BLE001
-                records.append(ProbeRecord(next(self.seq), after_step, f"pgbouncer:{self.route}", (),
+                records.append(ProbeRecord(next(self.seq), after_step, target, (),
                                            error=f"{type(exc).__name__}: {exc}"))
         for where, (engine, owner) in self._engines_to_probe().items():
             try:
