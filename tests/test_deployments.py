@@ -80,7 +80,8 @@ def test_the_expected_verdict_follows_the_driver_too(driver, bookworm, sid):
 def test_conditions_turn_only_the_deployment_dependent_built_ins():
     table = load_table()
     turned = {strategy for entries in table.when.values() for strategy, _, _ in entries}
-    assert turned == {"connect_event_search_path", "startup_options_search_path", "translate_map_prepared"}
+    assert turned == {"connect_event_search_path", "search_path_per_connection", "startup_options_search_path",
+                      "translate_map_prepared"}
     # a condition entry of "*" covers every scenario the strategy has an entry for
     scenarios = {s for (strategy, s, _) in table.base if strategy == "connect_event_search_path"}
     assert {s for (_, s, _) in table.when["search_path_tracked"]} == scenarios

@@ -30,6 +30,7 @@ from harness.errors import SetupError, StartupTimeout
 from harness.stack import ROUTES, choose_backend, start_stack
 from harness.stack.containers import LABEL_OWNER, LABEL_PART, LABEL_RUN, docker_client, remove_abandoned_runs
 from harness.workload.named import NAMED_SCENARIOS
+from harness.tenancy.strategy import BUILTINS
 from test_stack import (  # noqa: F401 - collected here, against the docker stack
     test_each_pgbouncer_reports_its_pool_mode,
     test_each_route_answers_a_query_as_the_login_role,
@@ -234,7 +235,7 @@ def test_named_scenarios_give_the_same_verdicts_on_native_and_docker_on_every_de
             capture_output=True, text=True, timeout=1800, cwd=ROOT, env=env)
         assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
         matrices[backend] = verdicts(report_dir)
-    assert len(matrices["native"]) == len(DEPLOYMENTS) * 16 * 3 * len(NAMED_SCENARIOS)
+    assert len(matrices["native"]) == len(DEPLOYMENTS) * len(BUILTINS) * 3 * len(NAMED_SCENARIOS)
     differ = {cell: (v, matrices["docker"].get(cell)) for cell, v in matrices["native"].items()
               if matrices["docker"].get(cell) != v}
     assert not differ, differ

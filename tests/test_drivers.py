@@ -299,6 +299,22 @@ def test_the_hammer_probes_the_pools_of_an_async_layers_threads(stack, tenancy, 
     assert any(f.kind == "pool_pollution" and "engine" in f.explanation for f in result.findings), explain(result)
 
 
+def test_the_hammer_names_the_driver_of_an_async_layer_with_no_engine_of_its_own(stack, tenancy, harness_config,
+                                                                                   tmp_path):
+    """One engine per tenant (no ``engine`` attribute) on asyncpg: only the hammer's per-thread instances open
+    sessions, and the cell still names the driver they ran on (else "none seen", and a layer that ignored the
+    asked driver would pass unnoticed)."""
+    import dataclasses
+
+    from harness.workload.scenarios import CellContext, run_scenario
+
+    config = dataclasses.replace(harness_config, report_dir=tmp_path, hammer_requests=60, hammer_seconds=5.0)
+    ctx = CellContext(stack, tenancy, config, seed=1234, gate=True)
+    result = run_scenario(ctx, load_strategy("connect_event_search_path").on_driver("asyncpg"), "direct", "hammer")
+    assert result.verdict is Verdict.PASS, explain(result)
+    assert result.driver_used.startswith("asyncpg "), result.driver_used
+
+
 def test_schema_sql_without_models_is_refused_rather_than_ignored(tmp_path):
     (tmp_path / "types.sql").write_text("CREATE DOMAIN email AS text")
     with pytest.raises(UsageError) as caught:

@@ -48,7 +48,7 @@ def test_every_built_in_loads_by_short_name_and_its_factory_is_a_class(name):
 def test_builtins_are_sixteen_and_distinct():
     # six schema-layout strategies, four row-level security ones, three async twins, three whose verdict
     # depends on the deployment (the tenant bound as a connection is made, the driver's prepare default)
-    assert len(BUILTINS) == 16 == len(set(BUILTINS))
+    assert len(BUILTINS) == 17 == len(set(BUILTINS))
 
 
 def test_an_unknown_short_name_is_neither_a_built_in_nor_a_spec():

@@ -28,8 +28,8 @@ BUILTIN_MODULES = {
     "harness.tenancy.strategies.rls": ("rls_guc_session", "rls_guc_pinned", "rls_role_session", "rls_role_pinned"),
     "harness.tenancy.strategies.asynchronous": ("translate_map_pinned_async", "rls_guc_pinned_async",
                                                 "search_path_set_async"),
-    "harness.tenancy.strategies.connection": ("connect_event_search_path", "startup_options_search_path",
-                                              "translate_map_prepared"),
+    "harness.tenancy.strategies.connection": ("connect_event_search_path", "search_path_per_connection",
+                                              "startup_options_search_path", "translate_map_prepared"),
 }
 BUILTIN_SPECS = {name: f"{module}:{name}" for module, names in BUILTIN_MODULES.items() for name in names}
 BUILTINS = tuple(BUILTIN_SPECS)

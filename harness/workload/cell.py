@@ -146,8 +146,12 @@ def run_cell(stack: Stack, tenancy: Tenancy, spec: StrategySpec, route: str, sce
     cov = coverage(history)
     judged = verdict(findings, cov)
     if program.probe and judged.verdict is Verdict.PASS and cov.probed_connections == 0:
-        judged = Judgement(Verdict.INCONCLUSIVE,
-                           "the pool probe read no connection (no idle server, no engine exposed)")
+        if route not in stack.poolers and cell.runner.keeps_no_connections():
+            judged = Judgement(Verdict.PASS, judged.reason + "; every engine the layer used keeps no connection "
+                               "(NullPool) and nothing pools this route: no session outlives its request")
+        else:
+            judged = Judgement(Verdict.INCONCLUSIVE,
+                               "the pool probe read no connection (no idle server, no engine exposed)")
     result = cell.result(scenario, history, findings, cov, judged)
     if statements is not None:
         result.schema_in_sql = any(_names_schema(sql, tenants) for sql in statements)

@@ -145,6 +145,11 @@ def hammer(stack: Stack, tenancy: Tenancy, spec: StrategySpec, route: str, *, th
             mine._end(client)
             if mine is not runner:
                 thread_pools.append(mine.pools_seen())
+                # The cell names the driver its sessions ran on: a layer with no engine of its own (one per
+                # tenant) shows it only on the runners that opened them, and on an async layer those are
+                # these per-thread ones (else the cell says "none seen" and the asked-driver check is blind).
+                with lock:
+                    runner.driver_used = runner.driver_used or mine.driver_used
                 try:
                     # What this thread's own pool keeps, read before its engine closes with it (PgBouncer's
                     # servers are read once, after every thread has ended).

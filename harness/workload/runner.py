@@ -17,6 +17,7 @@ from typing import Any, Callable, TypeVar
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
+from sqlalchemy.pool import NullPool
 
 from harness.checks.history import ErrorSeen, History, ProbeRecord, StepRecord
 from harness.checks.refusals import NAME_REFUSED
@@ -386,6 +387,12 @@ class Runner:
                 records.append(ProbeRecord(next(self.seq), after_step, where, (),
                                            error=f"{type(exc).__name__}: {exc}", owner=owner))
         return records
+
+    def keeps_no_connections(self) -> bool:
+        """Did the layer use engines only, each without a pool that keeps connections (NullPool)?"""
+        engines = self._engines_to_probe()
+        return bool(engines) and all(isinstance(getattr(engine, "sync_engine", engine).pool, NullPool)
+                                     for engine, _ in engines.values())
 
     def _engines_to_probe(self) -> dict[str, tuple[Any, str | None]]:
         """name -> (engine, the one tenant using it): the strategy's engine; without one, each engine its

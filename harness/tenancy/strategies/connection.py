@@ -7,6 +7,12 @@ made, and the driver's defaults.
   transaction, and later transactions of the connection may run on others: unsafe where PgBouncer does not
   keep search_path with its client (it can only from PostgreSQL 18, which reports search_path, with
   PgBouncer 1.20+ tracking it: by default from 1.26).
+- ``search_path_per_connection``: as ``connect_event_search_path``, without a pool of its own (NullPool,
+  what SQLAlchemy's documentation advises behind an external pooler): every session gets a new connection,
+  bound in the ``connect`` event, and closing it leaves the reset to the pooler. Sound only where the pooler
+  resets a server connection when its client leaves (PgBouncer's session mode runs ``DISCARD ALL``, Pgpool-II
+  its ``reset_query_list``); a pooler that keeps session state hands the tenant's search_path to whoever
+  gets that server next.
 - ``startup_options_search_path``: one engine per tenant whose connections start with ``search_path`` set:
   libpq ``options=-c search_path=<schema>`` on psycopg and psycopg2, ``server_settings={"search_path":
   ...}`` on asyncpg (a startup parameter of its own). PgBouncer before 1.26 refuses either (FATAL),
@@ -25,6 +31,7 @@ from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import URL
+from sqlalchemy.pool import NullPool
 
 from harness.tenancy.drivers import close_engine, make_engine, of_url, open_session
 from harness.tenancy.strategies.builtin import TranslateMapPinned, _engine
@@ -69,8 +76,11 @@ class _EnginePerTenant:
 class ConnectEventSearchPath(_EnginePerTenant):
     """``SET search_path`` in the pool's ``connect`` event of a per-tenant engine."""
 
+    def pool_options(self) -> dict[str, Any]:
+        return {"pool_size": 2, "max_overflow": 2}
+
     def make_engine(self, tenant: str) -> Any:
-        engine = make_engine(self.url, pool_size=2, max_overflow=2)
+        engine = make_engine(self.url, **self.pool_options())
         path = _quoted(tenant)
 
         # The pool's events live on the sync engine, also for an AsyncEngine (whose DBAPI connection is
@@ -85,6 +95,14 @@ class ConnectEventSearchPath(_EnginePerTenant):
             dbapi_connection.commit()
 
         return engine
+
+
+class SearchPathPerConnection(ConnectEventSearchPath):
+    """``connect_event_search_path`` on a NullPool engine: a new connection per session, never reset by the
+    layer itself."""
+
+    def pool_options(self) -> dict[str, Any]:
+        return {"poolclass": NullPool}
 
 
 class StartupOptionsSearchPath(_EnginePerTenant):
@@ -105,5 +123,6 @@ class TranslateMapPrepared(TranslateMapPinned):
 
 
 connect_event_search_path = ConnectEventSearchPath
+search_path_per_connection = SearchPathPerConnection
 startup_options_search_path = StartupOptionsSearchPath
 translate_map_prepared = TranslateMapPrepared
