@@ -13,7 +13,8 @@ PYTEST_ARGS ?=
 # (`make test QUALITY_SEEDS=3`) and `make bench` reports the detection rate.
 QUALITY_SEEDS ?= 10
 # The built-in deployments (harness/deployments.py), named after the Debian suite whose packages they run.
-# Natively, bookworm's is the host's own packages; trixie's and sid's are built by scripts/build-deployment.
+# Natively, bookworm's is the host's own packages; trixie's and sid's are built by scripts/build-deployment
+# (trixie's root also holds pgagroal, for the pgagroal part: harness/stack/pgagroal.py).
 NATIVE_DEPLOYMENTS := trixie sid
 IMAGE_DEPLOYMENTS := bookworm trixie sid
 
@@ -46,12 +47,13 @@ $(TEST_STAMP): $(STAMP)
 # Each native deployment's root filesystem and binaries patched to run on this host, and its images when a
 # Docker engine answers (scripts/build-deployment, as root: a minute or two per suite the first time, then
 # reused).
-# bookworm-pgpool natively is the host's own pgpool2 package (its service stopped and disabled: the harness
-# starts its own Pgpool-II per stack).
+# The Pgpool-II part (harness/stack/pgpool.py) runs the host's own pgpool2 package (its service stopped and
+# disabled: the harness starts its own Pgpool-II per stack).
 deployments:
 	@if docker info >/dev/null 2>&1; then images=--images; else images=; \
 	  echo "make deployments: no Docker engine answers, so only the native deployments are built" >&2; fi; \
-	for suite in $(NATIVE_DEPLOYMENTS); do scripts/build-deployment $$suite $$images >/dev/null || exit; done
+	for suite in $(NATIVE_DEPLOYMENTS); do \
+	  scripts/build-deployment $$suite $$images $$([ $$suite = trixie ] && echo --with pgagroal) >/dev/null || exit; done
 	@[ -x /usr/sbin/pgpool ] || command -v pgpool >/dev/null || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends pgpool2 >/dev/null \

@@ -1,17 +1,18 @@
 """Deployments: the PostgreSQL and the pooler a stack runs, named after the Debian suite that ships them.
 
-A deployment is a PostgreSQL version, a pooler (PgBouncer by default, Pgpool-II or pgagroal) with its
-version, and the pooler's settings (they come from ``--pgbouncer-config`` / ``--pgbouncer-set``,
-``--pgpool-set`` or ``--pgagroal-set``, the same for every deployment of a run). The pooled routes are the
-pooler's own modes: PgBouncer's and pgagroal's session and transaction, Pgpool-II's session only. Built in,
-from Debian's own packages:
+A deployment is a PostgreSQL version, a pooler (its kind, :data:`POOLERS`, and version) and the pooler's
+settings (``--pgbouncer-config`` / ``--pgbouncer-set``, the same for every deployment of a run). The pooled
+routes are the pooler's own modes: PgBouncer's and pgagroal's session and transaction, Pgpool-II's session
+only. Built in, from Debian's own packages:
 
 - ``bookworm``: PostgreSQL 15, PgBouncer 1.18 (the host's packages on a bookworm host);
 - ``trixie``: PostgreSQL 17, PgBouncer 1.24.1;
-- ``sid``: PostgreSQL 18, PgBouncer 1.26.1;
-- ``bookworm-pgpool``: PostgreSQL 15, Pgpool-II 4.3.5 (connection pooling on, load balancing and
-  replication off);
-- ``trixie-pgagroal``: PostgreSQL 17, pgagroal 1.6.0 (its session and transaction pipelines).
+- ``sid``: PostgreSQL 18, PgBouncer 1.26.1.
+
+The parts of Pgpool-II 4.3.5 (bookworm) and pgagroal 1.6.0 (trixie) are built and tested
+(:mod:`harness.stack.pgpool`, :mod:`harness.stack.pgagroal`); their deployments (``bookworm-pgpool``,
+``trixie-pgagroal``) join the list below once a stack boots them and the expectation table holds their
+measured verdicts.
 
 :mod:`harness.stack.deployment_builds` finds where they were built. Without a deployment a stack runs what
 the binary settings (``pg_bindir``, ``pgbouncer``) or the image settings name, as before.
@@ -75,8 +76,6 @@ DEPLOYMENTS: dict[str, Deployment] = {d.name: d for d in (
     Deployment("bookworm", "15", "1.18.0"),
     Deployment("trixie", "17", "1.24.1"),
     Deployment("sid", "18", "1.26.1"),
-    Deployment("bookworm-pgpool", "15", "4.3.5", pooler="pgpool", suite="bookworm"),
-    Deployment("trixie-pgagroal", "17", "1.6.0", pooler="pgagroal", suite="trixie"),
 )}
 
 

@@ -148,7 +148,7 @@ def test_every_fault_can_be_injected_on_the_routes_it_needs(fault_stack):
                                                   "fault_statement_timeout")
     for route in ("session", "transaction"):
         assert injectable(fault_stack, route) == FAULT_STEPS, available_faults(fault_stack, route)
-    assert "the route has no PgBouncer" in available_faults(fault_stack, "direct")["fault_proxy_cut"]
+    assert "the route has no pooler" in available_faults(fault_stack, "direct")["fault_proxy_cut"]
 
 
 @pytest.mark.parametrize("route", ["direct", "session", "transaction"])

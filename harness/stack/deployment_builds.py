@@ -73,9 +73,10 @@ def host_pooler(wanted: Deployment) -> Path | None:
 POOLER_BINARIES = {"pgbouncer": "pgbouncer", "pgpool": "pgpool", "pgagroal": "pgagroal"}
 
 
-def native_binaries(name: str) -> tuple[Path, Path]:
-    """(bindir of initdb and postgres, the pooler's binary) of a deployment on this host."""
-    wanted = deployment(name)
+def native_binaries(name: str | Deployment) -> tuple[Path, Path]:
+    """(bindir of initdb and postgres, the pooler's binary) of a deployment on this host (a built-in's name, or
+    a deployment of a pooler whose part is tested before its deployment is built in)."""
+    wanted = name if isinstance(name, Deployment) else deployment(name)
     host = host_offers(wanted)
     if host is not None:
         return host
