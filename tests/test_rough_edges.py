@@ -351,7 +351,7 @@ def test_the_environment_names_the_models_with_their_tenant_tables_and_the_actio
                             env={}, cwd=project)
     put_first_on_sys_path(config.pythonpath)
     versions = {"postgres": "17", "pgbouncer": "1.24"}
-    stack = SimpleNamespace(versions=versions, backend="native", owns_public=True, deployment=None,
+    stack = SimpleNamespace(versions=versions, backend="native", owns_public=True, deployment=None, pooler="pgbouncer",
                             facts=DeploymentFacts.read(versions, {}))
     env = environment(stack, config, 3, True, load_team(config))
     assert env["models"] == "userapp.models:Base (tenant tables: invoice)"
