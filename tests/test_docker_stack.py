@@ -29,6 +29,7 @@ from harness.deployments import DEPLOYMENTS
 from harness.errors import SetupError, StartupTimeout
 from harness.stack import ROUTES, choose_backend, start_stack
 from harness.stack.containers import LABEL_OWNER, LABEL_PART, LABEL_RUN, docker_client, remove_abandoned_runs
+from harness.stack.postgres import DATABASE
 from harness.workload.named import NAMED_SCENARIOS
 from harness.tenancy.strategy import BUILTINS
 from test_stack import (  # noqa: F401 - collected here, against the docker stack
@@ -81,7 +82,7 @@ def test_the_stack_is_three_labelled_containers_on_a_private_network(stack, clie
     by_part = {c.labels[LABEL_PART]: c for c in containers}
     postgres = by_part["postgres"].attrs["Config"]
     assert postgres["Image"] == docker_config.postgres_image
-    assert {"POSTGRES_USER=harness", "POSTGRES_DB=postgres"} <= set(postgres["Env"])
+    assert {"POSTGRES_USER=harness", f"POSTGRES_DB={DATABASE}"} <= set(postgres["Env"])
     for mode in ("session", "transaction"):
         bouncer = by_part[f"pgbouncer-{mode}"].attrs["Config"]
         # The harness's own configuration and an explicit command, not the image's environment.
