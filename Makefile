@@ -80,9 +80,10 @@ test: test-setup deployments
 test-docker: test-setup images
 	images="$$(scripts/build-images)" && eval "$$images" && $(BIN)/pytest tests -m docker $(PYTEST_ARGS)
 
-# Every deployment's images, labelled tenant-harness.deployment=<suite>.
+# Every deployment's images, labelled tenant-harness.deployment=<suite>: each suite's PostgreSQL and PgBouncer,
+# and the other poolers its deployments run (scripts/build-images: bookworm's pgpool2, trixie's pgagroal).
 images:
-	@for suite in $(IMAGE_DEPLOYMENTS); do scripts/build-deployment $$suite --images --no-native >/dev/null || exit; done
+	@for suite in $(IMAGE_DEPLOYMENTS); do HARNESS_DEBIAN_SUITE=$$suite scripts/build-images >/dev/null || exit; done
 
 quality: test-setup
 	HARNESS_QUALITY_SEEDS=10 $(BIN)/pytest tests -m quality -n auto $(PYTEST_ARGS)

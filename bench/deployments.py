@@ -1,4 +1,4 @@
-"""Per deployment (bookworm, trixie, sid): build, warm stack start and verify wall time, one JSON line each.
+"""Per deployment (bookworm, trixie, sid, bookworm-pgpool, trixie-pgagroal): build, warm stack start and verify wall time, one JSON line each.
 
 - build: `scripts/build-deployment SUITE --images` cold (``--rebuild``: debootstrap, native binaries and
   images from nothing) and reused (everything there already);
@@ -66,14 +66,16 @@ def main() -> None:
         images = ["--images"] if docker else []
         if images or not native:  # else there is nothing to build: the host's packages, no Docker engine
             what = {"images": bool(images), "native": not native}
+            arguments = deployment.build_arguments
             if os.environ.get("BENCH_DEPLOYMENTS_COLD", "1") != "0":
-                emit("deployment_build_cold", name, seconds=timed([*build, name, "--rebuild", *images, *native], env),
-                     **what)
-            emit("deployment_build_reused", name, seconds=timed([*build, name, *images, *native], env), **what)
+                emit("deployment_build_cold", name,
+                     seconds=timed([*build, *arguments, "--rebuild", *images, *native], env), **what)
+            emit("deployment_build_reused", name, seconds=timed([*build, *arguments, *images, *native], env),
+                 **what)
         with tempfile.TemporaryDirectory(prefix="harness-bench-cache-") as cache:
             for backend in ("native", "docker") if docker else ("native",):
                 starts = warm_start(name, backend, Path(cache))
-                emit("deployment_stack_start_warm", name, backend=backend, runs=len(starts),
+                emit("deployment_stack_start_warm", name, backend=backend, pooler=deployment.pooler, runs=len(starts),
                      median_s=round(statistics.median(starts), 3), max_s=round(max(starts), 3))
         with tempfile.TemporaryDirectory(prefix="harness-bench-report-") as reports:
             seconds = timed([sys.executable, "-m", "harness", "verify", "--deployment", name, "--backend", "native",

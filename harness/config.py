@@ -16,10 +16,13 @@ import tomllib
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from harness.deployments import deployment
+from harness.deployments import DEPLOYMENTS, POOLERS, deployment
 from harness.tenancy.drivers import check_installed
 from harness.errors import UsageError
-from harness.pgbouncer_settings import CARRIED_SETTINGS, requested, split_assignments
+from harness.pooler_settings import dialects
+from harness.pooler_settings.pgagroal import PGAGROAL_CARRIED, split_pgagroal_assignments
+from harness.pooler_settings.pgbouncer import CARRIED_SETTINGS, split_assignments
+from harness.pooler_settings.pgpool import PGPOOL_CARRIED, split_pgpool_assignments
 from harness.tenancy.tenants import parse_tenants, tenant_set
 
 
@@ -195,6 +198,35 @@ SETTINGS: tuple[Setting, ...] = (
             "names as --pgbouncer-config carries over. In the environment comma-separated, in [tool.harness] "
             "a list: pgbouncer_set = [\"server_reset_query_always=1\"]. A name the chosen PgBouncer does not "
             "know is an error before the stack starts. Native and docker backends only."),
+    Setting("pgpool_config", None, _optional_path,
+            "Your production pgpool.conf: the settings that change what a pooled connection carries "
+            f"({', '.join(PGPOOL_CARRIED)}) are carried over into the Pgpool-II of a deployment that runs one "
+            "(bookworm-pgpool). The harness keeps its own listening, backends, clustering mode, "
+            "num_init_children, authentication, logging and query cache size (listed as ignored); any other "
+            "setting is left out and counted. A name that misspells a carried one (Pgpool-II would ignore it "
+            "without a word) and a value Pgpool-II would misread (connection_cache = maybe, read as on) are "
+            "errors. Its include lines are followed. Only with a deployment that runs Pgpool-II."),
+    Setting("pgpool_set", (), split_pgpool_assignments,
+            "One Pgpool-II setting NAME=VALUE, applied after --pgpool-config (it wins), e.g. --pgpool-set "
+            "reset_query_list=ABORT; the same names as --pgpool-config carries over (a value may be in single "
+            "quotes). In the environment comma-separated, in [tool.harness] a list: pgpool_set = "
+            "[\"connection_cache=off\"]. A name the Pgpool-II binary does not know, or a value it refuses, is an "
+            "error before the stack starts. Only with a deployment that runs Pgpool-II."),
+    Setting("pgagroal_config", None, _optional_path,
+            "Your production pgagroal.conf: the settings of its [pgagroal] section that change what a pooled "
+            f"connection carries ({', '.join(PGAGROAL_CARRIED)}) are carried over into the pgagroals of a "
+            "deployment that runs them (trixie-pgagroal); pipeline sets the session route's pipeline "
+            "(performance, session or auto), disconnect_client goes to the session route only. The harness "
+            "keeps its own listening, logins, logging, TLS, failover, metrics and server sections (listed as "
+            "ignored); any other setting is left out and counted. A name that misspells a carried one and a "
+            "value pgagroal would misread (idle_timeout = 2m, validation = bogus: it runs with its default "
+            "without a word) are errors. Only with a deployment that runs pgagroal."),
+    Setting("pgagroal_set", (), split_pgagroal_assignments,
+            "One pgagroal setting NAME=VALUE, applied after --pgagroal-config (it wins), e.g. --pgagroal-set "
+            "pipeline=session; the same names as --pgagroal-config carries over. In the environment "
+            "comma-separated, in [tool.harness] a list: pgagroal_set = [\"validation=foreground\"]. A setting "
+            "the pgagroal binary does not take (a throwaway one runs with them and is read back) is an error "
+            "before the stack starts. Only with a deployment that runs pgagroal."),
     Setting("report_dir", Path("reports"), _path, "Where run reports are written."),
     Setting("strategies", (), _names,
             "Strategies to verify, comma-separated: built-in names or package.module:attr "
@@ -272,14 +304,15 @@ SETTINGS_BY_NAME = {s.name: s for s in SETTINGS}
 STACK_SETTINGS = ("backend", "deployment", "pg_bindir", "pgbouncer", "cache_dir", "keep_tmp", "start_timeout",
                   "session_pool_size", "transaction_pool_size", "postgres_image", "pgbouncer_image",
                   "direct_dsn", "session_dsn", "transaction_dsn", "superuser_dsn", "i_own_this_database",
-                  "pgbouncer_config", "pgbouncer_set")
+                  "pgbouncer_config", "pgbouncer_set", "pgpool_config", "pgpool_set", "pgagroal_config",
+                  "pgagroal_set")
 VERIFY_SETTINGS = STACK_SETTINGS + ("deployments", "driver", "drivers", "routes", "scenarios", "profile", "tenants", "report_dir", "seed", "models", "schema_sql",
                                     "actions", "pythonpath", "env_file", "decoys", "example_db", "hammer_threads",
                                     "hammer_requests", "hammer_seconds", "jobs", "shard", "step_deadline")
 # Settings given as a bare flag on the command line.
 FLAGS = ("i_own_this_database",)
 # Settings whose option may be repeated (each adds to the list).
-REPEATABLE = ("actions", "pgbouncer_set")
+REPEATABLE = ("actions", "pgbouncer_set", "pgpool_set", "pgagroal_set")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -308,6 +341,12 @@ class HarnessConfig:
     pgbouncer_config: Path | None
     #: each NAME=VALUE, in the order given (a later one wins)
     pgbouncer_set: tuple[str, ...]
+    pgpool_config: Path | None
+    #: each NAME=VALUE, in the order given (a later one wins)
+    pgpool_set: tuple[str, ...]
+    pgagroal_config: Path | None
+    #: each NAME=VALUE, in the order given (a later one wins)
+    pgagroal_set: tuple[str, ...]
     report_dir: Path
     strategies: tuple[str, ...]
     routes: tuple[str, ...]
@@ -428,7 +467,7 @@ def resolve_config(
             sources[setting.name] = "default"
     values["pythonpath"] = _absolute_pythonpath(values["pythonpath"], sources["pythonpath"], cwd, pyproject,
                                                 held is not None)
-    for name in ("pgbouncer_config", "env_file", "schema_sql"):
+    for name in ("pgbouncer_config", "pgpool_config", "pgagroal_config", "env_file", "schema_sql"):
         if values[name] is not None:  # a path in [tool.harness] is relative to its pyproject.toml
             base = pyproject.parent if sources[name] == "pyproject" and pyproject else cwd
             values[name] = base / values[name]
@@ -453,13 +492,15 @@ def resolve_config(
             setting = SETTINGS_BY_NAME[name]
             raise UsageError(f"{setting.option} / {setting.env} = {value}: it must be at least {least}.",
                              fix=[setting.help])
-    # The team's PgBouncer settings: the file read and every name checked before anything starts.
-    requested(config.pgbouncer_config, config.pgbouncer_set)
+    # The team's pooler settings: each file read and every name and value checked before anything starts.
+    for dialect in dialects().values():
+        dialect.requested(getattr(config, dialect.config_setting), getattr(config, dialect.set_setting))
     if config.backend not in BACKENDS:
         raise UsageError(f"Unknown backend {config.backend!r}.", fix=[f"use one of: {', '.join(BACKENDS)}"])
     if config.backend == "external":
-        refuse_pgbouncer_settings_on_external(config)
+        refuse_pooler_settings_on_external(config)
     check_deployments(config)
+    refuse_settings_of_poolers_not_run(config)
     check_drivers(config)
     if config.schema_sql is not None and not config.models:
         raise UsageError(f"--schema-sql {config.schema_sql}: the file prepares the test copies of --models, "
@@ -475,15 +516,70 @@ def resolve_config(
     return config
 
 
-def refuse_pgbouncer_settings_on_external(config: HarnessConfig) -> None:
-    """The external backend's PgBouncers are run by someone else: the harness cannot set anything in them."""
-    given = [SETTINGS_BY_NAME[name] for name in ("pgbouncer_config", "pgbouncer_set") if getattr(config, name)]
+#: pooler kind -> its two settings: the team's file, and its NAME=VALUE items
+POOLER_SETTINGS: dict[str, tuple[str, str]] = {
+    dialect.kind: (dialect.config_setting, dialect.set_setting) for dialect in dialects().values()}
+
+
+def given_pooler_settings(config: HarnessConfig, kind: str) -> list[Setting]:
+    """The settings of the pooler ``kind`` this run was given (its file, or any NAME=VALUE)."""
+    return [SETTINGS_BY_NAME[name] for name in POOLER_SETTINGS[kind] if getattr(config, name)]
+
+
+def _given_where(config: HarnessConfig, given: Sequence[Setting]) -> list[str]:
+    return [f"{s.option} ({s.env}) given ({config.sources.get(s.name, 'cli')})" for s in given]
+
+
+def refuse_pooler_settings_on_external(config: HarnessConfig) -> None:
+    """The external backend's poolers are run by someone else: the harness cannot set anything in them."""
+    kinds = [kind for kind in POOLER_SETTINGS if given_pooler_settings(config, kind)]
+    given = [s for kind in kinds for s in given_pooler_settings(config, kind)]
     if given:
+        files = ", ".join(dialects()[kind].file_name for kind in kinds)
         raise UsageError(
-            f"{' and '.join(s.option for s in given)}: the external backend cannot apply PgBouncer settings.",
-            checked=[f"{s.option} ({s.env}) given ({config.sources.get(s.name, 'cli')})" for s in given],
-            fix=["the external backend's PgBouncers are yours: set these in their pgbouncer.ini (and RELOAD)",
-                 "or run the native or docker backend, which starts PgBouncers with these settings"])
+            f"{' and '.join(s.option for s in given)}: the external backend cannot apply pooler settings.",
+            checked=_given_where(config, given),
+            fix=[f"the external backend's poolers are yours: set these in their own {files} (and reload them)",
+                 "or run the native backend (or docker, for PgBouncer), which starts poolers with these settings"])
+
+
+def run_deployments(config: HarnessConfig) -> tuple[str, ...]:
+    """The deployments this run's stacks run: ``--deployments``, else ``--deployment``; none without one."""
+    return config.deployments or ((config.deployment,) if config.deployment else ())
+
+
+def run_poolers(config: HarnessConfig) -> tuple[str, ...]:
+    """The kinds of pooler this run's stacks run: each deployment's; without a deployment, the PgBouncer the
+    binary or image settings name."""
+    names = run_deployments(config)
+    return tuple(dict.fromkeys(deployment(name).pooler for name in names)) if names else ("pgbouncer",)
+
+
+def refuse_settings_of_poolers_not_run(config: HarnessConfig) -> None:
+    """Settings of a pooler no stack of the run starts would be read, checked and then left unused: a run the
+    team would take for one with its settings. Refused, with the deployments that would use them."""
+    running = run_poolers(config)
+    for kind in POOLER_SETTINGS:
+        given = given_pooler_settings(config, kind)
+        if not given or kind in running:
+            continue
+        title = POOLERS[kind].title
+        offering = [d.name for d in DEPLOYMENTS.values() if d.pooler == kind]
+        if not offering:
+            add = f"run a deployment of {title}"
+        elif config.deployments:
+            add = f"add {offering[0]} to --deployments"
+        else:
+            add = f"add --deployment {offering[0]}"
+        ran = ", ".join(f"{name} ({POOLERS[deployment(name).pooler].title})" for name in run_deployments(config))
+        raise UsageError(
+            f"{' and '.join(s.option for s in given)} given but no deployment of this run runs {title}: {add} or "
+            f"drop {'them' if len(given) > 1 else 'it'}.",
+            checked=_given_where(config, given)
+                    + [f"the run's deployments: {ran}" if ran else
+                       "no deployment: the stack runs the PgBouncer the binary or image settings name"],
+            fix=[f"{add} (the deployments that run {title}: {', '.join(offering) or 'none yet'})",
+                 f"or drop {' and '.join(f'{s.option} ({s.env})' for s in given)}"])
 
 
 #: the settings a deployment decides itself: its binaries (native) and images (docker)

@@ -7,12 +7,10 @@ only. Built in, from Debian's own packages:
 
 - ``bookworm``: PostgreSQL 15, PgBouncer 1.18 (the host's packages on a bookworm host);
 - ``trixie``: PostgreSQL 17, PgBouncer 1.24.1;
-- ``sid``: PostgreSQL 18, PgBouncer 1.26.1.
-
-The parts of Pgpool-II 4.3.5 (bookworm) and pgagroal 1.6.0 (trixie) are built and tested
-(:mod:`harness.stack.pgpool`, :mod:`harness.stack.pgagroal`); their deployments (``bookworm-pgpool``,
-``trixie-pgagroal``) join the list below once a stack boots them and the expectation table holds their
-measured verdicts.
+- ``sid``: PostgreSQL 18, PgBouncer 1.26.1;
+- ``bookworm-pgpool``: PostgreSQL 15, Pgpool-II 4.3.5 (connection cache on, load balancing and replication
+  off; the host's pgpool2 on a bookworm host), session route only;
+- ``trixie-pgagroal``: PostgreSQL 17, pgagroal 1.6.0 (its session and transaction pipelines).
 
 :mod:`harness.stack.deployment_builds` finds where they were built. Without a deployment a stack runs what
 the binary settings (``pg_bindir``, ``pgbouncer``) or the image settings name, as before.
@@ -38,13 +36,15 @@ class Pooler:
     modes: tuple[str, ...]
     #: why a mode it lacks cannot be run, for the stack's not_run
     lacks: str = ""
+    #: Debian's package of it (scripts/build-deployment --with PACKAGE adds it to a suite's root)
+    package: str = ""
 
 
 POOLERS: dict[str, Pooler] = {p.kind: p for p in (
-    Pooler("pgbouncer", "PgBouncer", ("session", "transaction")),
+    Pooler("pgbouncer", "PgBouncer", ("session", "transaction"), package="pgbouncer"),
     Pooler("pgpool", "Pgpool-II", ("session",),
-           lacks="Pgpool-II pools per session only: it has no transaction pooling mode"),
-    Pooler("pgagroal", "pgagroal", ("session", "transaction")),
+           lacks="Pgpool-II pools per session only: it has no transaction pooling mode", package="pgpool2"),
+    Pooler("pgagroal", "pgagroal", ("session", "transaction"), package="pgagroal"),
 )}
 
 
@@ -68,14 +68,24 @@ class Deployment:
     def describe(self) -> str:
         return f"{self.name} (PostgreSQL {self.postgres}, {POOLERS[self.pooler].title} {self.pooler_version})"
 
+    @property
+    def build_arguments(self) -> list[str]:
+        """scripts/build-deployment's arguments for its root: the suite, and the pooler's package when it is
+        not PgBouncer (which every root has)."""
+        extra = ["--with", POOLERS[self.pooler].package] if self.pooler != "pgbouncer" else []
+        return [self.debian_suite, *extra]
+
     def build_hint(self) -> str:
-        return f"{BUILD_COMMAND} (or scripts/build-deployment {self.debian_suite}) builds it from Debian's packages"
+        return (f"{BUILD_COMMAND} (or scripts/build-deployment {' '.join(self.build_arguments)}) builds it from "
+                "Debian's packages")
 
 
 DEPLOYMENTS: dict[str, Deployment] = {d.name: d for d in (
     Deployment("bookworm", "15", "1.18.0"),
     Deployment("trixie", "17", "1.24.1"),
     Deployment("sid", "18", "1.26.1"),
+    Deployment("bookworm-pgpool", "15", "4.3.5", pooler="pgpool", suite="bookworm"),
+    Deployment("trixie-pgagroal", "17", "1.6.0", pooler="pgagroal", suite="trixie"),
 )}
 
 
@@ -180,6 +190,11 @@ def _prepared(facts: DeploymentFacts) -> bool:
         return False
 
 
+def _pgpool_resets_everything(facts: DeploymentFacts) -> bool:
+    """Pgpool-II's reset_query_list ends with DISCARD ALL (its default: ABORT; DISCARD ALL)."""
+    return "discard all" in re.sub(r"\s+", " ", facts.settings.get("reset_query_list", "ABORT; DISCARD ALL").lower())
+
+
 #: in the order the expectation table applies them: a later one that holds wins
 CONDITIONS: dict[str, Condition] = {c.name: c for c in (
     Condition("pgbouncer_tracks_search_path",
@@ -203,4 +218,21 @@ CONDITIONS: dict[str, Condition] = {c.name: c for c in (
               "PgBouncer routes protocol-level prepared statements (max_prepared_statements > 0, PgBouncer 1.21 "
               "and later)",
               _prepared),
+    Condition("pgpool",
+              "the pooler is Pgpool-II (session route only): when a client leaves it runs reset_query_list on the "
+              "backend and caches it for the next client whose startup packet is the same; a client's startup "
+              "parameters (options, search_path) go to the backend opened for it",
+              lambda facts: facts.pooler == "pgpool"),
+    Condition("pgpool_keeps_session_state",
+              "Pgpool-II's reset_query_list has no DISCARD ALL (e.g. reset_query_list = 'ABORT'): a cached "
+              "backend keeps the SET search_path, settings, temporary tables, prepared statements, advisory "
+              "locks and LISTENs of the client that left, for the next client",
+              lambda facts: facts.pooler == "pgpool" and not _pgpool_resets_everything(facts)),
+    Condition("pgagroal",
+              "the pooler is pgagroal: it opens its server connections itself before clients come (prefill, "
+              "which its transaction pipeline needs), so a client's startup parameters (options, search_path) "
+              "never reach the server; its session route (pipeline performance) resets a server connection "
+              "when its client leaves, its transaction pipeline hands a server to whichever client's "
+              "transaction comes next and resets nothing",
+              lambda facts: facts.pooler == "pgagroal"),
 )}

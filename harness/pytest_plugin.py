@@ -34,6 +34,7 @@ SIGNALS_KEY = pytest.StashKey[dict]()
 PLUGIN_SETTINGS = ("backend", "driver", "schema_sql", "pg_bindir", "pgbouncer", "cache_dir", "keep_tmp", "start_timeout", "strategies",
                    "postgres_image", "pgbouncer_image", "direct_dsn", "session_dsn", "transaction_dsn",
                    "superuser_dsn", "i_own_this_database", "pgbouncer_config", "pgbouncer_set",
+                   "pgpool_config", "pgpool_set", "pgagroal_config", "pgagroal_set",
                    "routes", "tenants", "report_dir", "models", "env_file", "decoys", "profile", "derandomize", "seed",
                    "example_db", "hammer_threads", "hammer_requests", "hammer_seconds", "step_deadline")
 RESULTS_KEY = pytest.StashKey[list]()

@@ -27,6 +27,13 @@ TRIXIE_TRACKING = DeploymentFacts.read({"postgres": "17.12", "pgbouncer": "1.24.
                                                         "max_prepared_statements": "200"}})
 SID = DeploymentFacts.read({"postgres": "18.6 (Debian 18.6-1)", "pgbouncer": "1.26.1"},
                            {"transaction": {"track_extra_parameters": "", "max_prepared_statements": "200"}})
+PGPOOL = DeploymentFacts.read({"postgres": "15.18", "pgpool": "4.3.5"},
+                              {"session": {"reset_query_list": "ABORT;DISCARD ALL", "connection_cache": "on"}}, "pgpool")
+PGPOOL_ABORT = DeploymentFacts.read({"postgres": "15.18", "pgpool": "4.3.5"},
+                                    {"session": {"reset_query_list": "ABORT", "connection_cache": "on"}}, "pgpool")
+PGAGROAL = DeploymentFacts.read({"postgres": "17.12", "pgagroal": "1.6.0"},
+                                {"session": {"pipeline": "performance"}, "transaction": {"pipeline": "transaction"}},
+                                "pgagroal")
 
 
 def test_facts_read_versions_and_the_settings_pgbouncer_runs_with():
@@ -34,12 +41,20 @@ def test_facts_read_versions_and_the_settings_pgbouncer_runs_with():
     assert SID.tracked == frozenset() and SID.tracks("search_path")  # 1.26 tracks what the server reports
     assert not TRIXIE.tracks("search_path") and TRIXIE_TRACKING.tracks("search_path")
     assert BOOKWORM.tracked == frozenset() and "unknown setting" in BOOKWORM.describe()
-    holding = {name: [c.holds(f) for f in (BOOKWORM, TRIXIE, TRIXIE_TRACKING, SID)] for name, c in CONDITIONS.items()}
-    assert holding == {"pgbouncer_tracks_search_path": [False, False, True, True],
-                       "search_path_tracked": [False, False, False, True],
-                       "driver_never_prepares": [False, False, False, False],  # the facts' driver: psycopg
-                       "driver_prepares_every_statement": [False, False, False, False],
-                       "prepared_statements": [False, True, True, True]}
+    everything = (BOOKWORM, TRIXIE, TRIXIE_TRACKING, SID, PGPOOL, PGPOOL_ABORT, PGAGROAL)
+    holding = {name: [c.holds(f) for f in everything] for name, c in CONDITIONS.items()}
+    # PgBouncer's conditions never hold on another pooler, and each pooler's on no other
+    assert holding == {"pgbouncer_tracks_search_path": [False, False, True, True, False, False, False],
+                       "search_path_tracked": [False, False, False, True, False, False, False],
+                       "driver_never_prepares": [False] * 7,  # the facts' driver: psycopg
+                       "driver_prepares_every_statement": [False] * 7,
+                       "prepared_statements": [False, True, True, True, False, False, False],
+                       "pgpool": [False, False, False, False, True, True, False],
+                       "pgpool_keeps_session_state": [False, False, False, False, False, True, False],
+                       "pgagroal": [False, False, False, False, False, False, True]}
+    assert PGPOOL.pgbouncer == () and PGPOOL.pooler_version == (4, 3, 5)
+    assert "Pgpool-II 4.3.5, reset_query_list=ABORT" in PGPOOL_ABORT.describe()
+    assert PGAGROAL.describe().startswith("PostgreSQL 17, pgagroal 1.6.0, pipeline=transaction")
 
 
 @pytest.mark.parametrize("facts, verdicts", [

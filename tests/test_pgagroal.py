@@ -18,18 +18,18 @@ from typing import Callable, Iterator
 import psycopg
 import pytest
 
-from harness.config import HarnessConfig
+from harness.config import HarnessConfig, resolve_config
 from harness.deployments import Deployment
 from harness.errors import SetupError, StartupTimeout, UsageError
-from harness.pgbouncer_settings import PoolerSettings
+from harness.pooler_settings import PoolerSettings, requested_for
+from harness.pooler_settings.pgagroal import (PGAGROAL_CARRIED, PGAGROAL_KEPT, from_pgagroal_file,
+                                              parse_pgagroal_assignment, pgagroal_requested, read_pgagroal_conf,
+                                              session_pipeline, split_pgagroal_assignments)
 from harness.stack.account import Account, server_account
 from harness.stack.binaries import find_binaries
 from harness.stack.deployment_builds import manifest, native_binaries
-from harness.stack.pgagroal import (MAX_PORT, PGAGROAL_CARRIED, PGAGROAL_KEPT, Pgagroal, PgagroalBinaries,
-                                    from_pgagroal_file, lease_listen_port, master_key_path,
-                                    parse_pgagroal_assignment, pgagroal_requested, read_pgagroal_conf,
-                                    refuse_unknown_pgagroal_settings, render_pgagroal_conf,
-                                    render_pgagroal_limits, session_pipeline, split_pgagroal_assignments)
+from harness.stack.pgagroal import (MAX_PORT, Pgagroal, PgagroalBinaries, lease_listen_port, master_key_path,
+                                    refuse_unknown_pgagroal_settings, render_pgagroal_conf, render_pgagroal_limits)
 from harness.stack.ports import PortLease, lease_port
 from harness.stack.postgres import APP_ROLE, DATABASE, SUPERUSER, Logins, PostgresServer, prepare_data_dir
 
@@ -83,7 +83,7 @@ def test_the_conf_reader_follows_pgagroals_format(tmp_path):
     found = read_pgagroal_conf(write(tmp_path / "p.conf", "[pgagroal]\na = 'x # y'  # comment\nb=7;c\n"
                                                           "[server]\nc = 1\n[pgagroal]\na = again\n"))
     assert {name: value for name, (value, _) in found.items()} == {"b": "7", "[server]": "", "a": "again"}
-    with pytest.raises(UsageError, match="not a key = value line"):
+    with pytest.raises(UsageError, match="not a NAME = VALUE line"):
         read_pgagroal_conf(write(tmp_path / "bad.conf", "[pgagroal]\njust words\n"))
     with pytest.raises(UsageError, match="no such file"):
         from_pgagroal_file(tmp_path / "absent.conf")
@@ -124,6 +124,16 @@ def test_set_items_and_their_order(tmp_path):
     assert list(settings.values.items()) == [("validation", "foreground"), ("idle_timeout", "5")]
     assert settings.origins == {"validation": f"{conf}:3", "idle_timeout": "--pgagroal-set"}
     assert set(PGAGROAL_CARRIED).isdisjoint(PGAGROAL_KEPT)
+
+
+def test_the_configuration_reads_the_options_as_pgagroal_would(tmp_path):
+    conf = write(tmp_path / "pgagroal.conf", PRODUCTION_CONF)
+    config = resolve_config({"deployment": "trixie-pgagroal", "pgagroal_config": str(conf),
+                             "pgagroal_set": ["pipeline='performance'", "validation=OFF"]}, env={}, cwd=tmp_path)
+    settings = requested_for(config, "pgagroal")
+    assert (settings.values["pipeline"], settings.values["validation"]) == ("performance", "off")
+    assert settings.origins["pipeline"] == "--pgagroal-set" and settings.origins["idle_timeout"] == f"{conf}:11"
+    assert session_pipeline(settings) == "performance" and settings.ignored[0] == "[primary]"
 
 
 def test_the_pipeline_of_each_route():
@@ -268,7 +278,7 @@ def start_pgagroal(backend: Backend, harness_config: HarnessConfig) -> Iterator[
 
 
 def connect(part: Pgagroal, backend: Backend, **options) -> psycopg.Connection:
-    """A client of the route: the login role, its password, SCRAM, the stack's database."""
+    """A client of the route: the login role, its password (md5), the stack's database."""
     return psycopg.connect(host="127.0.0.1", port=part.port, user=APP_ROLE, password=backend.logins.app,
                            dbname=DATABASE, autocommit=True, connect_timeout=10, **options)
 
@@ -279,10 +289,10 @@ def one(conn: psycopg.Connection, sql: str):
 
 @pytest.mark.server
 @pytest.mark.parametrize("pool_mode", ["session", "transaction"])
-def test_both_routes_answer_as_the_login_role_with_scram(start_pgagroal, backend, pool_mode):
+def test_both_routes_answer_as_the_login_role_with_md5(start_pgagroal, backend, pool_mode):
     part = start_pgagroal(pool_mode)
     assert part.version == "1.6.0" and part.kind == "pgagroal" and part.pool_mode == pool_mode
-    with connect(part, backend, require_auth="scram-sha-256") as conn:  # libpq refuses any other method
+    with connect(part, backend, require_auth="md5") as conn:  # libpq refuses any other method (not SCRAM: see pgagroal.py)
         assert one(conn, "SELECT current_user, current_database()") == (APP_ROLE, DATABASE)
     assert part.alive() and part.pid is not None and part.port <= MAX_PORT
     assert f"started on 127.0.0.1:{part.port}" in part.log_since(0) and part.log_tail(3)

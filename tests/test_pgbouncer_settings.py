@@ -18,7 +18,7 @@ import pytest
 from harness.cli import _cli_values, build_parser
 from harness.config import resolve_config
 from harness.errors import UsageError
-from harness.pgbouncer_settings import CARRIED_SETTINGS, KEPT_SETTINGS, from_file, requested, split_assignments
+from harness.pooler_settings.pgbouncer import CARRIED_SETTINGS, KEPT_SETTINGS, from_file, requested, split_assignments
 from harness.stack import pgbouncer as pgbouncer_module
 from harness.stack import start_stack
 from harness.stack.binaries import binary_version, find_pgbouncer
@@ -56,10 +56,11 @@ def test_a_production_ini_carries_over_what_clients_see_and_ignores_the_harnesss
     settings = from_file(write(tmp_path / "pgbouncer.ini", PRODUCTION_INI))
     assert settings.values == {"server_reset_query_always": "0", "default_pool_size": "5",
                                "query_wait_timeout": "17", "server_check_query": "select 2"}
-    assert settings.ignored == ("[databases]", "auth_file", "auth_type", "listen_addr", "listen_port", "logfile",
+    # In the file's order: other sections first.
+    assert settings.ignored == ("[databases]", "listen_addr", "listen_port", "auth_type", "auth_file", "logfile",
                                 "pidfile", "pool_mode")
     assert settings.origins["query_wait_timeout"].endswith("pgbouncer.ini:16")
-    assert "ignored (the harness's own): [databases], auth_file" in settings.describe()
+    assert "ignored (the harness's own): [databases], listen_addr" in settings.describe()
 
 
 def test_a_setting_in_neither_list_is_refused_with_its_line_and_what_to_do(tmp_path):
@@ -97,10 +98,14 @@ def test_pgbouncer_set_items_and_their_commas():
         "ignore_startup_parameters=extra_float_digits,options", "query_timeout=5")
     with pytest.raises(ValueError, match="NAME=VALUE"):
         split_assignments(["server_lifetime"])
-    with pytest.raises(ValueError, match="listen_port is not a setting the harness carries over .the harness keeps"):
+    with pytest.raises(ValueError, match="listen_port is not a PgBouncer setting the harness carries over .the harness keeps"):
         split_assignments(["listen_port=1"])
-    with pytest.raises(ValueError, match="no_such_setting is not a setting"):
+    with pytest.raises(ValueError, match="no_such_setting is not a PgBouncer setting"):
         split_assignments(["no_such_setting=1"])
+    # PgBouncer reads names case-insensitively: another case is the same name; one letter off is a misspelling.
+    assert split_assignments(["Query_Timeout=5"]) == ("query_timeout=5",)
+    with pytest.raises(ValueError, match="did you mean server_reset_query_always"):
+        split_assignments(["server_reset_query_alway=1"])
 
 
 def test_pgbouncer_set_from_the_command_line_the_environment_and_pyproject(tmp_path):
@@ -171,7 +176,7 @@ def test_the_external_backend_refuses_them_before_connecting(tmp_path):
             "superuser_dsn": "postgresql://admin:x@127.0.0.1:1/db"}
     with pytest.raises(UsageError) as refused:
         resolve_config({**dsns, "pgbouncer_set": ["query_timeout=5"]}, env={}, cwd=tmp_path)
-    assert "the external backend's PgBouncers are yours: set these in their pgbouncer.ini" in str(refused.value)
+    assert "the external backend's poolers are yours: set these in their own pgbouncer.ini" in str(refused.value)
     done = subprocess.run([sys.executable, "-m", "harness", "verify", "--backend", "external",
                            "--direct-dsn", dsns["direct_dsn"], "--superuser-dsn", dsns["superuser_dsn"],
                            "--pgbouncer-config", str(write(tmp_path / "p.ini", PRODUCTION_INI))],
@@ -268,7 +273,7 @@ def test_the_values_pgbouncer_runs_with_are_read_back(tmp_path):
             assert live["default_pool_size"] == "5"  # the team's pool size wins on both routes
             assert live["server_reset_query_always"] == "1"  # --pgbouncer-set wins over the file's 0
             assert live["query_wait_timeout"] == "17" and live["server_check_query"] == "select 2"
-        assert "ignored (the harness's own): [databases], auth_file" in stack.pooler_requested
+        assert "ignored (the harness's own): [databases], listen_addr" in stack.pooler_requested
         assert "pgbouncer" in stack.describe() and "server_reset_query_always = 1" in stack.describe()
 
 

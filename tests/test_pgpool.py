@@ -17,15 +17,16 @@ from typing import Callable, Iterator
 import psycopg
 import pytest
 
-from harness.config import HarnessConfig
+from harness.config import HarnessConfig, resolve_config
 from harness.errors import UsageError
-from harness.pgbouncer_settings import PoolerSettings
+from harness.pooler_settings import PoolerSettings, requested_for
+from harness.pooler_settings.pgpool import (PGPOOL, PGPOOL_CARRIED, PGPOOL_KEPT, PGPOOL_REPORTED, from_pgpool_file,
+                                            parse_bool, parse_pgpool_assignment, pgpool_requested, read_pgpool_conf,
+                                            split_pgpool_assignments)
 from harness.stack.account import Account, server_account
 from harness.stack.binaries import find_binaries
-from harness.stack.pgpool import (NEVER_CACHED, PGPOOL_CARRIED, PGPOOL_KEPT, PGPOOL_REPORTED, Pgpool, _misspelled,
-                                  find_pgpool, from_pgpool_file, parse_bool, parse_pgpool_assignment,
-                                  pgpool_requested, pgpool_version, probe_pgpool_settings, read_pgpool_conf,
-                                  refuse_unknown_pgpool_settings, render_pgpool_conf, split_pgpool_assignments)
+from harness.stack.pgpool import (NEVER_CACHED, Pgpool, find_pgpool, pgpool_version, probe_pgpool_settings,
+                                  refuse_unknown_pgpool_settings, render_pgpool_conf)
 from harness.stack.ports import PortLease, lease_port
 from harness.stack.postgres import APP_ROLE, DATABASE, SUPERUSER, Logins, PostgresServer, prepare_data_dir
 from harness.stack.process import pid_alive
@@ -132,6 +133,21 @@ def test_pgpool_set_takes_carried_names_only_and_wins_over_the_file(tmp_path):
         pgpool_requested(None, ["port=1"])
 
 
+def test_the_configuration_reads_the_options_as_pgpool_would(tmp_path):
+    # HARNESS_PGPOOL_*: a table list keeps its commas, a quoted value loses its quotes, the file's include is
+    # read relative to it; the deployment that runs Pgpool-II gets them all, in the order they are applied.
+    write(tmp_path / "pooling.conf", POOLING_CONF)
+    conf = write(tmp_path / "pgpool.conf", PRODUCTION_CONF)
+    config = resolve_config({"deployment": "bookworm-pgpool"}, cwd=tmp_path, env={
+        "HARNESS_PGPOOL_CONFIG": str(conf),
+        "HARNESS_PGPOOL_SET": "cache_unsafe_memqcache_table_list=a.t,b.t,reset_query_list='ABORT; DISCARD ALL'"})
+    assert config.pgpool_set == ("cache_unsafe_memqcache_table_list=a.t,b.t", "reset_query_list=ABORT; DISCARD ALL")
+    settings = requested_for(config, "pgpool")
+    assert list(settings.values)[-2:] == ["cache_unsafe_memqcache_table_list", "reset_query_list"]
+    assert settings.values["reset_query_list"] == "ABORT; DISCARD ALL"
+    assert settings.origins["client_idle_limit"] == f"{tmp_path / 'pooling.conf'}:2"
+
+
 def test_the_lists_do_not_overlap_and_the_team_lines_come_last():
     assert not set(PGPOOL_CARRIED) & set(PGPOOL_KEPT)
     assert set(PGPOOL_REPORTED) - {"num_init_children"} <= set(PGPOOL_CARRIED)
@@ -225,7 +241,7 @@ def start_pgpool(backend: Backend, harness_config: HarnessConfig) -> Iterator[Ca
 
 
 def connect(part: Pgpool, backend: Backend, **options) -> psycopg.Connection:
-    """A client of the route: the login role, its password, SCRAM, the pooled database."""
+    """A client of the route: the login role, its password (md5), the pooled database."""
     return psycopg.connect(host="127.0.0.1", port=part.port, user=APP_ROLE, password=backend.logins.app,
                            dbname=backend.database, autocommit=True, connect_timeout=5, **options)
 
@@ -255,10 +271,10 @@ def _shared_memory_of(pids: list[int]) -> list[str]:
 
 
 @pytest.mark.server
-def test_the_route_answers_as_the_login_role_with_scram(start_pgpool, backend):
+def test_the_route_answers_as_the_login_role_with_md5(start_pgpool, backend):
     part = start_pgpool()
     assert part.version == pgpool_version(part.binary) and part.version.startswith("4.")
-    with connect(part, backend, require_auth="scram-sha-256") as conn:  # libpq refuses any other method
+    with connect(part, backend, require_auth="md5") as conn:  # libpq refuses any other method (not SCRAM: see pgpool.py)
         assert one(conn, "SELECT current_user, current_database()") == (APP_ROLE, backend.database)
     with pytest.raises(psycopg.OperationalError):
         psycopg.connect(host="127.0.0.1", port=part.port, user=APP_ROLE, password="wrong", dbname=backend.database,
@@ -277,7 +293,7 @@ def test_the_settings_it_runs_with_are_read_back(start_pgpool):
     # Every carried name is a setting of this Pgpool-II, and none of its own is taken for a misspelling of one.
     known = {row["item"] for row in part.query("PGPOOL SHOW ALL")}
     assert set(PGPOOL_CARRIED) <= known
-    assert [name for name in known if _misspelled(name)] == []
+    assert [name for name in known if PGPOOL.misspelled(name)] == []
 
 
 @pytest.mark.server

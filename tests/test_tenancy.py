@@ -123,10 +123,12 @@ def test_reset_leaves_no_backend_of_the_login_role(stack, tenancy, route):
 
 
 def test_reset_also_drops_a_client_left_idle_on_the_transaction_route(stack, tenancy):
-    """Reset is total: a client left over from an example is cut off with its server."""
+    """Reset is total: a client left over from an example (a cell ran on its route) is cut off with its
+    server."""
     client = connect(stack.url("transaction"))
     try:
         client.execute("SELECT 1").fetchone()
+        tenancy.uses("transaction")
         tenancy.reset()
         assert app_backends(tenancy) == []
         with pytest.raises(psycopg.Error):

@@ -22,6 +22,8 @@ from harness.errors import SetupError
 DEFAULT_DIR = Path("/var/cache/tenant-harness/deployments")
 MANIFEST = "deployment.json"
 IMAGE_LABEL = "tenant-harness.deployment"
+#: the build of scripts/build-deployment an image comes from: the images of one build share it
+IMAGE_VERSION_LABEL = "tenant-harness.image-version"
 
 
 def deployments_dir() -> Path:
@@ -100,18 +102,36 @@ def native_binaries(name: str | Deployment) -> tuple[Path, Path]:
     return bindir, pooler
 
 
+#: the Debian package of each pooler: scripts/build-deployment names its image after it
+#: (tenant-harness/pgpool2:bookworm-<version>)
+POOLER_PACKAGES = {"pgbouncer": "pgbouncer", "pgpool": "pgpool2", "pgagroal": "pgagroal"}
+
+
 def docker_images(client, name: str) -> tuple[str, str]:
-    """(PostgreSQL image, PgBouncer image) of a deployment: the newest images built with its label."""
+    """(PostgreSQL image, pooler image) of a deployment: the newest images built with its suite's label; the
+    pooler image is its pooler's (PgBouncer's, Pgpool-II's, pgagroal's), a commit of the same import as the
+    PostgreSQL image (the same ``tenant-harness.image-version``), so that both come from one root."""
     wanted = deployment(name)
-    images = {}
-    for part in ("postgres", "pgbouncer"):
-        found = client.images.list(filters={"label": f"{IMAGE_LABEL}={name}",
-                                            "reference": f"*/{part}:*"})
+    suite, package = wanted.debian_suite, POOLER_PACKAGES[wanted.pooler]
+    with_package = "" if wanted.pooler == "pgbouncer" else f" --with {package}"
+    build = (f"scripts/build-deployment {suite} --images{with_package} builds them from Debian's packages "
+             "(make images builds every deployment's)")
+
+    def newest(part: str, **labels: str):
+        filters = [f"{IMAGE_LABEL}={suite}", *(f"{key}={value}" for key, value in labels.items())]
+        found = client.images.list(filters={"label": filters, "reference": f"*/{part}:*"})
         tagged = sorted((image for image in found if image.tags), key=lambda image: image.attrs.get("Created", ""))
-        if not tagged:
-            raise SetupError(f"Deployment {wanted.describe}: no {part} image with label {IMAGE_LABEL}={name}.",
-                             checked=[f"docker images --filter label={IMAGE_LABEL}={name}"],
-                             fix=[f"scripts/build-deployment {name} --images builds the images from Debian's "
-                                  f"packages ({BUILD_COMMAND} builds every deployment's)"])
-        images[part] = tagged[-1].tags[0]
-    return images["postgres"], images["pgbouncer"]
+        return tagged[-1] if tagged else None
+
+    postgres = newest("postgres")
+    if postgres is None:
+        raise SetupError(f"Deployment {wanted.describe}: no postgres image with label {IMAGE_LABEL}={suite}.",
+                         checked=[f"docker images --filter label={IMAGE_LABEL}={suite}"], fix=[build])
+    version = (postgres.attrs.get("Config") or {}).get("Labels", {}).get(IMAGE_VERSION_LABEL, "")
+    pooler = newest(package, **{IMAGE_VERSION_LABEL: version}) if version else newest(package)
+    if pooler is None:
+        raise SetupError(f"Deployment {wanted.describe}: no {package} image beside {postgres.tags[0]}.",
+                         checked=[f"docker images --filter label={IMAGE_LABEL}={suite} --filter "
+                                  f"label={IMAGE_VERSION_LABEL}={version} --filter reference='*/{package}:*'"],
+                         fix=[build])
+    return postgres.tags[0], pooler.tags[0]

@@ -29,7 +29,7 @@ import psycopg
 from psycopg import sql
 from sqlalchemy.engine import URL, make_url
 
-from harness.config import HarnessConfig, refuse_pgbouncer_settings_on_external
+from harness.config import HarnessConfig, refuse_pooler_settings_on_external
 from harness.errors import SetupError, UsageError
 from harness.stack.pgbouncer import AdminConsole, PgBouncerPooler, pgbouncer_version
 from harness.stack.process import owner_gone, run_owner
@@ -202,7 +202,7 @@ def start_external_stack(config: HarnessConfig) -> Stack:
 
 def _boot(assembly: StackAssembly) -> None:
     config = assembly.config
-    refuse_pgbouncer_settings_on_external(config)  # before anything connects
+    refuse_pooler_settings_on_external(config)  # before anything connects
     routes, superuser = parse_routes(config)
     stack, run_id = assembly.stack, assembly.run_id
     stamp = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")

@@ -64,6 +64,9 @@ class PoolerPart(ServerPart, Protocol):
     pool_mode: str
     #: which pooler it is: ``pgbouncer``, ``pgpool`` or ``pgagroal`` (harness.deployments.POOLERS)
     kind: str
+    #: whether it opens server connections before any client asks (pgagroal's prefill): after a drop, new
+    #: backends of the login role are its fresh ones, not leftovers
+    prefills: bool
 
     def settings(self) -> dict[str, str]:
         """Setting -> the value it runs with, read back from the running pooler: the team's carried-over

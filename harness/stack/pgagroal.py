@@ -87,22 +87,17 @@ Setup, and why:
 - **Stop.** SIGTERM (pgagroal's shutdown: it closes its clients and server connections), then SIGKILL for
   whatever is left of the process group.
 
-The team's settings (``--pgagroal-config``, ``--pgagroal-set``): :data:`PGAGROAL_CARRIED`. pgagroal 1.6.0
-refuses nothing: a name it does not know, and a number it cannot read (``idle_timeout = 2m``), give
-``pgagroal: Unknown key <NAME> with value <VALUE> in section [pgagroal]`` on stderr and it runs with its
-default; ``validation = bogus`` and ``pipeline = bogus`` run as ``off`` and ``auto`` without a word;
-``max_connections`` above 10000 runs as 10000 (a WARN). So values are checked here by kind, and
+The team's settings (``--pgagroal-config``, ``--pgagroal-set``) are read and checked by
+:mod:`harness.pooler_settings.pgagroal` (:data:`~harness.pooler_settings.pgagroal.PGAGROAL_CARRIED`, which also
+says what pgagroal makes of a name or value it does not take: it refuses nothing). So
 :func:`refuse_unknown_pgagroal_settings` runs a throwaway pgagroal with them before anything starts and reads
-back what it runs with (``pgagroal-cli conf get``; tested). ``pipeline`` sets the session route's pipeline
-(``performance``, ``session`` or ``auto``); ``pipeline = transaction`` is what the transaction route runs
-anyway and leaves the session route on ``auto``. ``disconnect_client`` goes to the session route only (the
-transaction pipeline refuses to start with it).
+back what it runs with (``pgagroal-cli conf get``; tested). ``pipeline`` sets the session route's pipeline;
+``disconnect_client`` goes to the session route only (the transaction pipeline refuses to start with it).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import fcntl
 import functools
 import json
@@ -123,247 +118,21 @@ from typing import Any, Iterable, Mapping
 import psycopg
 
 from harness.errors import SetupError, StartupTimeout, UsageError
-from harness.pgbouncer_settings import PoolerSettings
+from harness.pooler_settings import PoolerSettings
+from harness.pooler_settings.pgagroal import (NOT_IN_TRANSACTION, PGAGROAL_REPORTED, PIPELINES, SECTION,
+                                              session_pipeline)
 from harness.stack.account import Account, server_account
 from harness.stack.ports import LOCK_DIR, PortLease, claim_port
 from harness.stack.postgres import APP_ROLE, DATABASE
 from harness.stack.process import ServerProcess, run_as
 from harness.stack.wait import wait_until
 
-#: pool_mode -> the pipeline that serves it (the session route's may be changed by the team's ``pipeline``).
-#: ``auto`` is pgagroal's default: ``performance``, or ``session`` when TLS, failover or ``disconnect_client``
-#: is on (configuration.c), as it would run for the team.
-PIPELINES = {"session": "auto", "transaction": "transaction"}
-#: the team's settings the transaction pipeline refuses to start with ("Transaction pipeline does not support
-#: disconnect_client"): carried to the session route only
-NOT_IN_TRANSACTION = ("disconnect_client", "disconnect_client_force")
-#: the pipelines a team's ``pipeline`` may give the session route (``transaction`` is the transaction route's)
-SESSION_PIPELINES = ("performance", "session", "auto")
 #: the highest port pgagroal 1.6.0 can listen on or connect to (see the module docstring)
 MAX_PORT = 9999
 #: where :func:`lease_listen_port` looks: registered ports below pgagroal's limit, clear of the well-known ones
 LISTEN_PORTS = range(2000, MAX_PORT + 1)
 #: the harness's values of the settings that decide what clients see (the team may carry its own)
 BLOCKING_TIMEOUT = 30  # seconds a client waits for a server connection (PgBouncer's query_wait_timeout)
-
-# -- the team's settings --------------------------------------------------------------------------------------
-
-_BOOL, _COUNT, _SECONDS, _CHOICE = "a boolean", "a count", "seconds", "one of"
-
-#: pgagroal settings carried over from the team's pgagroal.conf (and allowed in --pgagroal-set), with the kind
-#: of value each takes: each changes what a client sees of a pooled connection: the pipeline (what is reset,
-#: whether a client keeps its server connection), validation, when server connections are closed or clients
-#: cut off, how long a client waits, the pool size, prepared statements in the transaction pipeline.
-_CARRIED_KINDS: dict[str, str] = {
-    "pipeline": _CHOICE,
-    "validation": _CHOICE,
-    "background_interval": _SECONDS,
-    "idle_timeout": _SECONDS,
-    "max_connection_age": _SECONDS,
-    "blocking_timeout": _SECONDS,
-    "disconnect_client": _SECONDS,
-    "disconnect_client_force": _BOOL,
-    "max_connections": _COUNT,
-    "track_prepared_statements": _BOOL,
-    "max_retries": _COUNT,
-    "authentication_timeout": _SECONDS,
-}
-_CHOICES = {"pipeline": ("auto", "performance", "session", "transaction"),
-            "validation": ("off", "foreground", "background")}
-PGAGROAL_CARRIED: tuple[str, ...] = tuple(_CARRIED_KINDS)
-
-#: Settings of the team's file the harness keeps its own values of: how its pgagroal listens, logs, whom it
-#: lets in and how, its server, TLS, failover, metrics and management. Listed as ignored, not an error.
-PGAGROAL_KEPT: tuple[str, ...] = (
-    "host", "port", "unix_socket_dir", "pidfile", "metrics", "metrics_cache_max_age", "metrics_cache_max_size",
-    "management", "log_type", "log_level", "log_path", "log_rotation_age", "log_rotation_size",
-    "log_line_prefix", "log_mode", "log_connections", "log_disconnections", "allow_unknown_users", "auth_query",
-    "failover", "failover_script", "tls", "tls_cert_file", "tls_key_file", "tls_ca_file", "libev",
-    "buffer_size", "keep_alive", "nodelay", "non_blocking", "backlog", "hugepage", "tracker",
-    "update_process_title",
-)
-
-#: Settings that decide what clients see, read back (``pgagroal-cli conf get``) and reported whether the team
-#: gave them or not. ``pipeline`` reads back as the one running (``auto`` gives ``performance`` or ``session``).
-PGAGROAL_REPORTED: tuple[str, ...] = (
-    "pipeline", "max_connections", "validation", "idle_timeout", "blocking_timeout", "disconnect_client",
-)
-
-SECTION = "pgagroal"
-_ASSIGNMENT = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*=")
-#: a name this close to a carried one (difflib ratio) but not it is taken for a misspelling of it
-_MISSPELLING_CUTOFF = 0.9
-_TRUE, _FALSE = ("on", "yes", "1", "true"), ("off", "no", "0", "false")
-
-
-def check_pgagroal_value(name: str, value: str) -> str:
-    """The value of a carried setting as the harness writes it (booleans as on/off); ValueError says what is
-    wrong with it. pgagroal would not say: it runs with its default (see the module docstring)."""
-    if "\n" in value or "\r" in value:
-        raise ValueError(f"the value of {name} holds a line break")
-    text = value.strip()
-    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
-        text = text[1:-1].strip()
-    kind = _CARRIED_KINDS[name]
-    if kind == _BOOL:
-        if text.lower() in _TRUE:
-            return "on"
-        if text.lower() in _FALSE:
-            return "off"
-        raise ValueError(f"{name} = {value!r} is not a boolean (pgagroal reads on, yes, 1, true, off, no, 0, false)")
-    if kind in (_COUNT, _SECONDS):
-        if not text.isdigit():
-            unit = " (pgagroal 1.6 reads whole seconds, no unit)" if kind == _SECONDS else ""
-            raise ValueError(f"{name} = {value!r} is not a whole number{unit}")
-        if name == "max_connections" and not 1 <= int(text) <= 10000:
-            raise ValueError(f"max_connections = {text} is outside 1 .. 10000 (pgagroal runs with 10000 above it)")
-        return str(int(text))
-    choices = _CHOICES[name]
-    if text.lower() not in choices:
-        raise ValueError(f"{name} = {value!r} is not one of {', '.join(choices)} (pgagroal would run with its "
-                         "default without a word)")
-    return text.lower()
-
-
-def _misspelled(name: str) -> str | None:
-    """The carried setting ``name`` looks like a misspelling of (another case, one letter off), if any."""
-    if name in _CARRIED_KINDS:
-        return None
-    if name.lower() in _CARRIED_KINDS:
-        return name.lower()
-    close = difflib.get_close_matches(name, PGAGROAL_CARRIED, n=1, cutoff=_MISSPELLING_CUTOFF)
-    return close[0] if close else None
-
-
-def parse_pgagroal_assignment(item: str) -> tuple[str, str]:
-    """``NAME=VALUE`` (``--pgagroal-set``) -> (name, value); the name must be one the harness carries over."""
-    match = _ASSIGNMENT.match(item)
-    if not match:
-        raise ValueError(f"expected NAME=VALUE (a pgagroal setting), got {item!r}")
-    name, value = match.group(1), item[match.end():].strip()
-    if name not in _CARRIED_KINDS:
-        guess = _misspelled(name)
-        hint = f" (did you mean {guess}?)" if guess else ""
-        raise ValueError(f"{name} is not a pgagroal setting the harness carries over{hint}"
-                         + (" (the harness keeps its own)" if name in PGAGROAL_KEPT else "")
-                         + f"; it carries over: {', '.join(PGAGROAL_CARRIED)}")
-    return name, check_pgagroal_value(name, value)
-
-
-def split_pgagroal_assignments(value: Any) -> tuple[str, ...]:
-    """``--pgagroal-set`` items, each ``NAME=VALUE``, checked: a list gives one item each; a string
-    (HARNESS_PGAGROAL_SET) is comma-separated (no carried value holds a comma)."""
-    items = [str(item) for item in value] if isinstance(value, (list, tuple)) else str(value).split(",")
-    return tuple(f"{name}={val}" for name, val in
-                 (parse_pgagroal_assignment(item.strip()) for item in items if item.strip()))
-
-
-def _strip_comment(line: str) -> str:
-    """A pgagroal.conf line without its trailing comment (``#`` or ``;`` outside quotes)."""
-    quote = ""
-    for index, char in enumerate(line):
-        if quote:
-            quote = "" if char == quote else quote
-        elif char in "'\"":
-            quote = char
-        elif char in "#;":
-            return line[:index]
-    return line
-
-
-def read_pgagroal_conf(path: Path) -> dict[str, tuple[str, str]]:
-    """The [pgagroal] section of a pgagroal.conf: name -> (value, "file:line"); a later line wins.
-
-    As pgagroal reads it: ``#`` and ``;`` start a comment (also after a value), a value may be in single or
-    double quotes. Server sections (``[primary]``...) are there by their name in brackets, with no value.
-    """
-    if not path.is_file():
-        raise UsageError(f"--pgagroal-config {path}: no such file.",
-                         fix=["give the path of your production pgagroal.conf"])
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"--pgagroal-config {path}: the file cannot be read ({exc}).",
-                         fix=["give the path of a readable pgagroal.conf"]) from exc
-    found: dict[str, tuple[str, str]] = {}
-    section: str | None = None
-    for number, raw in enumerate(text.splitlines(), 1):
-        line = _strip_comment(raw).strip()
-        if not line:
-            continue
-        where = f"{path}:{number}"
-        if line.startswith("["):
-            if not line.endswith("]"):
-                raise UsageError(f"{where}: {raw.strip()!r} is not a section header.",
-                                 fix=["fix the line: a section is written [pgagroal]"])
-            section = line[1:-1].strip()
-            if section != SECTION:
-                found.setdefault(f"[{section}]", ("", where))  # a server section: the harness's own server
-            continue
-        if section != SECTION:
-            continue
-        name, sep, value = line.partition("=")
-        if not sep or not name.strip():
-            raise UsageError(f"{where}: {raw.strip()!r} is not a key = value line.",
-                             fix=["fix the line, or give the settings with --pgagroal-set NAME=VALUE"])
-        found.pop(name.strip(), None)  # re-inserted last: the order they are applied in
-        found[name.strip()] = (value.strip(), where)
-    return found
-
-
-def from_pgagroal_file(path: Path) -> PoolerSettings:
-    """The carried-over settings of a team's pgagroal.conf.
-
-    A carried setting with a value pgagroal would misread, or a name that misspells a carried one (pgagroal
-    would run without it), is an error. Every other name is left out: the harness's own ones and those that
-    do not decide what a pooled connection carries.
-    """
-    found = read_pgagroal_conf(path)
-    misspelled = {name: guess for name in found if (guess := _misspelled(name)) is not None}
-    if misspelled:
-        raise UsageError(
-            f"--pgagroal-config {path}: {', '.join(misspelled)} is not a pgagroal setting; pgagroal would run "
-            "without it (it logs 'Unknown key' and goes on).",
-            checked=[f"{name} at {found[name][1]}: did you mean {guess}?" for name, guess in misspelled.items()],
-            fix=["fix the name in the file given to the harness (and in production)"])
-    values, origins = {}, {}
-    for name, (value, where) in found.items():
-        if name in _CARRIED_KINDS:
-            try:
-                values[name] = check_pgagroal_value(name, value)
-            except ValueError as exc:
-                raise UsageError(f"{where}: {exc}.",
-                                 fix=["fix the value in the file given to the harness, or give it with "
-                                      "--pgagroal-set NAME=VALUE"]) from None
-            origins[name] = where
-    sections = [name for name in found if name.startswith("[")]
-    kept = [name for name in found if name in PGAGROAL_KEPT]
-    others = [name for name in found if name not in _CARRIED_KINDS and name not in PGAGROAL_KEPT
-              and not name.startswith("[")]
-    ignored = tuple(sections + kept) + ((f"{len(others)} more that do not decide what a pooled connection "
-                                         "carries",) if others else ())
-    return PoolerSettings(values, origins, ignored)
-
-
-def pgagroal_requested(config_file: Path | None, assignments: Iterable[str]) -> PoolerSettings:
-    """The pgagroal settings the team asked for: the file's, then each --pgagroal-set (a later one wins)."""
-    base = from_pgagroal_file(config_file) if config_file is not None else PoolerSettings({}, {})
-    values, origins = dict(base.values), dict(base.origins)
-    for item in assignments:
-        try:
-            name, value = parse_pgagroal_assignment(item)
-        except ValueError as exc:
-            raise UsageError(f"--pgagroal-set {item}: {exc}.") from None
-        values.pop(name, None)
-        values[name], origins[name] = value, "--pgagroal-set"
-    return PoolerSettings(values, origins, base.ignored)
-
-
-def session_pipeline(extra: PoolerSettings | None) -> str:
-    """The session route's pipeline: the team's ``pipeline`` when it is one for sessions, else the default."""
-    wanted = (extra.values if extra else {}).get("pipeline", "")
-    return wanted if wanted in SESSION_PIPELINES else PIPELINES["session"]
-
 
 # -- binaries, master key, vault, ports ------------------------------------------------------------------------
 
@@ -528,9 +297,12 @@ def render_pgagroal_conf(*, pipeline: str, listen_addr: str, listen_port: int, s
 
 
 def render_pgagroal_hba() -> str:
-    """Clients log in with SCRAM-SHA-256 against the users vault (pgagroal listens on loopback only)."""
-    return ("# Written by the harness: SCRAM against the users vault.\n"
-            "host all all all scram-sha-256\n")
+    """Clients log in with md5 against the users vault (pgagroal listens on loopback only). Not SCRAM: pgagroal
+    answers it with 4096 iterations (the stack's own secrets take 1), 12 ms a login, and the state probe logs
+    in once per free server connection (60 on the session route) after every request: 0.9 s a probe, against
+    0.26 s with md5. How a client logs in decides nothing about what a pooled connection carries."""
+    return ("# Written by the harness: md5 against the users vault.\n"
+            "host all all all md5\n")
 
 
 def render_pgagroal_limits(database: str, users: Iterable[str], pool_size: int) -> str:
@@ -625,6 +397,11 @@ class Pgagroal(ServerProcess):
         self._spawned_at = 0  # the log offset of the last spawn
         self._lifecycle = threading.RLock()  # restart() and stop() one at a time
         self._stopped = False  # stop() ran: restart() no longer starts a process
+
+    @property
+    def prefills(self) -> bool:
+        """Its server connections are opened before clients come (see the module docstring)."""
+        return self.prefill
 
     # -- files ---------------------------------------------------------------------------------------------------
     @property

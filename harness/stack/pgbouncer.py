@@ -20,7 +20,7 @@ from psycopg.rows import dict_row
 
 from harness.config import HarnessConfig
 from harness.errors import StartupTimeout, UsageError
-from harness.pgbouncer_settings import REPORTED_SETTINGS, PoolerSettings
+from harness.pooler_settings.pgbouncer import REPORTED_SETTINGS, PoolerSettings
 from harness.stack.account import Account, server_account
 from harness.stack.binaries import binary_version
 from harness.stack.parts import BouncerPart
@@ -153,6 +153,7 @@ class PgBouncerPooler:
     console (``admin``); ``extra`` is the team's carried-over settings."""
 
     kind = "pgbouncer"
+    prefills = False
     extra = PoolerSettings({}, {})
 
     def admin(self, command: str) -> list[dict[str, Any]]:

@@ -46,14 +46,17 @@ SET LOCAL and its uncommitted table visible) while libpq reports the connection 
   ``drop_server_connections`` 0.03 (0.04) s / 0.09 (0.11) s, after which none of 1,200 clients saw an error
   or the search_path left behind.
 
-Authentication: clients log in with SCRAM-SHA-256 (``pool_hba.conf``), and Pgpool-II logs in to PostgreSQL
-with SCRAM too, using the clear-text passwords of ``pool_passwd`` (``role:TEXT<password>``; the file is
+Authentication: clients log in with md5 (``pool_hba.conf``), and Pgpool-II logs in to PostgreSQL with
+SCRAM-SHA-256, using the clear-text passwords of ``pool_passwd`` (``role:TEXT<password>``; the file is
 0600 in the run folder, as PgBouncer's auth_file is). Unlike PgBouncer, Pgpool-II 4.3 cannot log in to a
 SCRAM server with a stored SCRAM secret (measured: "SCRAM authentication failed / username "app" has invalid
 password type"): it needs the password itself, clear or AES-encrypted with a key file. The AES form adds a key
 file and ``pg_enc`` and protects nothing on a throwaway loopback stack. ``allow_clear_text_frontend_auth``
-would work too, but it asks the client for its password in clear text: a client that insists on SCRAM
-(libpq ``require_auth=scram-sha-256``) would refuse it, and the route would not look like the others.
+would work too, but it asks the client for its password in clear text. Clients do not log in with SCRAM:
+with a clear-text password Pgpool-II answers SCRAM with 4096 iterations of its own (the stack's secrets
+take 1, :data:`harness.stack.postgres.SCRAM_ITERATIONS`), 12 ms a login on both sides, and the state probe
+logs in once per child (60 on the session route) after every request: 0.6 s a probe, against 0.2 s with
+md5. How a client logs in decides nothing about what a pooled connection carries.
 
 Shared memory: Pgpool-II sizes its System V segment from the query cache settings even with the cache off
 (``enable_shared_relcache`` keeps it in use): 128 MiB by default. The harness sets ``memqcache_total_size =
@@ -62,17 +65,15 @@ it exits (an ``on_shmem_exit`` hook: the main process its segment and semaphores
 one): SIGKILL leaks them (seen), so the part stops with SIGINT (fast shutdown), then SIGQUIT (immediate), and
 SIGKILLs only what is left of its process group.
 
-The team's settings (``--pgpool-config``, ``--pgpool-set``): :data:`PGPOOL_CARRIED`. Pgpool-II does not refuse
-a name it does not know: it logs ``INFO: unrecognized configuration parameter`` (below its default
-log_min_messages) and runs without it; it reads names case-sensitively; it reads any word as ``on`` for a
-boolean (``connection_cache = maybe`` runs with on). So names and booleans are checked here, and the values
-are checked by the binary itself before anything starts (:func:`refuse_unknown_pgpool_settings`: ``pgpool -f
-probe.conf stop`` parses a configuration and exits on the missing pid file: 7 ms, no port, no shared memory).
+The team's settings (``--pgpool-config``, ``--pgpool-set``) are read and checked by
+:mod:`harness.pooler_settings.pgpool` (:data:`~harness.pooler_settings.pgpool.PGPOOL_CARRIED`). Pgpool-II does
+not refuse a name it does not know (it logs it below its default log_min_messages and runs without it), so the
+binary itself is asked before anything starts (:func:`refuse_unknown_pgpool_settings`: ``pgpool -f probe.conf
+stop`` parses a configuration and exits on the missing pid file: 7 ms, no port, no shared memory).
 """
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 import shutil
@@ -82,12 +83,13 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Mapping
 
 import psycopg
 
 from harness.errors import SetupError, StartupTimeout, UsageError
-from harness.pgbouncer_settings import PoolerSettings
+from harness.pooler_settings import PoolerSettings
+from harness.pooler_settings.pgpool import PGPOOL_REPORTED, parse_bool
 from harness.stack.account import Account, server_account
 from harness.stack.ports import claim_port
 from harness.stack.process import ServerProcess, run_as
@@ -103,255 +105,6 @@ QUERY_CACHE_SIZE = "4MB"
 QUERY_CACHE_ENTRIES = 10000
 #: bytes of a Unix socket path (sun_path less its terminating NUL): Pgpool-II's sockets are in its folder
 SOCKET_PATH_MAX = 107
-
-# -- the team's settings --------------------------------------------------------------------------------------
-
-_BOOL, _COUNT, _SECONDS, _TEXT = "a boolean", "a count", "a time", "a string"
-
-#: Pgpool-II settings carried over from the team's pgpool.conf (and allowed in --pgpool-set), with the kind of
-#: value each takes: each changes what a client sees of a pooled connection: what is reset when a client
-#: leaves, whether and how many backends a child caches, when children and cached backends are replaced or
-#: clients cut off, and the query cache (it answers a query without asking the backend).
-_CARRIED_KINDS: dict[str, str] = {
-    "reset_query_list": _TEXT,
-    "connection_cache": _BOOL,
-    "max_pool": _COUNT,
-    "child_life_time": _SECONDS,
-    "connection_life_time": _SECONDS,
-    "child_max_connections": _COUNT,
-    "client_idle_limit": _SECONDS,
-    "memory_cache_enabled": _BOOL,
-    "memqcache_expire": _SECONDS,
-    "cache_safe_memqcache_table_list": _TEXT,
-    "cache_unsafe_memqcache_table_list": _TEXT,
-}
-PGPOOL_CARRIED: tuple[str, ...] = tuple(_CARRIED_KINDS)
-
-#: Settings of the team's file the harness keeps its own values of: how its Pgpool-II listens, whom it lets in
-#: and how, which backend it pools for and in which clustering mode, its pool size (``num_init_children``: at
-#: least the session pool of the harness's clients), where it logs and keeps its files, and the size of its
-#: query cache. Listed as ignored, not an error.
-PGPOOL_KEPT: tuple[str, ...] = (
-    "listen_addresses", "port", "socket_dir", "unix_socket_directories", "unix_socket_permissions",
-    "pcp_listen_addresses", "pcp_port", "pcp_socket_dir", "pcp_unix_socket_directories", "wd_ipc_socket_dir",
-    "backend_clustering_mode", "backend_hostname", "backend_port", "backend_weight", "backend_flag",
-    "backend_data_directory", "backend_application_name", "load_balance_mode", "num_init_children",
-    "enable_pool_hba", "pool_passwd", "allow_clear_text_frontend_auth", "authentication_timeout",
-    "pid_file_name", "logdir", "log_destination", "logging_collector", "log_directory", "log_filename",
-    "log_min_messages", "memqcache_oiddir", "memqcache_total_size", "memqcache_max_num_cache",
-    "memqcache_method", "use_watchdog", "health_check_period", "sr_check_period", "failover_on_backend_error",
-    "ssl",
-)
-
-#: Settings that decide what clients see, read back (``PGPOOL SHOW ALL``) and reported whether the team gave
-#: them or not.
-PGPOOL_REPORTED: tuple[str, ...] = (
-    "reset_query_list", "connection_cache", "max_pool", "num_init_children", "child_life_time",
-    "connection_life_time", "child_max_connections", "client_idle_limit", "memory_cache_enabled",
-)
-
-_ASSIGNMENT = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*=")
-_SECONDS_VALUE = re.compile(r"\d+\s*(ms|s|min|h|d)?")
-_COUNT_VALUE = re.compile(r"\+?\d+")
-# pool_config.l (4.3): KEY, then an optional "=", then one STRING ('...', backslash escapes kept as they are),
-# UNQUOTED_STRING, INTEGER (with unit letters) or REAL token; "#" starts a comment.
-_KEY = r"[A-Za-z_\x80-\xff][A-Za-z0-9_\x80-\xff]*"
-_VALUE = (r"'(?:[^'\n\\]|\\.)*'"
-          r"|[A-Za-z_\x80-\xff][A-Za-z0-9_\x80-\xff\-.:/]*"
-          r"|[-+]?(?:0x[0-9a-fA-F]+|\d+)[A-Za-z]*"
-          r"|[-+]?\d*\.\d*(?:[Ee][-+]?\d+)?")
-_CONF_LINE = re.compile(rf"\s*(?P<name>{_KEY})\s*(?:=\s*)?(?P<value>{_VALUE})\s*(?:#.*)?")
-_INDEXED = re.compile(r"^(?P<base>[a-z_]+?)\d+$")
-INCLUDE_DEPTH = 10
-#: a name this close to a carried one (difflib ratio) but not it is taken for a misspelling of it
-_MISSPELLING_CUTOFF = 0.9
-
-
-def parse_bool(value: str) -> bool | None:
-    """A boolean as Pgpool-II (and PostgreSQL) reads one, or None for a word it would misread.
-
-    ``parse_bool_with_len``: true/false/yes/no and their prefixes, on, off (and ``of``), 1, 0; case-insensitive.
-    """
-    text = value.strip().lower()
-    if not text:
-        return None
-    if text in ("on", "1") or "true".startswith(text) or "yes".startswith(text):
-        return True
-    if text in ("of", "off", "0") or "false".startswith(text) or "no".startswith(text):
-        return False
-    return None
-
-
-def check_pgpool_value(name: str, value: str) -> str:
-    """The value of a carried setting as the harness writes it; ValueError says what is wrong with it."""
-    if "\n" in value or "\r" in value:
-        raise ValueError(f"the value of {name} holds a line break")
-    if "'" in value or "\\" in value:
-        # Pgpool-II's lexer keeps a backslash as it is and has no other way to put a quote into a value.
-        raise ValueError(f"the value of {name} holds a quote or a backslash, which pgpool.conf cannot carry")
-    kind = _CARRIED_KINDS[name]
-    if kind == _BOOL:
-        parsed = parse_bool(value)
-        if parsed is None:
-            raise ValueError(f"{name} = {value!r} is not a boolean; Pgpool-II would read it as on without a word "
-                             "(write on or off)")
-        return "on" if parsed else "off"
-    if kind == _COUNT and not _COUNT_VALUE.fullmatch(value.strip()):
-        raise ValueError(f"{name} = {value!r} is not a whole number")
-    if kind == _SECONDS and not _SECONDS_VALUE.fullmatch(value.strip()):
-        raise ValueError(f"{name} = {value!r} is not a time (seconds, or a number with ms, s, min, h or d)")
-    if name == "max_pool" and int(value) < 1:
-        # Pgpool-II 4.3 takes 0 (its range starts there) and then serves no client: every connection waits,
-        # the log says "failed to get connection info, invalid connection pool number: 0".
-        raise ValueError("max_pool = 0 makes Pgpool-II serve no client at all (give 1 or more)")
-    return value.strip() if kind != _TEXT else value
-
-
-def _misspelled(name: str) -> str | None:
-    """The carried setting ``name`` looks like a misspelling of (another case, one letter off), if any."""
-    if name in _CARRIED_KINDS:
-        return None
-    if name.lower() in _CARRIED_KINDS:
-        return name.lower()
-    close = difflib.get_close_matches(name, PGPOOL_CARRIED, n=1, cutoff=_MISSPELLING_CUTOFF)
-    return close[0] if close else None
-
-
-def parse_pgpool_assignment(item: str) -> tuple[str, str]:
-    """``NAME=VALUE`` (``--pgpool-set``) -> (name, value); the name must be one the harness carries over.
-
-    A value in single quotes (``reset_query_list='ABORT'``) is taken without them.
-    """
-    match = _ASSIGNMENT.match(item)
-    if not match:
-        raise ValueError(f"expected NAME=VALUE (a Pgpool-II setting), got {item!r}")
-    name, value = match.group(1), item[match.end():].strip()
-    if len(value) >= 2 and value[0] == value[-1] == "'":
-        value = value[1:-1]
-    if name not in _CARRIED_KINDS:
-        guess = _misspelled(name)
-        hint = f" (did you mean {guess}? Pgpool-II reads names case-sensitively)" if guess else ""
-        raise ValueError(f"{name} is not a Pgpool-II setting the harness carries over{hint}"
-                         + (" (the harness keeps its own)" if name in PGPOOL_KEPT else "")
-                         + f"; it carries over: {', '.join(PGPOOL_CARRIED)}")
-    return name, check_pgpool_value(name, value)
-
-
-def split_pgpool_assignments(value: Any) -> tuple[str, ...]:
-    """``--pgpool-set`` items, each ``NAME=VALUE``, checked.
-
-    A list gives one item each; a string (HARNESS_PGPOOL_SET) is comma-separated, and a piece that does not
-    start with ``NAME=`` continues the value before it (a table list keeps its commas).
-    """
-    if isinstance(value, (list, tuple)):
-        items = [str(item).strip() for item in value]
-    else:
-        items = []
-        for piece in str(value).split(","):
-            if items and not _ASSIGNMENT.match(piece):
-                items[-1] += "," + piece
-            else:
-                items.append(piece)
-        items = [item.strip() for item in items]
-    return tuple(f"{name}={val}" for name, val in (parse_pgpool_assignment(item) for item in items if item))
-
-
-def read_pgpool_conf(path: Path) -> dict[str, tuple[str, str]]:
-    """A pgpool.conf as Pgpool-II 4.3 reads it: name -> (value, "file:line"); a later line wins.
-
-    ``name = value`` or ``name value``; a value in single quotes is taken without them (a backslash stays);
-    ``#`` starts a comment; ``include = 'file'`` reads another file (relative to the including one) in place.
-    A line Pgpool-II would not parse is an error here too: it would not start.
-    """
-    found: dict[str, tuple[str, str]] = {}
-    _read_conf_into(path, found, 0)
-    return found
-
-
-def _read_conf_into(path: Path, found: dict[str, tuple[str, str]], depth: int) -> None:
-    if depth > INCLUDE_DEPTH:
-        raise UsageError(f"{path}: include nests more than {INCLUDE_DEPTH} deep.",
-                         fix=["check the include lines for a loop"])
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"--pgpool-config {path}: the file cannot be read ({exc}).",
-                         fix=["give the path of a readable pgpool.conf (the one your production Pgpool-II uses)"]
-                         ) from exc
-    for number, raw in enumerate(text.splitlines(), 1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        where = f"{path}:{number}"
-        match = _CONF_LINE.fullmatch(raw)
-        if not match:
-            raise UsageError(f"{where}: {line!r} is not a line Pgpool-II reads (name = value, a value with "
-                             "spaces or semicolons in single quotes); it would not start.",
-                             fix=["fix the line, or give the settings with --pgpool-set NAME=VALUE"])
-        name, value = match.group("name"), match.group("value")
-        if value.startswith("'"):
-            value = value[1:-1]
-        if name == "include":
-            included = Path(value).expanduser()
-            _read_conf_into(included if included.is_absolute() else path.parent / included, found, depth + 1)
-            continue
-        found.pop(name, None)  # re-inserted last: the order Pgpool-II applies them in
-        found[name] = (value, where)
-
-
-def _kept(name: str) -> bool:
-    indexed = _INDEXED.match(name)
-    return name in PGPOOL_KEPT or (indexed is not None and indexed.group("base") in PGPOOL_KEPT)
-
-
-def from_pgpool_file(path: Path) -> PoolerSettings:
-    """The carried-over settings of a team's pgpool.conf.
-
-    A carried setting with a value Pgpool-II would misread, or a name that misspells a carried one (another
-    case, one letter off: Pgpool-II would ignore it without a word), is an error. Every other name is left
-    out: the harness's own ones and those that do not decide what a pooled connection carries.
-    """
-    if not path.is_file():
-        raise UsageError(f"--pgpool-config {path}: no such file.",
-                         fix=["give the path of your production pgpool.conf"])
-    found = read_pgpool_conf(path)
-    misspelled = {name: guess for name in found if (guess := _misspelled(name)) is not None}
-    if misspelled:
-        raise UsageError(
-            f"--pgpool-config {path}: {', '.join(misspelled)} is not a Pgpool-II setting; Pgpool-II would ignore "
-            "it without a word (it reads names case-sensitively).",
-            checked=[f"{name} at {found[name][1]}: did you mean {guess}?" for name, guess in misspelled.items()],
-            fix=["fix the name in the file given to the harness (and in production)"])
-    values, origins = {}, {}
-    for name, (value, where) in found.items():
-        if name in _CARRIED_KINDS:
-            try:
-                values[name] = check_pgpool_value(name, value)
-            except ValueError as exc:
-                raise UsageError(f"{where}: {exc}.",
-                                 fix=["fix the value in the file given to the harness, or give it with "
-                                      "--pgpool-set NAME=VALUE"]) from None
-            origins[name] = where
-    kept = [name for name in found if _kept(name)]
-    others = [name for name in found if name not in _CARRIED_KINDS and not _kept(name)]
-    ignored = tuple(kept) + ((f"{len(others)} more that do not decide what a pooled connection carries",)
-                             if others else ())
-    return PoolerSettings(values, origins, ignored)
-
-
-def pgpool_requested(config_file: Path | None, assignments: Iterable[str]) -> PoolerSettings:
-    """The Pgpool-II settings the team asked for: the file's, then each --pgpool-set (a later one wins)."""
-    base = from_pgpool_file(config_file) if config_file is not None else PoolerSettings({}, {})
-    values, origins = dict(base.values), dict(base.origins)
-    for item in assignments:
-        try:
-            name, value = parse_pgpool_assignment(item)
-        except ValueError as exc:
-            raise UsageError(f"--pgpool-set {item}: {exc}.") from None
-        values.pop(name, None)  # re-inserted last: the order they are applied in
-        values[name], origins[name] = value, "--pgpool-set"
-    return PoolerSettings(values, origins, base.ignored)
-
 
 # -- the binary ----------------------------------------------------------------------------------------------
 
@@ -516,10 +269,12 @@ def render_pgpool_conf(*, folder: Path | str, listen_addr: str, listen_port: int
     ])
 
 
-def render_pool_hba() -> str:
-    """Clients log in over loopback TCP with SCRAM-SHA-256, as on PostgreSQL itself."""
-    return ("# Written by the harness: SCRAM over loopback TCP, as PostgreSQL asks.\n"
-            "host all all 127.0.0.1/32 scram-sha-256\n")
+def render_pool_hba(clients: str = "127.0.0.1/32") -> str:
+    """Clients log in over TCP with md5 (see the module docstring: Authentication): over loopback (native), or
+    from ``clients`` (a docker stack's clients come through the engine's network, from its gateway)."""
+    where = "loopback TCP" if clients == "127.0.0.1/32" else "TCP"
+    return (f"# Written by the harness: md5 over {where} (a SCRAM login here costs 4096 iterations).\n"
+            f"host all all {clients} md5\n")
 
 
 def render_pool_passwd(users: Mapping[str, str]) -> str:
@@ -558,6 +313,7 @@ class Pgpool(ServerProcess):
     """
 
     kind = "pgpool"
+    prefills = False
     pool_mode = "session"
     # Fast shutdown: the children close their backends, the main process removes its shared memory and
     # semaphores. SIGTERM would be a smart shutdown (waits for clients); SIGKILL would leak the IPC objects.
@@ -726,12 +482,22 @@ class Pgpool(ServerProcess):
         return value is None or parse_bool(value) is not False
 
     def idle_servers(self, user: str, database: str) -> int:
-        """Every child may hold one idle backend of ``user`` on ``database`` (a child keeps at most one per
-        user and database): ``num_init_children`` clients at once land one on each child; when it
-        caches nothing (``connection_cache = off``, or a database it never caches): 0."""
+        """How many clients at once land on every child that may hold an idle cached backend of ``user`` on
+        ``database``: every child no client is connected to (``SHOW POOL_PROCESSES`` status "Wait for
+        connection"), a new client lands on any of them. The child that answered this very query is free again
+        once it has answered, so it counts too. A child still holding a client (a connection pool of the code
+        under test) is not counted: a probe client would wait for it for good (Pgpool-II has no wait timeout).
+        When it caches nothing (``connection_cache = off``, or a database it never caches): 0."""
         if not self.caches_connections() or database in NEVER_CACHED:
             return 0
-        return self.pool_size
+        free = sum(1 for row in self.query("SHOW POOL_PROCESSES") if row.get("status") == "Wait for connection")
+        return free + 1
+
+    def client_marks(self) -> dict[str, tuple[str, bool]]:
+        """Child -> (clients it served, whether it is free now), from ``SHOW POOL_PROCESSES``. While no child's
+        mark changes, no client left a backend since: the state probe has nothing new to read."""
+        return {row["pool_pid"]: (row.get("client_connection_count", ""), row.get("status") == "Wait for connection")
+                for row in self.query("SHOW POOL_PROCESSES")}
 
     def drop_server_connections(self, databases: list[str], timeout: float = 10.0) -> None:
         """Close every backend it keeps to ``databases`` (and the clients on them), then return once they are

@@ -53,6 +53,9 @@ class Tenancy:
         self._state_sql: str | None = None
         # Databases the code under test connects to (other layouts add theirs).
         self.databases: list[str] = [stack.database]
+        # The pooled routes a cell ran on since their poolers last dropped their server connections (None:
+        # unknown, every pooler drops): a pooler no cell used since keeps only clean connections.
+        self._used_routes: set[str] | None = None
         self._layouts: dict[str, Any] = {"schema": self}
 
     def for_layout(self, layout: str) -> Any:
@@ -163,13 +166,37 @@ class Tenancy:
             if full:
                 self._seed_state = self._read_state(conn)
 
+    def uses(self, route: str) -> None:
+        """A cell is about to run on ``route``: its pooler drops its server connections at the next reset."""
+        if self._used_routes is not None:
+            self._used_routes.add(route)
+
     def drop_server_connections(self, timeout: float = 10.0) -> None:
-        """Drop every pooler's server connections and wait until the login role has no backend left.
+        """Drop the server connections of every pooler a cell used since the last drop (of every pooler, the
+        first time) and wait until the login role has no backend left.
 
         A backend that outlives the deadline (a leaked connection) is terminated,
         so no connection state carries over into the next example.
         """
-        for pooler in self.stack.poolers.values():
+        poolers = self.stack.poolers
+        used, self._used_routes = self._used_routes, set()
+        dropped = {r: p for r, p in poolers.items() if used is None or r in used}
+        # A pooler that prefills (pgagroal) opens fresh server connections as soon as it has dropped the old
+        # ones, and one that was not dropped keeps its own. Reached through PostgreSQL's socket, it waits for
+        # the backends it dropped itself, and the wait below is for the other backends (TCP); reached over TCP
+        # (the fault proxy, docker), every pooler drops and only the backends seen before must go.
+        prefilled = [p for p in poolers.values() if getattr(p, "prefills", False)]
+        through_socket = all(str(getattr(p, "server_host", "")).startswith("/") for p in prefilled)
+        if prefilled and not through_socket:
+            dropped = dict(poolers)
+        query = text("SELECT pid FROM pg_stat_activity WHERE usename = :role AND datname = ANY(:dbs) "
+                     "AND pid <> pg_backend_pid()" + (" AND client_addr IS NOT NULL" if prefilled and through_socket
+                                                      else ""))
+        before: set[int] | None = None
+        if prefilled and not through_socket:
+            with self.engine.connect() as conn:
+                before = {row[0] for row in conn.execute(query, {"role": self.stack.app_role, "dbs": self.databases})}
+        for pooler in dropped.values():
             pooler.drop_server_connections(self.databases, timeout)
         # Backends whose pooler connection was dropped exit within milliseconds.
         # One that outlives a short grace was missed (a session-pool server still
@@ -179,13 +206,13 @@ class Tenancy:
         started = time.monotonic()
         grace = started + (0 if unmanaged else min(timeout, KILL_GRACE))
         deadline = started + timeout
-        query = text("SELECT pid FROM pg_stat_activity WHERE usename = :role AND datname = ANY(:dbs) "
-                     "AND pid <> pg_backend_pid()")
         terminated: set[int] = set()
         with self.engine.connect() as conn:
             while True:
                 pids = {row[0] for row in conn.execute(query, {"role": self.stack.app_role,
                                                                "dbs": self.databases})}
+                if before is not None:
+                    pids &= before
                 if not pids:
                     conn.rollback()
                     return

@@ -75,6 +75,7 @@ class CellSetup:
         self.started = time.monotonic()
         self.target = tenancy.for_layout(spec.layout(stack.url(route)))
         self.target.reset()
+        tenancy.uses(route)
         self.strategy: Strategy = spec.create(self.target.url(route))
         try:
             if self.target is not tenancy:

@@ -33,6 +33,8 @@ driver it uses (psycopg, psycopg2, asyncpg), with that driver's cursor.
 
 from __future__ import annotations
 
+import asyncio
+
 import re
 import threading
 from typing import Any, Iterable
@@ -199,7 +201,8 @@ class PoolerProbe:
     as it would for any client).
     """
 
-    def __init__(self, stack: Stack, route: str, settings: tuple[str, ...], url: URL | None = None):
+    def __init__(self, stack: Stack, route: str, settings: tuple[str, ...], url: URL | None = None,
+                 driver: str = "psycopg"):
         self.stack = stack
         self.route = route
         self.url: URL = url or stack.url(route)  # the database the code under test uses
@@ -209,6 +212,14 @@ class PoolerProbe:
         self.pooler = stack.poolers[route]
         self.keep = self.pooler.pool_mode == "transaction"
         self.spare: list[psycopg.Connection] = []
+        # Pgpool-II reuses a cached backend only for a client whose startup packet is the same byte for byte
+        # as the one that made it, and drops the backend for any other: a libpq client (psycopg, psycopg2)
+        # would neither see the state an asyncpg layer left (its packet names client_encoding) nor let it
+        # reach the layer's next client. The probe logs in as the layer's driver does.
+        self.as_asyncpg = self.pooler.kind == "pgpool" and driver == "asyncpg"
+        # A pooler that says which of its processes served a client since (Pgpool-II's children): the marks
+        # after the last probe. Unchanged marks: no client left a backend since, and the probe is skipped.
+        self._marks: dict[str, Any] | None = None
 
     def _client(self) -> psycopg.Connection:
         if self.spare:
@@ -234,7 +245,19 @@ class PoolerProbe:
             count = sum(1 for s in servers if s.get("state") in IDLE_SERVER_STATES)
             pids = tuple(int(s["remote_pid"]) for s in servers if s.get("remote_pid"))
         else:
+            marks = getattr(self.pooler, "client_marks", None)
+            if marks is not None and self._marks is not None and marks() == self._marks:
+                return [], ()
             count, pids = self.pooler.idle_servers(user, database), ()
+        try:
+            return self._probe_clients(count, pristine), pids
+        finally:
+            if self.pooler.kind != "pgbouncer" and getattr(self.pooler, "client_marks", None) is not None:
+                self._marks = self.pooler.client_marks()
+
+    def _probe_clients(self, count: int, pristine: dict[str, str] | None) -> list[ConnectionState]:
+        if self.as_asyncpg:
+            return asyncio.run(self._probe_as_asyncpg(count, pristine or {}))
         clients: list[psycopg.Connection] = []
         states: list[ConnectionState] = []
         try:
@@ -254,7 +277,29 @@ class PoolerProbe:
                     self.spare.append(conn)
                 else:
                     conn.close()
-        return states, pids
+        return states
+
+    async def _probe_as_asyncpg(self, count: int, pristine: dict[str, str]) -> list[ConnectionState]:
+        """The probe with asyncpg clients (as SQLAlchemy's asyncpg dialect connects: no statement cache), each
+        in a transaction until all have read; closed after (Pgpool-II pools per session)."""
+        import asyncpg
+
+        url, query = self.url, self.query.as_string(None)
+        clients, states = [], []
+        try:
+            for _ in range(count):
+                conn = await asyncpg.connect(host=url.host, port=url.port, user=url.username, password=url.password,
+                                             database=url.database, statement_cache_size=0, timeout=5)
+                clients.append(conn)
+                await conn.execute("BEGIN")
+                states.append(_state(tuple(await conn.fetchrow(query)), self.names, pristine))
+        finally:
+            for conn in clients:
+                try:
+                    await conn.execute("ROLLBACK")
+                finally:
+                    await conn.close()
+        return states
 
     def close(self) -> None:
         for conn in self.spare:

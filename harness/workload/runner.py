@@ -369,7 +369,9 @@ class Runner:
             target = f"{self.stack.pooler}:{self.route}"
             try:
                 if self._bouncer_probe is None:
-                    self._bouncer_probe = pool_probe.PoolerProbe(self.stack, self.route, settings, self.url)
+                    self._bouncer_probe = pool_probe.PoolerProbe(
+                        self.stack, self.route, settings, self.url,
+                        driver=(self.driver_used.split() or [drivers.of_url(self.url).name])[0])
                 states, servers = self._bouncer_probe.probe(names, pristine)
                 records.append(ProbeRecord(next(self.seq), after_step, target, tuple(states), servers))
             except Exception as exc:  # noqa: BLE001

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from harness.checks import Verdict
-from harness.config import FAULT_PROFILES, FAULTS_SCENARIO, SETTINGS_BY_NAME, HarnessConfig, setting_text
+from harness.config import (FAULT_PROFILES, FAULTS_SCENARIO, POOLER_SETTINGS, SETTINGS_BY_NAME, HarnessConfig,
+                            run_poolers, setting_text)
 from harness.stack import Stack
 from harness.team import steps as team_steps
 from harness.tenancy.provisioning import Tenancy
@@ -39,7 +40,7 @@ FAULTS = FAULTS_SCENARIO
 #: environment or pyproject.toml that gave them gives them again.
 CELL_SETTINGS = ("backend", "deployment", "driver", "pg_bindir", "pgbouncer", "postgres_image", "pgbouncer_image", "session_pool_size",
                  "transaction_pool_size", "tenants", "decoys", "models", "schema_sql", "actions", "step_deadline",
-                 "pgbouncer_config", "pgbouncer_set")
+                 "pgbouncer_config", "pgbouncer_set", "pgpool_config", "pgpool_set", "pgagroal_config", "pgagroal_set")
 #: ... and those only one scenario reads
 SCENARIO_SETTINGS = {GENERATED: ("example_db",), HAMMER: ("hammer_threads", "hammer_requests", "hammer_seconds"),
                      FAULTS_SCENARIO: ("example_db", "hammer_threads", "hammer_requests", "hammer_seconds")}
@@ -167,10 +168,16 @@ def replay_settings(config: HarnessConfig, spec: StrategySpec, scenario: str, pr
                     seed: int) -> dict[str, Any]:
     """The settings a command replaying this cell gives, besides its strategy, route and scenario: the
     profile, the seed (or derandomize), the settings that decide the cell and are not at their default,
-    and ``pythonpath`` when the cell imports the user's code (a strategy of theirs, models or actions)."""
+    and ``pythonpath`` when the cell imports the user's code (a strategy of theirs, models or actions).
+    Not the settings of a pooler the cell's stack does not run: a cell of a ``--deployments`` run replays on
+    its own deployment, which would refuse them."""
     chosen: dict[str, Any] = {"profile": profile}
     chosen.update({"derandomize": True} if config.derandomize else {"seed": seed})
+    running = run_poolers(config)
+    other_poolers = {name for kind, names in POOLER_SETTINGS.items() if kind not in running for name in names}
     for name in CELL_SETTINGS + SCENARIO_SETTINGS.get(scenario, ()):
+        if name in other_poolers:
+            continue
         if getattr(config, name) != SETTINGS_BY_NAME[name].default:
             chosen[name] = getattr(config, name)
     if spec.driver is not None:  # a cell of a --drivers run replays on its own driver
