@@ -236,10 +236,10 @@ OTHER_POOLERS = [name for name, d in DEPLOYMENTS.items() if d.pooler != "pgbounc
 #: What the deployments of Pgpool-II and pgagroal run in the comparison: the built-ins whose verdicts turn on
 #: what a pooler does with a server connection between clients (a committed session SET, a binding made when a
 #: connection opens, startup options, protocol-level prepared statements) and two that hold on any pooler, on
-#: the scenarios of a request's lifetime and of what it leaves behind. Every built-in on every named scenario
-#: would take about 15 minutes more: a pgagroal stack restarts both its pgagroals (60 and 10 prefilled server
-#: connections) between cells, about 1 s on docker, and the layers of the RLS layout wait 30 s per cell on
-#: pgagroal's transaction route (its prefill holds the stack's database only).
+#: the scenarios of a request's lifetime and of what it leaves behind: 120 cells, about 40 s native and 70 s
+#: docker. Every built-in on every named scenario (680 cells) would take about ten minutes more: a pgagroal
+#: stack restarts both its pgagroals (60 and 10 prefilled server connections) between cells, 1 to 1.5 s a cell
+#: on docker.
 OTHER_POOLER_BUILTINS = ("search_path_set", "search_path_local", "translate_map", "search_path_per_connection",
                          "startup_options_search_path", "translate_map_prepared")
 OTHER_POOLER_SCENARIOS = ("fresh_session", "after_commit", "after_rollback", "pool_state")

@@ -35,7 +35,7 @@ import secrets
 import shlex
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterable
 
 import psycopg
 from sqlalchemy.engine import URL
@@ -53,7 +53,8 @@ from harness.stack.pgbouncer import (AdminConsole, PgBouncerPooler, effective_se
 from harness.stack.pgpool import (ADMIN_DATABASE, Pgpool, refuse_unknown_pgpool_settings, render_pgpool_conf,
                                   render_pool_hba, render_pool_passwd)
 from harness.stack.pgpool import settings_refusal as pgpool_settings_refusal
-from harness.stack.postgres import APP_ROLE, DATABASE, SERVER_SETTINGS, SUPERUSER, Logins, bootstrap_roles
+from harness.stack.postgres import (APP_ROLE, DATABASE, RLS_DATABASE, SERVER_SETTINGS, SUPERUSER, Logins,
+                                    bootstrap_roles)
 from harness.stack.process import owner_gone, run_owner
 from harness.stack.stack import POOLED_ROUTES, Missing, Stack, StackAssembly, conninfo, launch, route_url
 from harness.stack.wait import wait_until
@@ -559,8 +560,9 @@ class ContainerPgagroal(SupervisedPooler):
     every server connection prefilled, the team's settings last), its log on the container's stderr, and the
     users vault made in the container by the image's own pgagroal-admin, under a master key of its own.
     PostgreSQL is reached as the native part reaches it: through its Unix socket (trusted), in a volume the
-    PostgreSQL container shares (``server_socket``: its name). Over TCP every prefilled connection would log
-    in with SCRAM: a drop (a restart, prefilling 60 connections) took 1.7 s instead of 0.3 s.
+    PostgreSQL container shares (``server_socket``: its name), so that its server connections are opened as
+    natively (no SCRAM login for each of the 60 it prefills at every drop) and told from TCP clients the same
+    way (no client address).
 
     ``pgagroal-cli`` runs in the container; the native part's readings of it (settings, free server
     connections, the prefill check) and its drop (a restart, then the socket backends it held gone) are shared.
@@ -569,7 +571,8 @@ class ContainerPgagroal(SupervisedPooler):
     kind = "pgagroal"
     stop_signal = "TERM"
     # Its readiness asks pgagroal-cli in the container: a docker exec costs the engine about 0.1 s of CPU, and
-    # polled every 20 ms it slowed the prefill it waits for (1.4 to 2.2 s instead of 0.7 to 1 s, 60 connections).
+    # polled every 20 ms it slowed the prefill it waits for (measured on a busy 2-core host, 60 connections:
+    # 1.4 to 2.2 s, against 0.7 to 1 s seen from PostgreSQL's side with no polling).
     ready_interval = 0.1
 
     get = Pgagroal.get
@@ -585,7 +588,7 @@ class ContainerPgagroal(SupervisedPooler):
 
     def __init__(self, run: _DockerRun, image: str, pool_mode: str, users: dict[str, str], admin_user: str,
                  pool_size: int, server: URL, server_socket: str, extra: PoolerSettings | None = None,
-                 database: str = DATABASE):
+                 database: str = DATABASE, also_prefill: Iterable[str] = ()):
         if pool_mode not in PIPELINES:
             raise ValueError(f"pool_mode {pool_mode!r}: pgagroal serves {', '.join(PIPELINES)}")
         self.pool_mode = pool_mode
@@ -594,6 +597,9 @@ class ContainerPgagroal(SupervisedPooler):
         self.admin_user = admin_user
         self.pool_size = pool_size
         self.database = database
+        #: the databases it prefills: ``database``, and ``also_prefill`` (the transaction pipeline serves no
+        #: other database: the row-level-security layout's, say)
+        self.prefilled_databases = (database, *(d for d in also_prefill if d != database))
         #: the superuser's URL of PostgreSQL (direct): which of its backends are gone after a drop
         self.server = server
         #: PostgreSQL's socket folder, as this container mounts it
@@ -610,10 +616,11 @@ class ContainerPgagroal(SupervisedPooler):
                                             socket_dir=POOLER_RUN_DIR, log_path="/dev/stderr",
                                             server_host=self.server_host, server_port=self.server_port,
                                             # room for every prefilled connection
-                                            pool_size=pool_size * len(self.limited_users),
+                                            pool_size=pool_size * len(self.limited_users)
+                                            * len(self.prefilled_databases),
                                             extra=(extra.values if extra else None)),
             hba: render_pgagroal_hba(),
-            limits: render_pgagroal_limits(database, self.limited_users, pool_size),
+            limits: render_pgagroal_limits(self.prefilled_databases, self.limited_users, pool_size),
         }
         # The vault's master key is read from ~/.pgagroal of the user it runs as: the container's own, made once.
         prepare = ["umask 077",
@@ -720,7 +727,12 @@ def _boot(assembly: StackAssembly) -> None:
 
     def bootstrap() -> str:
         with psycopg.connect(**conninfo(stack.superuser_url), connect_timeout=2, autocommit=True) as conn:
-            return bootstrap_roles(conn, logins)
+            version = bootstrap_roles(conn, logins)
+            # Made with the stack, as natively (in the initdb template): pgagroal's transaction pipeline serves
+            # only the databases it prefills at start, the row-level-security layout's among them.
+            if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (RLS_DATABASE,)).fetchone() is None:
+                conn.execute(f"CREATE DATABASE {RLS_DATABASE}")
+            return version
 
     stack.versions["postgres"] = wait_until(
         bootstrap, what=f"PostgreSQL container ({config.postgres_image}) on {host}:{server.port}",
@@ -740,7 +752,8 @@ def _boot(assembly: StackAssembly) -> None:
                 ContainerPgpool(run, pooler_image, vault_users(logins), SUPERUSER, pool_size(config, mode), extra)
                 if kind == "pgpool" else
                 ContainerPgagroal(run, pooler_image, mode, vault_users(logins), SUPERUSER, pool_size(config, mode),
-                                  stack.superuser_url, server_socket, extra))
+                                  stack.superuser_url, server_socket, extra,
+                                  also_prefill=(RLS_DATABASE,) if mode == "transaction" else ()))
             _launch_pooler(pooler, extra, config.start_timeout)
         stack.versions[kind] = pooler.version
         assembly.add_pooler(pooler)

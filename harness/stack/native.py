@@ -24,7 +24,7 @@ from harness.stack.pgagroal import Pgagroal, lease_listen_port, refuse_unknown_p
 from harness.stack.pgbouncer import Bouncer, effective_settings, pool_size, refuse_unknown_settings
 from harness.stack.pgpool import Pgpool, refuse_unknown_pgpool_settings
 from harness.stack.ports import PortLease, lease_port, port_in_use
-from harness.stack.postgres import APP_ROLE, SUPERUSER, Logins, PostgresServer, prepare_data_dir
+from harness.stack.postgres import APP_ROLE, RLS_DATABASE, SUPERUSER, Logins, PostgresServer, prepare_data_dir
 from harness.stack.parts import ServerPart
 from harness.stack.process import pid_alive
 from harness.stack.proxy import FaultProxy
@@ -208,7 +208,9 @@ def _pooler_part(kind: str, config: HarnessConfig, binary: Path, account, mode: 
                                     size, extra)), lease_port
     if kind == "pgagroal":
         server_host = run_dir if direct_socket else "127.0.0.1"
+        # its transaction pipeline serves only the databases it prefills: the row-level-security layout's too
+        also = (RLS_DATABASE,) if mode == "transaction" else ()
         return (lambda port: Pgagroal(binary, account, mode, run_dir, port, server_host, server_port,
-                                      vault_users(logins), SUPERUSER, size, extra)), lease_listen_port
+                                      vault_users(logins), SUPERUSER, size, extra, also_prefill=also)), lease_listen_port
     return (lambda port: Bouncer(binary, account, mode, run_dir, port, server_port, logins.users, SUPERUSER,
                                  size, extra)), lease_port

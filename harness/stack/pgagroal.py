@@ -305,12 +305,14 @@ def render_pgagroal_hba() -> str:
             "host all all all md5\n")
 
 
-def render_pgagroal_limits(database: str, users: Iterable[str], pool_size: int) -> str:
-    """``pgagroal_databases.conf`` of the transaction pipeline: each role on ``database`` gets ``pool_size``
-    server connections, all prefilled (initial and minimum size): that pipeline never opens one for a client
-    (``pgagroal_get_connection`` with ``transaction_mode``: an existing free connection or a wait), so the
-    prefilled ones are all there is; it refuses a minimum of 0."""
-    lines = [f"{database} {user} {pool_size} {pool_size} {pool_size}" for user in users]
+def render_pgagroal_limits(database: str | Iterable[str], users: Iterable[str], pool_size: int) -> str:
+    """``pgagroal_databases.conf`` of the transaction pipeline: each role on ``database`` (or on each of
+    several) gets ``pool_size`` server connections, all prefilled (initial and minimum size): that pipeline
+    never opens one for a client (``pgagroal_get_connection`` with ``transaction_mode``: an existing free
+    connection or a wait), so the prefilled ones are all there is; it refuses a minimum of 0."""
+    databases = (database,) if isinstance(database, str) else tuple(database)
+    users = list(users)
+    lines = [f"{db} {user} {pool_size} {pool_size} {pool_size}" for db in databases for user in users]
     return "# DATABASE USER MAX_SIZE INITIAL_SIZE MIN_SIZE (written by the harness)\n" + "\n".join(lines) + "\n"
 
 
@@ -352,7 +354,7 @@ class Pgagroal(ServerProcess):
     def __init__(self, binary: Path | PgagroalBinaries, account: Account, pool_mode: str, run_dir: Path, port: int,
                  server_host: Path | str, server_port: int, users: Mapping[str, str], admin_user: str, pool_size: int,
                  extra: PoolerSettings | None = None, name: str | None = None, database: str = DATABASE,
-                 prefill: bool = True):
+                 prefill: bool = True, also_prefill: Iterable[str] = ()):
         if pool_mode not in PIPELINES:
             raise ValueError(f"pool_mode {pool_mode!r}: pgagroal serves {', '.join(PIPELINES)}")
         name = name or f"pgagroal-{pool_mode}"
@@ -381,6 +383,9 @@ class Pgagroal(ServerProcess):
         self.admin_user = admin_user
         self.pool_size = pool_size
         self.database = database
+        #: the databases it prefills: ``database``, and ``also_prefill`` (the transaction pipeline serves no
+        #: other database: the row-level-security layout's, say)
+        self.prefilled_databases = (database, *(d for d in also_prefill if d != database))
         #: every server connection opened by pgagroal itself before clients come (the transaction pipeline
         #: always: it refuses to run without); see the module docstring for what it changes
         self.prefill = prefill or pool_mode == "transaction"
@@ -412,7 +417,7 @@ class Pgagroal(ServerProcess):
 
     def render_config(self) -> str:
         # max_connections: room for every prefilled connection
-        size = self.pool_size * (len(self.limited_users) if self.prefill else 1)
+        size = self.pool_size * (len(self.limited_users) * len(self.prefilled_databases) if self.prefill else 1)
         return render_pgagroal_conf(pipeline=self.pipeline, listen_addr="127.0.0.1", listen_port=self.port,
                                     socket_dir=self.socket_dir, log_path=self.log_path,
                                     server_host=self.server_host, server_port=self.server_port,
@@ -423,7 +428,8 @@ class Pgagroal(ServerProcess):
         self.conf_path.write_text(self.render_config())
         self.hba_path.write_text(render_pgagroal_hba())
         if self.prefill:
-            self.limits_path.write_text(render_pgagroal_limits(self.database, self.limited_users, self.pool_size))
+            self.limits_path.write_text(render_pgagroal_limits(self.prefilled_databases, self.limited_users,
+                                                                    self.pool_size))
         for path in (self.conf_path, self.hba_path, self.limits_path):
             if path.exists():
                 self.account.own(path)
@@ -483,11 +489,13 @@ class Pgagroal(ServerProcess):
 
     def _check_prefilled(self) -> None:
         slots = self.slots()
-        for user in self.limited_users:
-            free = sum(1 for s in slots if s["user"] == user and s["database"] == self.database
-                       and s["state"] == "free")
-            if free < self.pool_size:
-                raise RuntimeError(f"{free} of {self.pool_size} prefilled server connections of {user} are there")
+        for database in self.prefilled_databases:
+            for user in self.limited_users:
+                free = sum(1 for s in slots if s["user"] == user and s["database"] == database
+                           and s["state"] == "free")
+                if free < self.pool_size:
+                    raise RuntimeError(f"{free} of {self.pool_size} prefilled server connections of {user} on "
+                                       f"{database} are there")
 
     def _spawn(self) -> None:
         for leftover in self.socket_dir.glob("*.pid"):
@@ -651,7 +659,7 @@ class Pgagroal(ServerProcess):
         deadline = time.monotonic() + timeout
         roles = sorted(self.users)
         if self.prefill:
-            mine = self.pool_size * len(self.limited_users) if self.database in databases else 0
+            mine = self.pool_size * len(self.limited_users) * sum(d in databases for d in self.prefilled_databases)
         else:
             try:
                 mine = sum(1 for slot in self.slots() if slot["database"] in databases)

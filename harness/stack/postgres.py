@@ -29,8 +29,11 @@ APP_ROLE = "app"
 #: never caches connections to postgres, template0/1 or regression, so a stack on ``postgres`` would show
 #: nothing of what a Pgpool-II deployment carries between clients.
 DATABASE = "app"
-#: What initdb made the template for: a template without the database above is built again.
-TEMPLATE_LAYOUT = f"db-{DATABASE}"
+#: The row-level-security layout's database (harness.tenancy.rls). Made with the stack, not by the layout: a
+#: pooler that serves only the databases it prefills (pgagroal's transaction pipeline) must know it at start.
+RLS_DATABASE = "tenant_rls"
+#: What initdb made the template for: a template without the databases above is built again.
+TEMPLATE_LAYOUT = f"db-{DATABASE}-{RLS_DATABASE}"
 
 # Settings for a disposable server: durability off, loopback only.
 SERVER_SETTINGS = {
@@ -107,11 +110,11 @@ def _initdb(binaries: Binaries, account: Account, target: Path) -> None:
                          checked=[(result.stdout + result.stderr).strip()[-2000:]],
                          fix=["check that the server account can write to the temporary folder",
                               "set HARNESS_PG_BINDIR to a working PostgreSQL installation"])
-    # The stack's database, made once in the template (single-user mode: no server, no port).
+    # The stack's databases, made once in the template (single-user mode: no server, no port).
     result = run_as(account, [binaries.postgres, "--single", "-D", target, "-c", "fsync=off", "template1"],
-                    input=f"CREATE DATABASE {DATABASE}\n")
+                    input=f"CREATE DATABASE {DATABASE}\nCREATE DATABASE {RLS_DATABASE}\n")
     if result.returncode != 0 or "ERROR" in result.stdout + result.stderr:
-        raise SetupError(f"Creating database {DATABASE} in the initdb template {target} failed "
+        raise SetupError(f"Creating databases {DATABASE} and {RLS_DATABASE} in the initdb template {target} failed "
                          f"(exit {result.returncode}).",
                          checked=[(result.stdout + result.stderr).strip()[-2000:]],
                          fix=["set HARNESS_PG_BINDIR to a working PostgreSQL installation"])

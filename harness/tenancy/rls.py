@@ -23,11 +23,11 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Connection, Engine
 
 from harness.errors import UsageError
-from harness.stack.postgres import APP_ROLE
+from harness.stack.postgres import APP_ROLE, RLS_DATABASE
 from harness.tenancy.models import SHARED, model_set
 from harness.tenancy.seeds import LABELS, WRITTEN_TABLES, quote, reseed_script
 
-DATABASE = "tenant_rls"
+DATABASE = RLS_DATABASE  # made with the stack natively (harness.stack.postgres), here on other backends
 
 
 class RlsTenancy:
