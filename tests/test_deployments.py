@@ -94,9 +94,16 @@ def test_the_expected_verdict_follows_the_driver_too(driver, bookworm, sid):
 
 def test_conditions_turn_only_the_deployment_dependent_built_ins():
     table = load_table()
-    turned = {strategy for entries in table.when.values() for strategy, _, _ in entries}
-    assert turned == {"connect_event_search_path", "search_path_per_connection", "startup_options_search_path",
-                      "translate_map_prepared"}
+    turned = {name: {strategy for strategy, _, _ in entries} for name, entries in table.when.items()}
+    assert set().union(*(turned[name] for name in turned if not name.startswith("pg"))) == {
+        "connect_event_search_path", "search_path_per_connection", "startup_options_search_path",
+        "translate_map_prepared"}
+    # another pooler turns the layers bound at connect or by startup options, and (pgagroal's transaction
+    # pipeline, which hands out the first free server) the scheduler of the session-SET layers
+    assert turned["pgpool"] | turned["pgpool_keeps_session_state"] == {"search_path_per_connection",
+                                                                       "startup_options_search_path"}
+    assert turned["pgagroal"] == {"search_path_per_connection", "startup_options_search_path", "search_path_set",
+                                  "search_path_set_async", "rls_guc_session", "rls_role_session"}
     # a condition entry of "*" covers every scenario the strategy has an entry for
     scenarios = {s for (strategy, s, _) in table.base if strategy == "connect_event_search_path"}
     assert {s for (_, s, _) in table.when["search_path_tracked"]} == scenarios
