@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness.pooler_settings import Found, PoolerDialect, PoolerSettings, read_ini
+from harness.pooler_settings.dialect import Found, PoolerDialect, PoolerSettings, read_ini
 
 __all__ = ["NOT_IN_TRANSACTION", "PGAGROAL", "PGAGROAL_CARRIED", "PGAGROAL_KEPT", "PGAGROAL_REPORTED", "PIPELINES",
            "PoolerSettings", "SECTION", "SESSION_PIPELINES", "check_pgagroal_value", "from_pgagroal_file",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness.pooler_settings import Found, PoolerDialect, PoolerSettings, read_ini
+from harness.pooler_settings.dialect import Found, PoolerDialect, PoolerSettings, read_ini
 
 __all__ = ["CARRIED_SETTINGS", "KEPT_SETTINGS", "PGBOUNCER", "PoolerSettings", "REPORTED_SETTINGS", "SECTION",
            "from_file", "parse_assignment", "read_pgbouncer_ini", "requested", "split_assignments"]

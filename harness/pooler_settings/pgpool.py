@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 
 from harness.errors import UsageError
-from harness.pooler_settings import Found, PoolerDialect, PoolerSettings, included, read_text
+from harness.pooler_settings.dialect import Found, PoolerDialect, PoolerSettings, included, read_text
 
 __all__ = ["PGPOOL", "PGPOOL_CARRIED", "PGPOOL_KEPT", "PGPOOL_REPORTED", "PoolerSettings", "check_pgpool_value",
            "from_pgpool_file", "parse_bool", "parse_pgpool_assignment", "pgpool_requested", "read_pgpool_conf",

@@ -514,6 +514,7 @@ class ContainerPgpool(SupervisedPooler):
     settings = Pgpool.settings
     caches_connections = Pgpool.caches_connections
     idle_servers = Pgpool.idle_servers
+    client_marks = Pgpool.client_marks
     drop_server_connections = Pgpool.drop_server_connections
     _terminate_cached = Pgpool._terminate_cached
 

@@ -15,7 +15,7 @@ import os
 import shutil
 from pathlib import Path
 
-from harness.deployments import BUILD_COMMAND, Deployment, deployment
+from harness.deployments import BUILD_COMMAND, POOLERS, Deployment, deployment
 from harness.errors import SetupError
 
 #: where scripts/build-deployment keeps each suite's root (readable by the server account, unlike /root)
@@ -104,7 +104,6 @@ def native_binaries(name: str | Deployment) -> tuple[Path, Path]:
 
 #: the Debian package of each pooler: scripts/build-deployment names its image after it
 #: (tenant-harness/pgpool2:bookworm-<version>)
-POOLER_PACKAGES = {"pgbouncer": "pgbouncer", "pgpool": "pgpool2", "pgagroal": "pgagroal"}
 
 
 def docker_images(client, name: str) -> tuple[str, str]:
@@ -112,7 +111,7 @@ def docker_images(client, name: str) -> tuple[str, str]:
     pooler image is its pooler's (PgBouncer's, Pgpool-II's, pgagroal's), a commit of the same import as the
     PostgreSQL image (the same ``tenant-harness.image-version``), so that both come from one root."""
     wanted = deployment(name)
-    suite, package = wanted.debian_suite, POOLER_PACKAGES[wanted.pooler]
+    suite, package = wanted.debian_suite, POOLERS[wanted.pooler].package
     with_package = "" if wanted.pooler == "pgbouncer" else f" --with {package}"
     build = (f"scripts/build-deployment {suite} --images{with_package} builds them from Debian's packages "
              "(make images builds every deployment's)")
