@@ -180,7 +180,9 @@ class Tenancy:
         """
         poolers = self.stack.poolers
         used, self._used_routes = self._used_routes, set()
-        dropped = {r: p for r, p in poolers.items() if used is None or r in used}
+        # The fault proxy stands between every pooler and PostgreSQL: a fault it injected for one route's cell
+        # cut or slowed the others' server connections too, so every pooler drops.
+        dropped = {r: p for r, p in poolers.items() if used is None or r in used or self.stack.proxy is not None}
         # A pooler that prefills (pgagroal) opens fresh server connections as soon as it has dropped the old
         # ones, and one that was not dropped keeps its own. Reached through PostgreSQL's socket, it waits for
         # the backends it dropped itself, and the wait below is for the other backends (TCP); reached over TCP
