@@ -25,13 +25,14 @@ import psycopg
 import pytest
 
 from harness.config import resolve_config, without_deployment_settings
-from harness.deployments import DEPLOYMENTS, POOLERS
+from harness.deployments import DEPLOYMENTS, DeploymentFacts, POOLERS
 from harness.errors import SetupError, StartupTimeout
 from harness.stack import ROUTES, choose_backend, start_stack
 from harness.stack.containers import LABEL_OWNER, LABEL_PART, LABEL_RUN, docker_client, remove_abandoned_runs
 from harness.stack.deployment_builds import docker_images
 from harness.stack.stack import Missing
 from harness.stack.postgres import DATABASE
+from harness.workload.expectations import required_verdict
 from harness.workload.named import NAMED_SCENARIOS
 from harness.tenancy.strategy import BUILTINS
 from test_stack import connect
@@ -272,7 +273,7 @@ def test_named_scenarios_give_the_same_verdicts_on_native_and_docker_on_every_de
         sum(routes[name] for name in PGBOUNCER_DEPLOYMENTS) * len(BUILTINS) * len(NAMED_SCENARIOS)
         + sum(routes[name] for name in OTHER_POOLERS) * len(OTHER_POOLER_BUILTINS) * len(OTHER_POOLER_SCENARIOS))
     differ = {cell: (v, matrices["docker"].get(cell)) for cell, v in matrices["native"].items()
-              if matrices["docker"].get(cell) != v}
+              if matrices["docker"].get(cell) != v and not timing_decides(cell, v, matrices["docker"].get(cell))}
     assert not differ, differ
     # every kind of verdict the built-ins measure on named scenarios: a leak, a layer PgBouncer refuses
     # (startup_options_search_path before sid) or breaks (translate_map_prepared's prepared statements,
@@ -280,6 +281,19 @@ def test_named_scenarios_give_the_same_verdicts_on_native_and_docker_on_every_de
     assert set(matrices["native"].values()) == {"pass", "fail", "cannot_run"}
     others = {cell: v for cell, v in matrices["native"].items() if cell[0] in OTHER_POOLERS}
     assert {"pass", "fail"} <= set(others.values()), others
+
+
+def timing_decides(cell: tuple[str, str, str, str], one: str, other: str | None) -> bool:
+    """Does the expectation table allow both verdicts on this cell of the other poolers' deployments, because
+    the pooler's choice of server there depends on timing (pgagroal's transaction pipeline: ``pass|fail``)?"""
+    deployment, strategy, route, scenario = cell
+    wanted = DEPLOYMENTS[deployment]
+    if wanted.pooler == "pgbouncer" or other is None:
+        return False
+    facts = DeploymentFacts(int(wanted.postgres), tuple(map(int, wanted.pooler_version.split("."))),
+                            pooler=wanted.pooler)
+    expected = required_verdict(strategy, scenario, route, facts=facts)
+    return bool(expected.also) and {one, other} <= set(expected.label.split("|"))
 
 
 # -- the deployments of the other poolers: Pgpool-II and pgagroal from their suite's images ---------------------
