@@ -99,11 +99,13 @@ def test_conditions_turn_only_the_deployment_dependent_built_ins():
         "connect_event_search_path", "search_path_per_connection", "startup_options_search_path",
         "translate_map_prepared"}
     # another pooler turns the layers bound at connect or by startup options, and (pgagroal's transaction
-    # pipeline, which hands out the first free server) the scheduler of the session-SET layers
+    # pipeline, which hands out the first free server) the scheduler of the session-SET layers and the
+    # driver's prepared statements after a rollback
     assert turned["pgpool"] | turned["pgpool_keeps_session_state"] == {"search_path_per_connection",
                                                                        "startup_options_search_path"}
     assert turned["pgagroal"] == {"search_path_per_connection", "startup_options_search_path", "search_path_set",
-                                  "search_path_set_async", "rls_guc_session", "rls_role_session"}
+                                  "search_path_set_async", "rls_guc_session", "rls_role_session",
+                                  "translate_map_prepared"}
     # a condition entry of "*" covers every scenario the strategy has an entry for
     scenarios = {s for (strategy, s, _) in table.base if strategy == "connect_event_search_path"}
     assert {s for (_, s, _) in table.when["search_path_tracked"]} == scenarios
