@@ -46,11 +46,11 @@ from harness.errors import SetupError, StartupTimeout
 from harness.pooler_settings import PoolerSettings, requested_for
 from harness.pooler_settings.pgagroal import PIPELINES, session_pipeline
 from harness.stack.deployment_builds import docker_images, native_binaries
-from harness.stack.pgagroal import (Pgagroal, refuse_unknown_pgagroal_settings, render_pgagroal_conf,
+from harness.stack.pgagroal import (PgagroalPooler, refuse_unknown_pgagroal_settings, render_pgagroal_conf,
                                     render_pgagroal_hba, render_pgagroal_limits, vault_users)
 from harness.stack.pgbouncer import (AdminConsole, PgBouncerPooler, effective_settings, pool_size, refuse_unknown_settings,
                                      render_config, render_userlist, settings_refusal, wait_for_admin)
-from harness.stack.pgpool import (ADMIN_DATABASE, Pgpool, refuse_unknown_pgpool_settings, render_pgpool_conf,
+from harness.stack.pgpool import (ADMIN_DATABASE, PgpoolPooler, refuse_unknown_pgpool_settings, render_pgpool_conf,
                                   render_pool_hba, render_pool_passwd)
 from harness.stack.pgpool import settings_refusal as pgpool_settings_refusal
 from harness.stack.postgres import (APP_ROLE, DATABASE, RLS_DATABASE, SERVER_SETTINGS, SUPERUSER, Logins,
@@ -494,29 +494,18 @@ class SupervisedPooler(ContainerServer):
             super().stop(timeout)
 
 
-class ContainerPgpool(SupervisedPooler):
+class ContainerPgpool(PgpoolPooler, SupervisedPooler):
     """Pgpool-II in a container of the deployment's pgpool2 image, serving the session route.
 
     The native part's configuration (:func:`~harness.stack.pgpool.render_pgpool_conf`: raw mode, connection
     cache on, the team's settings last), with clients from the engine's network, and the native part's own
-    queries: its settings, the servers it may keep idle, dropping its cached backends. They need only a
-    connection through it (:meth:`_connect`), ``extra``, ``pool_size`` and :meth:`restart` (the fallback of a
-    drop), so both backends run one implementation of them.
+    queries (:class:`~harness.stack.pgpool.PgpoolPooler`: its settings, the servers it may keep idle, dropping
+    its cached backends) through a connection of its own (:meth:`_connect`), with :meth:`restart` as the
+    fallback of a drop.
     """
 
-    kind = "pgpool"
-    pool_mode = "session"
     # Fast shutdown: SIGTERM would be a smart shutdown, which waits for clients.
     stop_signal = "INT"
-
-    query = Pgpool.query
-    _ready = Pgpool._ready
-    settings = Pgpool.settings
-    caches_connections = Pgpool.caches_connections
-    idle_servers = Pgpool.idle_servers
-    client_marks = Pgpool.client_marks
-    drop_server_connections = Pgpool.drop_server_connections
-    _terminate_cached = Pgpool._terminate_cached
 
     def __init__(self, run: _DockerRun, image: str, users: dict[str, str], admin_user: str, pool_size: int,
                  extra: PoolerSettings | None = None):
@@ -552,9 +541,7 @@ class ContainerPgpool(SupervisedPooler):
         return self.version
 
 
-
-
-class ContainerPgagroal(SupervisedPooler):
+class ContainerPgagroal(PgagroalPooler, SupervisedPooler):
     """pgagroal in a container of the deployment's pgagroal image, serving one pooled route.
 
     The native part's configuration (:func:`~harness.stack.pgagroal.render_pgagroal_conf`: the route's pipeline,
@@ -565,27 +552,16 @@ class ContainerPgagroal(SupervisedPooler):
     natively (no SCRAM login for each of the 60 it prefills at every drop) and told from TCP clients the same
     way (no client address).
 
-    ``pgagroal-cli`` runs in the container; the native part's readings of it (settings, free server
-    connections, the prefill check) and its drop (a restart, then the socket backends it held gone) are shared.
+    ``pgagroal-cli`` runs in the container (:meth:`cli`); the native part's readings of it (settings, free
+    server connections, the prefill check) and its drop (a restart, then the socket backends it held gone) are
+    shared: :class:`~harness.stack.pgagroal.PgagroalPooler`.
     """
 
-    kind = "pgagroal"
     stop_signal = "TERM"
     # Its readiness asks pgagroal-cli in the container: a docker exec costs the engine about 0.1 s of CPU, and
     # polled every 20 ms it slowed the prefill it waits for (measured on a busy 2-core host, 60 connections:
     # 1.4 to 2.2 s, against 0.7 to 1 s seen from PostgreSQL's side with no polling).
     ready_interval = 0.1
-
-    get = Pgagroal.get
-    slots = Pgagroal.slots
-    settings = Pgagroal.settings
-    idle_servers = Pgagroal.idle_servers
-    limited_users = Pgagroal.limited_users
-    prefills = Pgagroal.prefills
-    _ready = Pgagroal._ready
-    _check_prefilled = Pgagroal._check_prefilled
-    drop_server_connections = Pgagroal.drop_server_connections
-    _socket_backends = Pgagroal._socket_backends
 
     def __init__(self, run: _DockerRun, image: str, pool_mode: str, users: dict[str, str], admin_user: str,
                  pool_size: int, server: URL, server_socket: str, extra: PoolerSettings | None = None,

@@ -335,7 +335,147 @@ def _same_value(name: str, wanted: str, running: str) -> bool:
     return wanted.strip().lower() == running.strip().lower()
 
 
-class Pgagroal(ServerProcess):
+class PgagroalPooler:
+    """What a pgagroal part (native, docker) does as a stack's pooler: its readiness (the prefill check, then a
+    query as the code under test's role), its settings and free server connections as ``pgagroal-cli`` reads
+    them, and the drop of its server connections (a restart, then the socket backends it held gone).
+
+    A subclass provides ``cli(*args)``, one ``pgagroal-cli`` command and its JSON output; ``_connect(timeout)``,
+    a connection through it as ``client_user`` on ``database``; ``_server_connection(timeout)``, one to
+    PostgreSQL itself (not through it) that sees every backend; ``restart(timeout)``; ``name`` and ``log_tail()``; and
+    ``extra`` (the team's settings), ``users``, ``admin_user``, ``pool_size``, ``prefill``,
+    ``prefilled_databases`` and ``server_host`` (PostgreSQL's socket folder, or an address).
+    """
+
+    kind = "pgagroal"
+    extra: PoolerSettings
+    users: dict[str, str]
+    admin_user: str
+    pool_size: int
+    prefill: bool
+    prefilled_databases: tuple[str, ...]
+    server_host: str
+
+    @property
+    def prefills(self) -> bool:
+        """Its server connections are opened before clients come (see the module docstring)."""
+        return self.prefill
+
+    @property
+    def limited_users(self) -> list[str]:
+        """The roles the transaction pipeline prefills ``pool_size`` server connections for: all but the admin
+        role. A role without them cannot get a server connection through that pipeline at all."""
+        return [user for user in self.users if user != self.admin_user] or [self.admin_user]
+
+    def get(self, name: str) -> str:
+        """``conf get NAME``: the value it runs with ("" for a name it does not know, and for some it does not
+        show, such as ``disconnect_client_force``)."""
+        output = self.cli("conf", "get", name)
+        return str(output.get("value", "")) if isinstance(output, dict) else ""
+
+    def slots(self) -> list[dict[str, str]]:
+        """Its connection slots (``status details``) that hold a server connection: database, user, state
+        (``free``, ``in use``, ...: see :data:`_SLOT_STATES`)."""
+        output = self.cli("status", "details") or {}
+        rows = (output.get("connections") or {}).get("list") or []
+        return [{"database": str(r.get("database", "")), "user": str(r.get("user", "")),
+                 "state": _SLOT_STATES.get(str(r.get("state", "")), str(r.get("state", "")))}
+                for r in rows if _SLOT_STATES.get(str(r.get("state", ""))) != "not init"]
+
+    def _ready(self) -> None:
+        # The transaction pipeline serves clients only from its prefilled connections, and a client that comes
+        # before they are all there may wait blocking_timeout (30 s) for one (measured at start, once in a few).
+        if self.prefill:
+            self._check_prefilled()
+        # A real query on the real path: pgagroal authenticates against its vault and opens a server connection.
+        with self._connect() as conn:
+            conn.execute("SELECT 1").fetchone()
+
+    def _check_prefilled(self) -> None:
+        slots = self.slots()
+        for database in self.prefilled_databases:
+            for user in self.limited_users:
+                free = sum(1 for s in slots if s["user"] == user and s["database"] == database
+                           and s["state"] == "free")
+                if free < self.pool_size:
+                    raise RuntimeError(f"{free} of {self.pool_size} prefilled server connections of {user} on "
+                                       f"{database} are there")
+
+    # -- what the harness asks of a pooler -------------------------------------------------------------------
+    def settings(self) -> dict[str, str]:
+        """``conf get``: the values it runs with of :data:`PGAGROAL_REPORTED` and the team's settings (a
+        setting it does not show, such as ``disconnect_client_force``, is left out)."""
+        values = {}
+        for name in dict.fromkeys((*PGAGROAL_REPORTED, *self.extra.values)):
+            value = self.get(name)
+            if value != "":
+                values[name] = value
+        return values
+
+    def idle_servers(self, user: str, database: str) -> int:
+        """The server connections of ``user`` on ``database`` it keeps free (``status details``)."""
+        return sum(1 for slot in self.slots()
+                   if slot["user"] == user and slot["database"] == database and slot["state"] == "free")
+
+    def drop_server_connections(self, databases: list[str], timeout: float = 10.0) -> None:
+        """Close every server connection it keeps to ``databases`` (and the clients on them) now, then return
+        once PostgreSQL no longer shows the backends it closed; it accepts new clients at once after.
+
+        It restarts (:meth:`restart`: about 0.06 s, the transaction route's readiness waiting for its
+        prefilled connections): ``pgagroal-cli flush all`` is not safe to repeat on 1.6.0 (measured, 40 rounds
+        of 3 connected clients and a flush each):
+
+        - performance pipeline: a flush SIGQUITs the processes of clients that hold a server connection and
+          the pool's count of active connections is not given back: after about 14 flushes every new client
+          gets ``FATAL: connection pool is full``, for good (60 s later still, with no slot in use);
+        - transaction pipeline: its main process hands the fresh prefilled connections to every client
+          process over that process's management socket, and blocks for good when one sleeps waiting for a
+          connection (``pgagroal: main`` in ``unix_wait_for_peer``, ``pgagroal-cli`` unanswered for minutes),
+          once in about 13 flushes.
+
+        A restart cuts the same clients a flush does (a flush cuts the idle clients of the transaction
+        pipeline too). Which backends were its own PostgreSQL cannot say (every pgagroal of the stack comes in
+        through the same socket, as the same roles): as many of the socket backends of its roles seen before
+        as it held (its slots; every prefilled one for the transaction route) must be gone.
+        """
+        if not databases:
+            return
+        deadline = time.monotonic() + timeout
+        roles = sorted(self.users)
+        if self.prefill:
+            mine = self.pool_size * len(self.limited_users) * sum(d in databases for d in self.prefilled_databases)
+        else:
+            try:
+                mine = sum(1 for slot in self.slots() if slot["database"] in databases)
+            except (RuntimeError, subprocess.TimeoutExpired):
+                mine = 0  # it does not answer: the restart settles it, there is nothing to count
+        with self._server_connection(timeout) as conn:
+            before = self._socket_backends(conn, roles, databases)
+            self.restart(max(1.0, deadline - time.monotonic()))
+            while mine and before:
+                gone = before - self._socket_backends(conn, roles, databases)
+                if len(gone) >= min(mine, len(before)):
+                    break
+                if time.monotonic() >= deadline:
+                    raise StartupTimeout(
+                        f"{self.name}: the server connections it closed were still open after {timeout:.1f}s.",
+                        checked=[f"its server connections to {', '.join(databases)} before: {mine}",
+                                 f"socket backends of {', '.join(roles)} before: {sorted(before)}, gone: "
+                                 f"{sorted(gone)}", "log tail:\n" + self.log_tail(10)],
+                        fix=["a server under heavy load may need longer: raise the reset timeout"])
+                time.sleep(0.002)
+
+    def _socket_backends(self, conn: psycopg.Connection, roles: list[str], databases: list[str]) -> set[int]:
+        """Backends of ``roles`` on ``databases`` that may be its own: over the socket when it comes that way (a
+        Unix-socket client has no client_addr; the direct route comes over TCP)."""
+        socket = "AND client_addr IS NULL " if self.server_host.startswith("/") else ""
+        rows = conn.execute("SELECT pid FROM pg_stat_activity WHERE usename = ANY(%s) AND datname = ANY(%s) "
+                            f"{socket}AND backend_type = 'client backend' AND pid <> pg_backend_pid()",
+                            (roles, databases)).fetchall()
+        return {row[0] for row in rows}
+
+
+class Pgagroal(PgagroalPooler, ServerProcess):
     """One native pgagroal serving one pooled route (``pool_mode`` ``session`` or ``transaction``).
 
     ``users``: role -> clear-text password, for the users vault: every role that logs in through it (the code
@@ -347,7 +487,6 @@ class Pgagroal(ServerProcess):
     the module docstring (the transaction pipeline always prefills).
     """
 
-    kind = "pgagroal"
     stop_signal = signal.SIGTERM
     death_signal = signal.SIGTERM
 
@@ -403,18 +542,7 @@ class Pgagroal(ServerProcess):
         self._lifecycle = threading.RLock()  # restart() and stop() one at a time
         self._stopped = False  # stop() ran: restart() no longer starts a process
 
-    @property
-    def prefills(self) -> bool:
-        """Its server connections are opened before clients come (see the module docstring)."""
-        return self.prefill
-
     # -- files ---------------------------------------------------------------------------------------------------
-    @property
-    def limited_users(self) -> list[str]:
-        """The roles the transaction pipeline prefills ``pool_size`` server connections for: all but the admin
-        role. A role without them cannot get a server connection through that pipeline at all."""
-        return [user for user in self.users if user != self.admin_user] or [self.admin_user]
-
     def render_config(self) -> str:
         # max_connections: room for every prefilled connection
         size = self.pool_size * (len(self.limited_users) * len(self.prefilled_databases) if self.prefill else 1)
@@ -457,45 +585,16 @@ class Pgagroal(ServerProcess):
                                f"{(done.stdout + done.stderr).strip()[-500:]}")
         return command.get("output")
 
-    def get(self, name: str) -> str:
-        """``conf get NAME``: the value it runs with ("" for a name it does not know, and for some it does not
-        show, such as ``disconnect_client_force``)."""
-        output = self.cli("conf", "get", name)
-        return str(output.get("value", "")) if isinstance(output, dict) else ""
-
-    def slots(self) -> list[dict[str, str]]:
-        """Its connection slots (``status details``) that hold a server connection: database, user, state
-        (``free``, ``in use``, ...: see :data:`_SLOT_STATES`)."""
-        output = self.cli("status", "details") or {}
-        rows = (output.get("connections") or {}).get("list") or []
-        return [{"database": str(r.get("database", "")), "user": str(r.get("user", "")),
-                 "state": _SLOT_STATES.get(str(r.get("state", "")), str(r.get("state", "")))}
-                for r in rows if _SLOT_STATES.get(str(r.get("state", ""))) != "not init"]
-
     # -- lifecycle -------------------------------------------------------------------------------------------------
     def _connect(self, timeout: float = 2.0) -> psycopg.Connection:
         return psycopg.connect(host="127.0.0.1", port=self.port, user=self.client_user,
                                password=self.users[self.client_user], dbname=self.database,
                                connect_timeout=max(1, int(timeout)), autocommit=True, prepare_threshold=None)
 
-    def _ready(self) -> None:
-        # The transaction pipeline serves clients only from its prefilled connections, and a client that comes
-        # before they are all there may wait blocking_timeout (30 s) for one (measured at start, once in a few).
-        if self.prefill:
-            self._check_prefilled()
-        # A real query on the real path: pgagroal authenticates against its vault and opens a server connection.
-        with self._connect() as conn:
-            conn.execute("SELECT 1").fetchone()
-
-    def _check_prefilled(self) -> None:
-        slots = self.slots()
-        for database in self.prefilled_databases:
-            for user in self.limited_users:
-                free = sum(1 for s in slots if s["user"] == user and s["database"] == database
-                           and s["state"] == "free")
-                if free < self.pool_size:
-                    raise RuntimeError(f"{free} of {self.pool_size} prefilled server connections of {user} on "
-                                       f"{database} are there")
+    def _server_connection(self, timeout: float) -> psycopg.Connection:
+        return psycopg.connect(host=self.server_host, port=self.server_port, user=self.admin_user,
+                               password=self.users.get(self.admin_user), dbname=self.database,
+                               connect_timeout=max(1, int(timeout)), autocommit=True)
 
     def _spawn(self) -> None:
         for leftover in self.socket_dir.glob("*.pid"):
@@ -616,84 +715,6 @@ class Pgagroal(ServerProcess):
             return self.get(name) != ""
         except RuntimeError:
             return False
-
-    # -- what the harness asks of a pooler -------------------------------------------------------------------
-    def settings(self) -> dict[str, str]:
-        """``conf get``: the values it runs with of :data:`PGAGROAL_REPORTED` and the team's settings (a
-        setting it does not show, such as ``disconnect_client_force``, is left out)."""
-        values = {}
-        for name in dict.fromkeys((*PGAGROAL_REPORTED, *self.extra.values)):
-            value = self.get(name)
-            if value != "":
-                values[name] = value
-        return values
-
-    def idle_servers(self, user: str, database: str) -> int:
-        """The server connections of ``user`` on ``database`` it keeps free (``status details``)."""
-        return sum(1 for slot in self.slots()
-                   if slot["user"] == user and slot["database"] == database and slot["state"] == "free")
-
-    def drop_server_connections(self, databases: list[str], timeout: float = 10.0) -> None:
-        """Close every server connection it keeps to ``databases`` (and the clients on them) now, then return
-        once PostgreSQL no longer shows the backends it closed; it accepts new clients at once after.
-
-        It restarts (:meth:`restart`: about 0.06 s, the transaction route's readiness waiting for its
-        prefilled connections): ``pgagroal-cli flush all`` is not safe to repeat on 1.6.0 (measured, 40 rounds
-        of 3 connected clients and a flush each):
-
-        - performance pipeline: a flush SIGQUITs the processes of clients that hold a server connection and
-          the pool's count of active connections is not given back: after about 14 flushes every new client
-          gets ``FATAL: connection pool is full``, for good (60 s later still, with no slot in use);
-        - transaction pipeline: its main process hands the fresh prefilled connections to every client
-          process over that process's management socket, and blocks for good when one sleeps waiting for a
-          connection (``pgagroal: main`` in ``unix_wait_for_peer``, ``pgagroal-cli`` unanswered for minutes),
-          once in about 13 flushes.
-
-        A restart cuts the same clients a flush does (a flush cuts the idle clients of the transaction
-        pipeline too). Which backends were its own PostgreSQL cannot say (every pgagroal of the stack comes in
-        through the same socket, as the same roles): as many of the socket backends of its roles seen before
-        as it held (its slots; every prefilled one for the transaction route) must be gone.
-        """
-        if not databases:
-            return
-        deadline = time.monotonic() + timeout
-        roles = sorted(self.users)
-        if self.prefill:
-            mine = self.pool_size * len(self.limited_users) * sum(d in databases for d in self.prefilled_databases)
-        else:
-            try:
-                mine = sum(1 for slot in self.slots() if slot["database"] in databases)
-            except (RuntimeError, subprocess.TimeoutExpired):
-                mine = 0  # it does not answer: the restart settles it, there is nothing to count
-        with self._server_connection(timeout) as conn:
-            before = self._socket_backends(conn, roles, databases)
-            self.restart(max(1.0, deadline - time.monotonic()))
-            while mine and before:
-                gone = before - self._socket_backends(conn, roles, databases)
-                if len(gone) >= min(mine, len(before)):
-                    break
-                if time.monotonic() >= deadline:
-                    raise StartupTimeout(
-                        f"{self.name}: the server connections it closed were still open after {timeout:.1f}s.",
-                        checked=[f"its server connections to {', '.join(databases)} before: {mine}",
-                                 f"socket backends of {', '.join(roles)} before: {sorted(before)}, gone: "
-                                 f"{sorted(gone)}", "log tail:\n" + self.log_tail(10)],
-                        fix=["a server under heavy load may need longer: raise the reset timeout"])
-                time.sleep(0.002)
-
-    def _server_connection(self, timeout: float) -> psycopg.Connection:
-        return psycopg.connect(host=self.server_host, port=self.server_port, user=self.admin_user,
-                               password=self.users.get(self.admin_user), dbname=self.database,
-                               connect_timeout=max(1, int(timeout)), autocommit=True)
-
-    def _socket_backends(self, conn: psycopg.Connection, roles: list[str], databases: list[str]) -> set[int]:
-        """Backends of ``roles`` on ``databases`` that may be its own: over the socket when it comes that way (a
-        Unix-socket client has no client_addr; the direct route comes over TCP)."""
-        socket = "AND client_addr IS NULL " if self.server_host.startswith("/") else ""
-        rows = conn.execute("SELECT pid FROM pg_stat_activity WHERE usename = ANY(%s) AND datname = ANY(%s) "
-                            f"{socket}AND backend_type = 'client backend' AND pid <> pg_backend_pid()",
-                            (roles, databases)).fetchall()
-        return {row[0] for row in rows}
 
 
 # -- the team's settings checked before anything starts ----------------------------------------------------------

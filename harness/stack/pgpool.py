@@ -303,87 +303,20 @@ def _simple_query(conn: psycopg.Connection, sql: str) -> list[dict[str, str]]:
             for row in range(result.ntuples)]
 
 
-class Pgpool(ServerProcess):
-    """One native Pgpool-II (``pgpool -n``) serving the session route.
+class PgpoolPooler:
+    """What a Pgpool-II part (native, docker) does as a stack's pooler: its readiness, its settings, the servers
+    it may keep idle, its children's marks and the drop of its cached backends, all through connections of its
+    own (none kept open: each would hold a child).
 
-    ``users``: role -> clear-text password, for ``pool_passwd`` (every role that logs in through it: the
-    code under test's, and ``admin_user``, whose logins to database ``postgres`` are the part's own queries:
-    readiness, ``PGPOOL SHOW``, ``SHOW POOL_POOLS``, ``pg_terminate_backend``). No connection of its own is
-    kept open: each would hold a child, one client fewer for the code under test.
+    A subclass provides ``_connect(timeout)``, a connection through it as ``admin_user`` on
+    :data:`ADMIN_DATABASE` (never cached); ``extra``, the team's settings; and ``restart(timeout)``, the
+    fallback of :meth:`drop_server_connections`.
     """
 
     kind = "pgpool"
     prefills = False
     pool_mode = "session"
-    # Fast shutdown: the children close their backends, the main process removes its shared memory and
-    # semaphores. SIGTERM would be a smart shutdown (waits for clients); SIGKILL would leak the IPC objects.
-    stop_signal = signal.SIGINT
-    death_signal = signal.SIGINT
-
-    def __init__(self, binary: Path, account: Account, run_dir: Path, port: int, server_port: int,
-                 users: Mapping[str, str], admin_user: str, pool_size: int,
-                 extra: PoolerSettings | None = None, name: str | None = None, server_host: str = "127.0.0.1"):
-        name = name or f"pgpool-{self.pool_mode}"
-        super().__init__(name, account, run_dir / f"{name}.log")
-        if admin_user not in users:
-            raise ValueError(f"admin_user {admin_user!r} needs a password in users")
-        #: the team's settings, written after the harness's own
-        self.extra = extra or PoolerSettings({}, {})
-        self.binary = binary
-        self.run_dir = run_dir
-        #: its own folder: configuration, pool_passwd, pid file, sockets, query cache oid maps
-        self.folder = run_dir / name
-        self.port = port
-        self.server_host = server_host
-        self.server_port = server_port
-        self.users = dict(users)
-        self.admin_user = admin_user
-        #: num_init_children: at least the largest client pool of the route (clients beyond it wait)
-        self.pool_size = pool_size
-        self.conf_path = self.folder / "pgpool.conf"
-        self.version = ""
-        self._lifecycle = threading.RLock()  # restart() and stop() one at a time
-        self._stopped = False  # stop() ran: restart() no longer starts a process
-
-    # -- files ---------------------------------------------------------------------------------------------
-    def render_config(self) -> str:
-        return render_pgpool_conf(folder=self.folder, listen_addr="127.0.0.1", listen_port=self.port,
-                                  server_host=self.server_host, server_port=self.server_port,
-                                  pool_size=self.pool_size, extra=self.extra.values)
-
-    def write_config(self) -> None:
-        socket_path = f"{self.folder}/.s.PGSQL.{max(self.port, 65535)}"
-        if len(socket_path.encode()) > SOCKET_PATH_MAX:
-            raise SetupError(f"The run folder's path is too long for Pgpool-II's sockets ({socket_path}).",
-                             checked=[f"a Unix socket path holds at most {SOCKET_PATH_MAX} bytes"],
-                             fix=["set TMPDIR to a shorter folder (the run folders go to /dev/shm or TMPDIR)"])
-        self.folder.mkdir(mode=0o700, exist_ok=True)
-        self.conf_path.write_text(self.render_config())
-        (self.folder / "pool_hba.conf").write_text(render_pool_hba())
-        (self.folder / "pcp.conf").write_text("# no PCP users: the harness does not use PCP\n")
-        passwd = self.folder / "pool_passwd"
-        passwd.write_text(render_pool_passwd(self.users))
-        passwd.chmod(0o600)
-        self._clear_leftovers()
-        self.account.own(self.folder)
-
-    def _clear_leftovers(self) -> None:
-        """A pid file or socket of a process that is gone: Pgpool-II refuses to start over a pid file whose
-        number is some other live process's."""
-        for leftover in (self.folder / "pgpool.pid", *self.folder.glob(".s.PGSQL.*")):
-            leftover.unlink(missing_ok=True)
-
-    def _argv(self) -> list[object]:
-        # -n: stay in the foreground, log to stderr (the log file); -D: forget the backend status of a
-        # previous run (pgpool_status), so that a node once marked down is not kept down.
-        return [self.binary, "-n", "-D", "-f", self.conf_path, "-F", self.folder / "pcp.conf",
-                "-a", self.folder / "pool_hba.conf"]
-
-    # -- its own queries -------------------------------------------------------------------------------------
-    def _connect(self, timeout: float = 2.0) -> psycopg.Connection:
-        return psycopg.connect(host="127.0.0.1", port=self.port, user=self.admin_user,
-                               password=self.users[self.admin_user], dbname=ADMIN_DATABASE,
-                               connect_timeout=max(1, int(timeout)), autocommit=True)
+    extra: PoolerSettings
 
     def query(self, sql: str) -> list[dict[str, str]]:
         """One statement through Pgpool-II (its own commands too: ``PGPOOL SHOW``, ``SHOW POOL_POOLS``), as
@@ -397,73 +330,6 @@ class Pgpool(ServerProcess):
             _simple_query(conn, "SELECT 1")
             rows = _simple_query(conn, "SHOW POOL_VERSION")
         return rows[0]["pool_version"].split()[0] if rows else ""
-
-    def _wait_ready(self, what: str, timeout: float) -> str:
-        return wait_until(self._ready, what=what, timeout=timeout, interval=0.01, log_tail=self.log_tail,
-                          alive=self.alive)
-
-    # -- lifecycle -----------------------------------------------------------------------------------------------
-    def start(self, timeout: float) -> str:
-        """Start Pgpool-II and wait until a query answers through it; return its version ("4.3.5")."""
-        self.write_config()
-        offset = self.log_size()
-        self.spawn(self._argv(), cwd=self.folder)
-        try:
-            self.version = self._wait_ready(f"{self.name} on port {self.port}", timeout)
-            return self.version
-        except StartupTimeout as exc:
-            refusal = settings_refusal(self.log_since(offset), self.extra, self.binary)
-            if refusal is None:
-                raise
-            self._halt()
-            raise refusal from exc
-
-    def restart(self, timeout: float = 10.0) -> None:
-        """Stop Pgpool-II (fast shutdown) and start it again, same configuration, same port (a fault step).
-
-        Its clients and cached backends are gone: a client connected before gets an error on its next
-        statement; the query cache is empty. Pgpool-II binds with SO_REUSEADDR; a port still busy all the
-        same ("bind on socket failed ... Address already in use") is retried until ``timeout``.
-        """
-        with self._lifecycle:
-            if self._stopped:
-                raise RuntimeError(f"{self.name} was stopped: it is not restarted")
-            self._halt()
-            deadline = time.monotonic() + timeout
-            while True:
-                self._clear_leftovers()
-                offset = self.log_size()
-                self.spawn(self._argv(), cwd=self.folder)
-                try:
-                    self._wait_ready(f"{self.name} restarting on port {self.port}",
-                                     max(0.1, deadline - time.monotonic()))
-                    return
-                except StartupTimeout:
-                    busy = "already in use" in self.log_since(offset)
-                    self._halt()
-                    if not busy:
-                        raise
-                wait_until(lambda: claim_port(self.port), what=f"port {self.port} of {self.name}",
-                           timeout=max(0.1, deadline - time.monotonic()), interval=0.05)
-
-    def _halt(self, timeout: float = 5.0) -> None:
-        """Fast shutdown, then immediate shutdown, then SIGKILL for what is left of the process group."""
-        if self.popen is not None and self.popen.poll() is None:
-            for sig, wait in ((signal.SIGINT, timeout), (signal.SIGQUIT, 2.0)):
-                try:
-                    self.popen.send_signal(sig)
-                    self.popen.wait(wait)
-                    break
-                except subprocess.TimeoutExpired:
-                    continue
-                except ProcessLookupError:
-                    break
-        super().stop(timeout)
-
-    def stop(self, timeout: float = 5.0) -> None:
-        with self._lifecycle:
-            self._stopped = True
-            self._halt(timeout)
 
     # -- what the harness asks of a pooler -------------------------------------------------------------------
     def settings(self) -> dict[str, str]:
@@ -540,3 +406,150 @@ class Pgpool(ServerProcess):
                     return False
                 time.sleep(0.002)
             return True
+
+
+class Pgpool(PgpoolPooler, ServerProcess):
+    """One native Pgpool-II (``pgpool -n``) serving the session route.
+
+    ``users``: role -> clear-text password, for ``pool_passwd`` (every role that logs in through it: the
+    code under test's, and ``admin_user``, whose logins to database ``postgres`` are the part's own queries:
+    readiness, ``PGPOOL SHOW``, ``SHOW POOL_POOLS``, ``pg_terminate_backend``). No connection of its own is
+    kept open: each would hold a child, one client fewer for the code under test.
+    """
+
+    # Fast shutdown: the children close their backends, the main process removes its shared memory and
+    # semaphores. SIGTERM would be a smart shutdown (waits for clients); SIGKILL would leak the IPC objects.
+    stop_signal = signal.SIGINT
+    death_signal = signal.SIGINT
+
+    def __init__(self, binary: Path, account: Account, run_dir: Path, port: int, server_port: int,
+                 users: Mapping[str, str], admin_user: str, pool_size: int,
+                 extra: PoolerSettings | None = None, name: str | None = None, server_host: str = "127.0.0.1"):
+        name = name or f"pgpool-{self.pool_mode}"
+        super().__init__(name, account, run_dir / f"{name}.log")
+        if admin_user not in users:
+            raise ValueError(f"admin_user {admin_user!r} needs a password in users")
+        #: the team's settings, written after the harness's own
+        self.extra = extra or PoolerSettings({}, {})
+        self.binary = binary
+        self.run_dir = run_dir
+        #: its own folder: configuration, pool_passwd, pid file, sockets, query cache oid maps
+        self.folder = run_dir / name
+        self.port = port
+        self.server_host = server_host
+        self.server_port = server_port
+        self.users = dict(users)
+        self.admin_user = admin_user
+        #: num_init_children: at least the largest client pool of the route (clients beyond it wait)
+        self.pool_size = pool_size
+        self.conf_path = self.folder / "pgpool.conf"
+        self.version = ""
+        self._lifecycle = threading.RLock()  # restart() and stop() one at a time
+        self._stopped = False  # stop() ran: restart() no longer starts a process
+
+    # -- files ---------------------------------------------------------------------------------------------
+    def render_config(self) -> str:
+        return render_pgpool_conf(folder=self.folder, listen_addr="127.0.0.1", listen_port=self.port,
+                                  server_host=self.server_host, server_port=self.server_port,
+                                  pool_size=self.pool_size, extra=self.extra.values)
+
+    def write_config(self) -> None:
+        socket_path = f"{self.folder}/.s.PGSQL.{max(self.port, 65535)}"
+        if len(socket_path.encode()) > SOCKET_PATH_MAX:
+            raise SetupError(f"The run folder's path is too long for Pgpool-II's sockets ({socket_path}).",
+                             checked=[f"a Unix socket path holds at most {SOCKET_PATH_MAX} bytes"],
+                             fix=["set TMPDIR to a shorter folder (the run folders go to /dev/shm or TMPDIR)"])
+        self.folder.mkdir(mode=0o700, exist_ok=True)
+        self.conf_path.write_text(self.render_config())
+        (self.folder / "pool_hba.conf").write_text(render_pool_hba())
+        (self.folder / "pcp.conf").write_text("# no PCP users: the harness does not use PCP\n")
+        passwd = self.folder / "pool_passwd"
+        passwd.write_text(render_pool_passwd(self.users))
+        passwd.chmod(0o600)
+        self._clear_leftovers()
+        self.account.own(self.folder)
+
+    def _clear_leftovers(self) -> None:
+        """A pid file or socket of a process that is gone: Pgpool-II refuses to start over a pid file whose
+        number is some other live process's."""
+        for leftover in (self.folder / "pgpool.pid", *self.folder.glob(".s.PGSQL.*")):
+            leftover.unlink(missing_ok=True)
+
+    def _argv(self) -> list[object]:
+        # -n: stay in the foreground, log to stderr (the log file); -D: forget the backend status of a
+        # previous run (pgpool_status), so that a node once marked down is not kept down.
+        return [self.binary, "-n", "-D", "-f", self.conf_path, "-F", self.folder / "pcp.conf",
+                "-a", self.folder / "pool_hba.conf"]
+
+    # -- its own queries -------------------------------------------------------------------------------------
+    def _connect(self, timeout: float = 2.0) -> psycopg.Connection:
+        return psycopg.connect(host="127.0.0.1", port=self.port, user=self.admin_user,
+                               password=self.users[self.admin_user], dbname=ADMIN_DATABASE,
+                               connect_timeout=max(1, int(timeout)), autocommit=True)
+
+    def _wait_ready(self, what: str, timeout: float) -> str:
+        return wait_until(self._ready, what=what, timeout=timeout, interval=0.01, log_tail=self.log_tail,
+                          alive=self.alive)
+
+    # -- lifecycle -----------------------------------------------------------------------------------------------
+    def start(self, timeout: float) -> str:
+        """Start Pgpool-II and wait until a query answers through it; return its version ("4.3.5")."""
+        self.write_config()
+        offset = self.log_size()
+        self.spawn(self._argv(), cwd=self.folder)
+        try:
+            self.version = self._wait_ready(f"{self.name} on port {self.port}", timeout)
+            return self.version
+        except StartupTimeout as exc:
+            refusal = settings_refusal(self.log_since(offset), self.extra, self.binary)
+            if refusal is None:
+                raise
+            self._halt()
+            raise refusal from exc
+
+    def restart(self, timeout: float = 10.0) -> None:
+        """Stop Pgpool-II (fast shutdown) and start it again, same configuration, same port (a fault step).
+
+        Its clients and cached backends are gone: a client connected before gets an error on its next
+        statement; the query cache is empty. Pgpool-II binds with SO_REUSEADDR; a port still busy all the
+        same ("bind on socket failed ... Address already in use") is retried until ``timeout``.
+        """
+        with self._lifecycle:
+            if self._stopped:
+                raise RuntimeError(f"{self.name} was stopped: it is not restarted")
+            self._halt()
+            deadline = time.monotonic() + timeout
+            while True:
+                self._clear_leftovers()
+                offset = self.log_size()
+                self.spawn(self._argv(), cwd=self.folder)
+                try:
+                    self._wait_ready(f"{self.name} restarting on port {self.port}",
+                                     max(0.1, deadline - time.monotonic()))
+                    return
+                except StartupTimeout:
+                    busy = "already in use" in self.log_since(offset)
+                    self._halt()
+                    if not busy:
+                        raise
+                wait_until(lambda: claim_port(self.port), what=f"port {self.port} of {self.name}",
+                           timeout=max(0.1, deadline - time.monotonic()), interval=0.05)
+
+    def _halt(self, timeout: float = 5.0) -> None:
+        """Fast shutdown, then immediate shutdown, then SIGKILL for what is left of the process group."""
+        if self.popen is not None and self.popen.poll() is None:
+            for sig, wait in ((signal.SIGINT, timeout), (signal.SIGQUIT, 2.0)):
+                try:
+                    self.popen.send_signal(sig)
+                    self.popen.wait(wait)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+                except ProcessLookupError:
+                    break
+        super().stop(timeout)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        with self._lifecycle:
+            self._stopped = True
+            self._halt(timeout)
