@@ -235,4 +235,9 @@ CONDITIONS: dict[str, Condition] = {c.name: c for c in (
               "when its client leaves, its transaction pipeline hands a server to whichever client's "
               "transaction comes next and resets nothing",
               lambda facts: facts.pooler == "pgagroal"),
+    Condition("pgagroal_driver_prepares_every_statement",
+              "asyncpg behind pgagroal: the driver prepares every statement (as driver_prepares_every_statement), "
+              "and pgagroal's transaction pipeline hands a transaction the first free server connection, not the "
+              "one its client last used: whether a cached statement meets another server depends on timing",
+              lambda facts: facts.pooler == "pgagroal" and facts.driver == "asyncpg"),
 )}

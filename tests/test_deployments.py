@@ -6,6 +6,7 @@ scenarios/test_deployment_matrix.py on real stacks.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -51,7 +52,10 @@ def test_facts_read_versions_and_the_settings_pgbouncer_runs_with():
                        "prepared_statements": [False, True, True, True, False, False, False],
                        "pgpool": [False, False, False, False, True, True, False],
                        "pgpool_keeps_session_state": [False, False, False, False, False, True, False],
-                       "pgagroal": [False, False, False, False, False, False, True]}
+                       "pgagroal": [False, False, False, False, False, False, True],
+                       "pgagroal_driver_prepares_every_statement": [False] * 7}
+    asyncpg = {name for name, c in CONDITIONS.items() if c.holds(dataclasses.replace(PGAGROAL, driver="asyncpg"))}
+    assert asyncpg == {"pgagroal", "driver_prepares_every_statement", "pgagroal_driver_prepares_every_statement"}
     assert PGPOOL.pgbouncer == () and PGPOOL.pooler_version == (4, 3, 5)
     assert "Pgpool-II 4.3.5, reset_query_list=ABORT" in PGPOOL_ABORT.describe()
     assert PGAGROAL.describe().startswith("PostgreSQL 17, pgagroal 1.6.0, pipeline=transaction")
@@ -82,7 +86,6 @@ def test_the_expected_verdict_follows_the_deployment(facts, verdicts):
     ("asyncpg", "cannot_run", "pass"),  # prepares every statement, with its statement cache
 ])
 def test_the_expected_verdict_follows_the_driver_too(driver, bookworm, sid):
-    import dataclasses
 
     old, new = (dataclasses.replace(facts, driver=driver) for facts in (BOOKWORM, SID))
     assert required_verdict("translate_map_prepared", "after_commit", "transaction", facts=old).verdict == bookworm
@@ -168,7 +171,6 @@ def test_every_built_in_deployment_runs_on_this_host_with_its_versions(name):
 
 
 def test_a_cell_of_a_matrix_run_replays_on_its_own_deployment(tmp_path):
-    import dataclasses
 
     from harness.jobs import verify_replay
     from harness.tenancy.strategy import load_strategy
