@@ -147,12 +147,13 @@ SETTINGS: tuple[Setting, ...] = (
             "The deployment the stack runs, named after the Debian suite that ships it: bookworm (PostgreSQL 15, "
             "PgBouncer 1.18), trixie (PostgreSQL 17, PgBouncer 1.24.1), sid (PostgreSQL 18, PgBouncer 1.26.1), "
             "and the other poolers: bookworm-pgpool (PostgreSQL 15, Pgpool-II 4.3.5, session route only), "
-            "trixie-pgagroal (PostgreSQL 17, pgagroal 1.6.0); `make deployments` builds them. Default: the binaries or images the settings below name (on a "
-            "bookworm host that is bookworm). Native and docker backends only."),
+            "trixie-pgagroal (PostgreSQL 17, pgagroal 1.6.0); `make deployments` builds them. Default: the "
+            "binaries or images the settings below name (on a bookworm host that is bookworm). Native and docker "
+            "backends only."),
     Setting("deployments", (), _names,
             "harness verify: run every cell on each of these deployments, comma-separated (e.g. "
-            "bookworm,bookworm-pgpool,trixie,trixie-pgagroal), and report the cells whose verdict differs between them. Default: the one "
-            "deployment of --deployment."),
+            "bookworm,bookworm-pgpool,trixie,trixie-pgagroal), and report the cells whose verdict differs between "
+            "them. Default: the one deployment of --deployment."),
     Setting("driver", None, _optional_text,
             "The PostgreSQL driver the route URL a strategy gets names: psycopg (psycopg 3, sync or async), "
             "psycopg2 (SQLAlchemy's default for postgresql://) or asyncpg (async only). A layer that builds its "

@@ -86,7 +86,6 @@ def test_the_expected_verdict_follows_the_deployment(facts, verdicts):
     ("asyncpg", "cannot_run", "pass"),  # prepares every statement, with its statement cache
 ])
 def test_the_expected_verdict_follows_the_driver_too(driver, bookworm, sid):
-
     old, new = (dataclasses.replace(facts, driver=driver) for facts in (BOOKWORM, SID))
     assert required_verdict("translate_map_prepared", "after_commit", "transaction", facts=old).verdict == bookworm
     assert required_verdict("translate_map_prepared", "after_commit", "transaction", facts=new).verdict == sid
@@ -171,7 +170,6 @@ def test_every_built_in_deployment_runs_on_this_host_with_its_versions(name):
 
 
 def test_a_cell_of_a_matrix_run_replays_on_its_own_deployment(tmp_path):
-
     from harness.jobs import verify_replay
     from harness.tenancy.strategy import load_strategy
     from harness.workload.generated import PROFILES
